@@ -1,0 +1,5 @@
+"""Framework adapters, installed as ``headkit.adapters``; each imports its framework only when imported.
+
+    headkit.adapters.transformer_lens   TransformerLens 4.x TransformerBridge: fwd_hooks(...), applied(...)
+    headkit.adapters.huggingface        plain transformers models: applied(...), torch hooks only
+"""

@@ -1,0 +1,39 @@
+"""headkit: exact attention-head interventions for TransformerLens, nnsight and transformers models.
+
+    Heads                        a set of (layer, head) pairs; parse "L5H1 L9H9"
+    zero_ablate(heads)           zero the heads' outputs z (before W_O)
+    mean_ablate(heads, means)    replace z by its mean over a reference set (compute_means)
+    gate(values)                 scale z by values [layer, head] or per row [batch, layer, head]
+    mask_attention(heads, keys)  -inf on chosen keys before softmax, in chosen heads
+    capture_attention(heads)     keep chosen heads' patterns, optionally pooled to sentences
+    get_backend(model)           the adapter for a model (forward passes with interventions)
+    load_default()               the embedded default model, Gemma 3 270M, offline
+    HeadkitError                 raised on bad input (a ValueError)
+
+Adapters place the same interventions on each framework:
+``headkit.adapters.transformer_lens``, ``headkit.adapters.huggingface``. Importing headkit imports
+neither TransformerLens nor nnsight.
+"""
+
+from headkit import models
+from headkit.backend import get_backend
+from headkit.errors import HeadkitError
+from headkit.heads import Heads
+from headkit.interventions import capture_attention, compute_means, gate, mask_attention, mean_ablate, zero_ablate
+from headkit.models import load_default
+
+__all__ = [
+    "Heads",
+    "zero_ablate",
+    "mean_ablate",
+    "compute_means",
+    "gate",
+    "mask_attention",
+    "capture_attention",
+    "get_backend",
+    "load_default",
+    "models",
+    "HeadkitError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,112 @@
+"""The backend protocol every adapter implements, so each analysis is written once.
+
+A backend wraps one model in one framework. It knows the model's head geometry and tokenizer, runs a
+forward pass with interventions applied, and applies interventions for the length of a ``with`` block
+(removing everything it attached when the block ends, also on error). :func:`get_backend` picks the
+adapter from the model's type, looking only at frameworks that are already imported (as einops does).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float, Int
+
+from headkit.errors import fail
+from headkit.interventions import Intervention, check_interventions
+from headkit.sites import ModelShape, Site
+
+__all__ = ["Backend", "get_backend", "plan"]
+
+_SITE_ORDER: dict[Site, int] = {"z": 0, "scores": 1, "pattern": 2}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What analyses need from a model: head geometry, tokenizer, and forward passes with interventions.
+
+    Example:
+        >>> import headkit as hk
+        >>> # backend = hk.get_backend(model)            # a transformers model or TransformerLens bridge
+        >>> # logits = backend.logits(ids, hk.zero_ablate("L5H1"))
+    """
+
+    shape: ModelShape
+    tokenizer: Any
+
+    def applied(self, *interventions: Intervention) -> AbstractContextManager[None]:
+        """Apply interventions to every forward pass inside the ``with`` block."""
+        ...
+
+    def logits(
+        self,
+        input_ids: Int[torch.Tensor, "batch pos"],
+        *interventions: Intervention,
+        attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    ) -> Float[torch.Tensor, "batch pos vocab"]:
+        """One forward pass with interventions applied; returns the logits."""
+        ...
+
+
+def plan(
+    interventions: Sequence[object], shape: ModelShape, owner: str
+) -> dict[tuple[Site, int], list[Intervention]]:
+    """Validate interventions against a model and group them by (site, layer), in forward order.
+
+    At each site the edits keep the order they were given in, and reads (captures) come after every edit,
+    so a capture sees the activation as the model uses it.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.sites import ModelShape
+        >>> p = plan([hk.zero_ablate("L1H0")], ModelShape(2, 4, 16, 4), "example")
+        >>> list(p)
+        [('z', 1)]
+    """
+    check_interventions(interventions, owner)
+    ivs: list[Intervention] = list(interventions)  # type: ignore[arg-type]
+    for iv in ivs:
+        iv.validate(shape)
+    groups: dict[tuple[Site, int], list[Intervention]] = {}
+    for iv in sorted(ivs, key=lambda iv: iv.reads_only):  # stable: edits in given order, then reads
+        for site in iv.sites:
+            for layer in iv.layers(shape.n_layers):
+                groups.setdefault((site, layer), []).append(iv)
+    return dict(sorted(groups.items(), key=lambda item: (item[0][1], _SITE_ORDER[item[0][0]])))
+
+
+def get_backend(model: Any, tokenizer: Any = None) -> Backend:
+    """The headkit backend for a model: a transformers model, a TransformerLens bridge, or a backend.
+
+    Only frameworks that are already imported are considered, so headkit never imports one you do not use.
+
+    Example:
+        >>> import headkit as hk
+        >>> model, tok = hk.models.tiny("llama")
+        >>> hk.get_backend(model, tok).shape
+        ModelShape(n_layers=2, n_heads=4, d_head=16, n_kv_heads=2)
+    """
+    if isinstance(model, Backend):
+        return model
+    if "transformer_lens" in sys.modules:
+        from headkit.adapters import transformer_lens as tl
+
+        if tl.is_bridge(model):
+            return tl.TLBackend(model)
+    if "transformers" in sys.modules:
+        import transformers
+
+        if isinstance(model, transformers.PreTrainedModel):
+            from headkit.adapters import huggingface as hf
+
+            return hf.HFBackend(model, tokenizer)
+    raise fail(
+        f"get_backend got a {type(model).__module__}.{type(model).__name__}",
+        "a transformers PreTrainedModel (GPT-2, GPT-NeoX, Llama, Qwen2, Gemma 3), a TransformerLens "
+        "TransformerBridge, or a headkit backend",
+        "load the model with transformers or TransformerLens, or wrap it in an adapter's backend",
+    )

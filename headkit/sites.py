@@ -1,0 +1,99 @@
+"""Sites: the three canonical tensors that head interventions act on, and their layouts.
+
+| site      | tensor                                              | layout                      |
+|-----------|-----------------------------------------------------|-----------------------------|
+| `z`       | each head's output before the output projection W_O | `[batch, pos, head, d_head]` |
+| `scores`  | attention logits before softmax, after causal mask  | `[batch, head, query, key]` |
+| `pattern` | attention probabilities                             | `[batch, head, query, key]` |
+
+Every adapter hands interventions these exact layouts, whatever the framework stores. Zero-ablation,
+mean-ablation and gating act on `z` (exact, since W_O is linear per head); the pre-softmax mask acts on
+`scores`; capture reads `pattern`. Heads are query heads.
+
+The TransformerLens hook names are listed here too, because every intervention is itself callable as a
+TransformerLens hook and reads its site and layer from ``hook.name``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from headkit.errors import fail
+
+__all__ = ["Site", "LAYOUTS", "ModelShape", "TL_HOOKS", "tl_hook_name", "parse_hook_name"]
+
+Site = Literal["z", "scores", "pattern"]
+
+LAYOUTS: dict[Site, str] = {
+    "z": "[batch, pos, head, d_head]",
+    "scores": "[batch, head, query, key]",
+    "pattern": "[batch, head, query, key]",
+}
+
+TL_HOOKS: dict[Site, str] = {
+    "z": "blocks.{layer}.attn.hook_z",
+    "scores": "blocks.{layer}.attn.hook_attn_scores",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+}
+"""TransformerLens 4.x hook names (the legacy spellings, valid with or without compatibility mode)."""
+
+_TL_SUFFIXES: dict[str, Site] = {
+    "attn.hook_z": "z",
+    "attn.o.hook_in": "z",  # TransformerBridge's canonical name for hook_z
+    "attn.hook_attn_scores": "scores",
+    "attn.hook_pattern": "pattern",
+}
+_TL_NAME = re.compile(r"blocks\.(\d+)\.(.+)")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The head geometry of a model: what interventions are validated against.
+
+    Example:
+        >>> from headkit.sites import ModelShape
+        >>> ModelShape(n_layers=18, n_heads=4, d_head=256, n_kv_heads=1)
+        ModelShape(n_layers=18, n_heads=4, d_head=256, n_kv_heads=1)
+    """
+
+    n_layers: int
+    n_heads: int
+    d_head: int
+    n_kv_heads: int
+
+
+def tl_hook_name(site: Site, layer: int) -> str:
+    """The TransformerLens hook name of a site in a layer.
+
+    Example:
+        >>> from headkit.sites import tl_hook_name
+        >>> tl_hook_name("scores", 3)
+        'blocks.3.attn.hook_attn_scores'
+    """
+    return TL_HOOKS[site].format(layer=layer)
+
+
+def parse_hook_name(name: str, owner: str, sites: tuple[Site, ...]) -> tuple[Site, int]:
+    """(site, layer) of a TransformerLens hook name, or a HeadkitError with a did-you-mean.
+
+    Example:
+        >>> from headkit.sites import parse_hook_name
+        >>> parse_hook_name("blocks.2.attn.o.hook_in", "ZeroAblate", ("z",))
+        ('z', 2)
+    """
+    match = _TL_NAME.fullmatch(name or "")
+    site = _TL_SUFFIXES.get(match.group(2)) if match else None
+    if site is not None and site in sites:
+        return site, int(match.group(1))
+    layer = match.group(1) if match else "{layer}"
+    valid = [TL_HOOKS[s].format(layer=layer) for s in sites]
+    close = difflib.get_close_matches(name or "", valid, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise fail(
+        f"{owner} was called at hook point {name!r}",
+        f"one of {valid} (its sites: {', '.join(sites)})",
+        f"{hint}attach it there, or let an adapter place it: headkit.adapters.transformer_lens.fwd_hooks(model, ...)",
+    )
