@@ -340,12 +340,18 @@ class HFBackend:
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
     ) -> Float[torch.Tensor, "batch pos vocab"]:
-        """One forward pass with interventions applied; returns the logits."""
+        """One forward pass with interventions applied; returns the logits.
+
+        With an ``attention_mask``, positions count real tokens only (as in ``generate`` and
+        TransformerLens), so a left-padded row sees the same positions as when it runs alone.
+        """
         device = next(self.model.parameters()).device
+        kwargs: dict[str, Any] = {"use_cache": False}
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
+            kwargs.update(attention_mask=attention_mask, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0))
         with applied(self.model, *interventions):
-            return self.model(input_ids=input_ids.to(device), attention_mask=attention_mask, use_cache=False).logits
+            return self.model(input_ids=input_ids.to(device), **kwargs).logits
 
     def __repr__(self) -> str:
         return f"HFBackend({type(self.model).__name__}, {self.shape})"

@@ -207,14 +207,23 @@ class Heads:
         drop = set(Heads(other)._pairs)
         return Heads([p for p in self._pairs if p not in drop])
 
+    def short(self, limit: int = 12) -> str:
+        """The heads as text, abbreviated past ``limit`` heads (reprs stay short: they name hooks).
+
+        Example:
+            >>> import headkit as hk
+            >>> hk.Heads.all(32, 40).short()
+            'L0H0 L0H1 L0H2 L0H3 L0H4 L0H5 ... (1280 heads)'
+        """
+        if len(self._pairs) <= limit:
+            return str(self)
+        return " ".join(f"L{l}H{h}" for l, h in self._pairs[: limit // 2]) + f" ... ({len(self._pairs)} heads)"
+
     def __str__(self) -> str:
         return " ".join(f"L{layer}H{head}" for layer, head in self._pairs)
 
     def __repr__(self) -> str:
-        text = str(self)
-        if len(self._pairs) > 12:  # keep reprs short: they become hook names in TransformerLens
-            text = " ".join(f"L{l}H{h}" for l, h in self._pairs[:6]) + f" ... ({len(self._pairs)} heads)"
-        return f"Heads({text!r})"
+        return f"Heads({self.short()!r})"
 
 
 def _check_pair(pair: object) -> tuple[int, int]:

@@ -113,7 +113,7 @@ class ZeroAblate(Intervention):
 
     def __repr__(self) -> str:
         extra = ", inplace=True" if self.inplace else ""
-        return f"ZeroAblate(heads={str(self.heads)!r}{extra})"
+        return f"ZeroAblate(heads={self.heads.short()!r}{extra})"
 
 
 def zero_ablate(heads: HeadsLike, *, inplace: bool = False) -> ZeroAblate:
@@ -209,7 +209,7 @@ class MeanAblate(Intervention):
 
     def __repr__(self) -> str:
         extra = ", inplace=True" if self.inplace else ""
-        return f"MeanAblate(heads={str(self.heads)!r}, means={describe(self.means)}{extra})"
+        return f"MeanAblate(heads={self.heads.short()!r}, means={describe(self.means)}{extra})"
 
 
 def mean_ablate(
@@ -392,7 +392,7 @@ class MaskAttention(Intervention):
 
     def __repr__(self) -> str:
         queries = "" if self.queries is None else f", queries={_spec_repr(self.queries)}"
-        return f"MaskAttention(heads={str(self.heads)!r}, keys={_spec_repr(self.keys)}{queries})"
+        return f"MaskAttention(heads={self.heads.short()!r}, keys={_spec_repr(self.keys)}{queries})"
 
 
 def mask_attention(heads: HeadsLike, keys: PositionSpec, queries: PositionSpec | None = None) -> MaskAttention:
@@ -458,7 +458,7 @@ class CaptureAttention(Intervention):
         if (layer, head) not in self.heads:
             raise fail(
                 f"{self!r}.pattern got head L{layer}H{head}",
-                f"one of the captured heads {str(self.heads)!r}",
+                f"one of the captured heads {self.heads.short()!r}",
                 "add the head to capture_attention(...)",
             )
         if layer not in self._store:
@@ -480,7 +480,7 @@ class CaptureAttention(Intervention):
 
     def __repr__(self) -> str:
         pool = "" if self.pool is None else f", pool={len(self.pool)} spans"
-        return f"CaptureAttention(heads={str(self.heads)!r}{pool})"
+        return f"CaptureAttention(heads={self.heads.short()!r}{pool})"
 
 
 def capture_attention(heads: HeadsLike, pool: Spans | None = None) -> CaptureAttention:

@@ -239,14 +239,29 @@ def test_mask_with_left_padding(runner):
     else:
         reference = ref.use_reference_attention(copy.deepcopy(runner.plain))
         ref.BLOCKED[0] = ref.Block([2], {3, 4, 5})
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0, as in generate()
         try:
-            want = plain_logits(reference, ids, attention_mask=attention_mask)
+            want = plain_logits(reference, ids, attention_mask=attention_mask, position_ids=positions)
         finally:
             ref.BLOCKED.clear()
     assert torch.isfinite(got).all()
     # in float32 the hand-written attention already differs from tiny Gemma 3 by up to 5e-6 with no mask
     # at all (another summation order); the masked comparison gets the same margin on top of TOL
     assert max_diff(got[real], want[real]) <= TOL + 1e-5
+
+
+def test_left_padded_rows_equal_their_unpadded_runs(runner):
+    ids = token_ids(batch=2, pos=9, seed=14)
+    attention_mask = torch.ones_like(ids)
+    attention_mask[1, :3] = 0
+    padded = ids.clone()
+    padded[1, :3] = 0
+    keys = torch.zeros(2, 9, dtype=torch.bool)
+    keys[0, 4:6] = keys[1, 5:7] = True  # row 1's keys 5, 6 are tokens 2, 3 of the unpadded row
+    interventions = [hk.zero_ablate("L0H3"), hk.gate(torch.full((runner.shape.n_layers, 4), 0.5))]
+    fused = runner.logits(padded, *interventions, hk.mask_attention("L1H1", keys=keys), attention_mask=attention_mask)
+    alone = runner.logits(ids[1:, 3:], *interventions, hk.mask_attention("L1H1", keys=[(2, 4)]))
+    assert max_diff(fused[1, 3:], alone[0]) <= TOL
 
 
 # ------------------------------------------------------------------------------------------------- pattern
