@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from headkit.backend import plan
+from headkit.backend import check_last_only, plan
 from headkit.errors import fail
 from headkit.interventions import Intervention, MaskAttention
 from headkit.sites import ModelShape
@@ -339,14 +339,19 @@ class HFBackend:
         input_ids: Int[torch.Tensor, "batch pos"],
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+        last_only: bool = False,
     ) -> Float[torch.Tensor, "batch pos vocab"]:
         """One forward pass with interventions applied; returns the logits.
 
         With an ``attention_mask``, positions count real tokens only (as in ``generate`` and
         TransformerLens), so a left-padded row sees the same positions as when it runs alone.
+        ``last_only=True`` computes the logits of the last position only (``[batch, 1, vocab]``).
         """
+        check_last_only(last_only, attention_mask)
         device = next(self.model.parameters()).device
         kwargs: dict[str, Any] = {"use_cache": False}
+        if last_only:
+            kwargs["logits_to_keep"] = 1
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
             kwargs.update(attention_mask=attention_mask, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0))

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from headkit.backend import plan
+from headkit.backend import check_last_only, plan
 from headkit.errors import fail
 from headkit.interventions import Intervention, MaskAttention, MeanAblate, ZeroAblate
 from headkit.sites import ModelShape, Site, tl_hook_name
@@ -161,12 +161,15 @@ class TLBackend:
         input_ids: Int[torch.Tensor, "batch pos"],
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+        last_only: bool = False,
     ) -> Float[torch.Tensor, "batch pos vocab"]:
-        """One forward pass with interventions applied; returns the logits."""
+        """One forward pass with interventions applied; returns the logits (``[batch, 1, vocab]`` if last_only)."""
+        check_last_only(last_only, attention_mask)
         device = next(self.model.parameters()).device
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
         with applied(self.model, *interventions):
-            return self.model(input_ids.to(device), return_type="logits", **kwargs)
+            logits = self.model(input_ids.to(device), return_type="logits", **kwargs)
+        return logits[:, -1:] if last_only else logits
 
     def __repr__(self) -> str:
         return f"TLBackend({self.shape})"

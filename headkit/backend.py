@@ -47,9 +47,21 @@ class Backend(Protocol):
         input_ids: Int[torch.Tensor, "batch pos"],
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+        last_only: bool = False,
     ) -> Float[torch.Tensor, "batch pos vocab"]:
-        """One forward pass with interventions applied; returns the logits."""
+        """One forward pass with interventions applied; returns the logits (``[batch, 1, vocab]`` if last_only)."""
         ...
+
+
+def check_last_only(last_only: bool, attention_mask: torch.Tensor | None) -> None:
+    """``last_only`` reads the last column, which is every row's last real token only under left padding."""
+    if last_only and attention_mask is not None and not bool(attention_mask[:, -1].all()):
+        raise fail(
+            "logits(last_only=True) got an attention mask whose last column has padding",
+            "left-padded inputs (every row ends in a real token)",
+            'pad on the left (tokenizer.padding_side = "left"), or drop last_only and read each row\'s '
+            "last real token with headkit.metrics.last_token_logits",
+        )
 
 
 def plan(

@@ -85,6 +85,13 @@ class Task:
     """A tokenized, left-padded prompt set with one target token per prompt.
 
     ``first_sentence`` marks each prompt's first sentence (the text being copied), BOS excluded.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.tasks import copy_task
+        >>> task = copy_task(hk.models.tiny_tokenizer())
+        >>> task.prompts[0], task.answers[0], task.first_sentence[0].sum().item()
+        ('Tom eats apples. Tom eats', ' apples', 4)
     """
 
     prompts: tuple[str, ...]

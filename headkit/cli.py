@@ -1,0 +1,177 @@
+"""The ``headkit`` command.
+
+    headkit demo      every intervention on the copy task, on the embedded default model (Gemma 3 270M)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+import headkit as hk
+from headkit.interventions import Intervention
+from headkit.metrics import target_logprob, top1_success
+from headkit.tasks import Task, copy_task
+
+__all__ = ["main", "demo"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``headkit`` console command.
+
+    Example:
+        >>> from headkit.cli import main
+        >>> main(["--help"])  # doctest: +SKIP
+    """
+    parser = argparse.ArgumentParser(prog="headkit", description="Exact attention-head interventions.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo_parser = commands.add_parser(
+        "demo", help="apply each intervention to a few heads of the default model on the copy task"
+    )
+    demo_parser.add_argument(
+        "--adapter", choices=["huggingface", "transformer_lens"], default="huggingface",
+        help="run through plain transformers (default) or a TransformerLens bridge",
+    )
+    demo_parser.add_argument("--heads", default=None, help='heads to intervene on, e.g. "L5H1 L5H3" (default: found)')
+    demo_parser.add_argument("--top", type=int, default=4, help="how many heads to pick when --heads is not given")
+    demo_parser.add_argument("--repeats", type=int, default=3, help="forward passes timed per row (median reported)")
+    args = parser.parse_args(argv)
+    try:
+        demo(adapter=args.adapter, heads=args.heads, top=args.top, repeats=args.repeats)
+    except hk.HeadkitError as e:
+        print(f"headkit: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def demo(
+    *,
+    adapter: str = "huggingface",
+    heads: str | None = None,
+    top: int = 4,
+    repeats: int = 3,
+    out: Callable[[str], Any] = print,
+) -> list[dict[str, Any]]:
+    """Run every intervention on the copy task with the default model and print a table with timings.
+
+    The heads default to those that attend most from the last token to the word being copied (found
+    with capture_attention), i.e. induction-head candidates. Returns the table's rows.
+
+    Example:
+        >>> from headkit.cli import demo
+        >>> rows = demo(heads="L5H1 L5H3")  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    model, tokenizer = hk.load_default()
+    if adapter == "transformer_lens":
+        model = _bridge(model, tokenizer)
+    backend = hk.get_backend(model, tokenizer)
+    shape = backend.shape
+    out(f"headkit demo: {hk.models.DEFAULT_MODEL} through the {adapter} adapter "
+        f"({shape.n_layers} layers x {shape.n_heads} query heads, {shape.n_kv_heads} key/value head)")
+    out(f"loaded in {time.perf_counter() - started:.1f} s; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads on {platform.machine()}, float32\n")
+
+    full = copy_task(tokenizer)
+    with torch.no_grad():
+        logits = backend.logits(full.input_ids, attention_mask=full.attention_mask, last_only=True)
+    solved = top1_success(logits, full.targets)
+    task = full.subset(solved)
+    out(f"copy task (seed 003): the full model completes {len(task)} of {len(full)} prompts; those are used below")
+    if len(task) == 0:
+        raise hk.HeadkitError("the default model solved none of the copy prompts; expected most. Fix: reinstall")
+
+    chosen = hk.Heads(heads) if heads else _induction_heads(backend, task, top)
+    chosen.validate(shape.n_layers, shape.n_heads, n_kv_heads=shape.n_kv_heads, owner="--heads")
+    how = "given" if heads else "most attention from the last token to the copied word"
+    out(f"heads: {chosen} ({how})\n")
+
+    with torch.no_grad():
+        means = hk.compute_means(model, task.input_ids, attention_mask=task.attention_mask)
+    everything = hk.Heads.all(shape.n_layers, shape.n_heads)
+    control = _random_heads(everything - chosen, len(chosen))
+    half = torch.ones(shape.n_layers, shape.n_heads)
+    half[chosen.mask(shape.n_layers, shape.n_heads)] = 0.5
+    rows: list[tuple[str, str, list[Intervention]]] = [
+        ("none", "-", []),
+        ("zero_ablate", str(chosen), [hk.zero_ablate(chosen)]),
+        ("mean_ablate (means over these prompts)", str(chosen), [hk.mean_ablate(chosen, means)]),
+        ("gate 0.5", str(chosen), [hk.gate(half)]),
+        ("mask_attention (first sentence keys)", str(chosen), [hk.mask_attention(chosen, keys=task.first_sentence)]),
+        ("capture_attention (reads only)", str(chosen), [hk.capture_attention(chosen)]),
+        ("zero_ablate, random heads (control)", str(control), [hk.zero_ablate(control)]),
+        ("zero_ablate, every head", f"all {len(everything)}", [hk.zero_ablate(everything)]),
+    ]
+    table = []
+    for name, head_text, interventions in rows:
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                logits = backend.logits(task.input_ids, *interventions, attention_mask=task.attention_mask, last_only=True)
+            times.append(time.perf_counter() - t0)
+        table.append({
+            "intervention": name,
+            "heads": head_text,
+            "correct": int(top1_success(logits, task.targets).sum()),
+            "n": len(task),
+            "logprob": float(target_logprob(logits, task.targets).mean()),
+            "ms": 1000 * statistics.median(times),
+        })
+    _print_table(table, out)
+    base = table[0]["ms"]
+    out(f"\nms: median of {repeats} forward passes over all {len(task)} prompts (logits of the last token only); "
+        f"interventions cost {min(r['ms'] for r in table[1:]) / base:.2f}x to {max(r['ms'] for r in table[1:]) / base:.2f}x "
+        "the plain forward in this run.")
+    return table
+
+
+def _induction_heads(backend: Any, task: Task, top: int) -> hk.Heads:
+    """Heads with the most attention from the last token to the earlier copy of the answer."""
+    shape = backend.shape
+    capture = hk.capture_attention(hk.Heads.all(shape.n_layers, shape.n_heads))
+    with torch.no_grad():
+        backend.logits(task.input_ids, capture, attention_mask=task.attention_mask, last_only=True)
+    target_keys = (task.input_ids == task.targets[:, None]) & task.first_sentence  # [n, pos]
+    last_row = capture.patterns[:, :, -1, :]  # [n, heads, key]
+    score = (last_row * target_keys[:, None, :]).sum(-1).mean(0)  # [heads]
+    best = score.topk(min(top, score.numel())).indices.tolist()
+    return hk.Heads([capture.heads.pairs[i] for i in best])
+
+
+def _random_heads(pool: hk.Heads, k: int) -> hk.Heads:
+    generator = torch.Generator().manual_seed(0)
+    pick = torch.randperm(len(pool), generator=generator)[:k].tolist()
+    return hk.Heads([pool.pairs[i] for i in pick])
+
+
+def _bridge(model: Any, tokenizer: Any) -> Any:
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        raise hk.HeadkitError(
+            "demo --adapter transformer_lens could not import transformer_lens; expected TransformerLens 4.x. "
+            "Fix: pip install 'headkit[transformer-lens]'"
+        ) from None
+    return TransformerBridge.boot_transformers("gemma-3-270m", hf_model=model, tokenizer=tokenizer, device="cpu")
+
+
+def _print_table(table: list[dict[str, Any]], out: Callable[[str], Any]) -> None:
+    head_width = max(12, *(len(r["heads"]) for r in table))
+    header = f"{'intervention':<40} {'heads':<{head_width}} {'top-1':>9} {'log p(answer)':>14} {'ms':>8}"
+    out(header)
+    out("-" * len(header))
+    for r in table:
+        out(f"{r['intervention']:<40} {r['heads']:<{head_width}} {r['correct']:>4}/{r['n']:<4} "
+            f"{r['logprob']:>14.3f} {r['ms']:>8.0f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

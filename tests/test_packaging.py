@@ -1,0 +1,110 @@
+"""Packaging: what `import headkit` pulls in, the wheel's layout, and the public-API documentation rules."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import headkit as hk
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, **kwargs) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_import_headkit_imports_no_framework():
+    out = run_python(
+        "import sys, json, headkit; "
+        "print(json.dumps([m for m in ('transformer_lens', 'nnsight', 'transformers') if m in sys.modules]))",
+        cwd="/",
+    )
+    assert json.loads(out) == []
+
+
+def test_adapters_import_only_their_own_framework():
+    out = run_python(
+        "import sys, json, headkit.adapters.huggingface; "
+        "print(json.dumps([m for m in ('transformer_lens', 'nnsight') if m in sys.modules]))",
+        cwd="/",
+    )
+    assert json.loads(out) == []
+
+
+@pytest.mark.slow
+def test_built_wheel_ships_the_adapters_as_headkit_adapters(tmp_path):
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    [wheel] = (tmp_path / "dist").glob("headkit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"headkit/py.typed", "headkit/adapters/__init__.py", "headkit/adapters/huggingface.py",
+            "headkit/adapters/transformer_lens.py"} <= names
+    assert not any(name.startswith(("adapters/", "tests/")) for name in names)
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(site), str(wheel)],
+        capture_output=True, text=True,
+    )
+    assert install.returncode == 0, install.stderr
+    adapters = sorted(n.removeprefix("headkit/adapters/").removesuffix(".py") for n in names
+                      if n.startswith("headkit/adapters/") and n.endswith(".py") and not n.endswith("__init__.py"))
+    code = (
+        f"import sys; sys.path.insert(0, {str(site)!r}); import importlib, headkit; "
+        f"mods = [importlib.import_module('headkit.adapters.' + a) for a in {adapters!r}]; "
+        "print(headkit.__file__); [print(m.__file__) for m in mods]"
+    )
+    files = run_python(code, cwd="/").split()
+    assert len(files) == 1 + len(adapters) >= 3
+    assert all(f.startswith(str(site)) for f in files), files  # the wheel's copies, not the checkout
+
+
+def public_api():
+    """(name, object, needs_example): public functions and classes need an example; their methods a docstring."""
+    import headkit.backend
+    import headkit.heads
+    import headkit.metrics
+    import headkit.models
+    import headkit.tasks
+    from headkit.adapters import huggingface, transformer_lens
+
+    modules = (hk, huggingface, transformer_lens, headkit.models, headkit.metrics, headkit.tasks, headkit.heads,
+               headkit.backend)
+    for module in modules:
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                yield f"{module.__name__}.{name}", obj, True
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if not attr.startswith("_") and (inspect.isfunction(member) or isinstance(member, classmethod)):
+                        yield f"{module.__name__}.{name}.{attr}", getattr(obj, attr), False
+
+
+@pytest.mark.parametrize("name, obj, needs_example", list(public_api()), ids=lambda x: x if isinstance(x, str) else "")
+def test_public_api_opens_with_what_it_does_and_shows_an_example(name, obj, needs_example):
+    doc = inspect.getdoc(obj) or ""
+    assert doc.split("\n")[0].strip(), f"{name} has no docstring"
+    if needs_example:
+        assert ">>>" in doc, f"{name} has no example"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.strip().splitlines() if line.strip()]
+    assert len(commands) == 2, commands  # exactly two: install + demo, install + tests
+    assert commands[0].endswith("headkit demo")
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == commands[1]

@@ -1,0 +1,86 @@
+"""On the real Gemma 3 270M (the embedded default model; converted once, then cached)."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import torch
+
+import headkit as hk
+from headkit.metrics import top1_success
+from headkit.tasks import copy_task
+from tests import reference as ref
+from tests.conftest import max_diff
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    hk.load_default()  # converts on the first run ever; the timing test below measures a cached load
+    model, tokenizer = hk.load_default(attn_implementation="eager")
+    return model, tokenizer, copy_task(tokenizer)
+
+
+def test_cached_load_is_fast_and_is_gemma3(gemma):
+    started = time.perf_counter()
+    model, tokenizer = hk.load_default()
+    elapsed = time.perf_counter() - started
+    assert elapsed < 15, f"cached load took {elapsed:.1f} s"
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    assert hk.get_backend(model).shape == hk.backend.ModelShape(18, 4, 256, 1)
+    assert model.config.layer_types.count("full_attention") == 3
+
+
+def test_copy_task_mostly_succeeds_and_ablating_every_head_collapses_it(gemma):
+    model, tokenizer, task = gemma
+    backend = hk.get_backend(model, tokenizer)
+    with torch.no_grad():
+        plain = backend.logits(task.input_ids, attention_mask=task.attention_mask, last_only=True)
+        ablated = backend.logits(
+            task.input_ids, hk.zero_ablate(hk.Heads.all(18, 4)), attention_mask=task.attention_mask, last_only=True
+        )
+    assert top1_success(plain, task.targets).float().mean() >= 0.75  # 51 of 59 when this was written
+    assert top1_success(ablated, task.targets).float().mean() <= 0.05  # 0 of 59
+
+
+def test_zero_ablation_equals_zeroed_wo_on_the_real_model(gemma):
+    model, tokenizer, task = gemma
+    ids, mask = task.input_ids[:8], task.attention_mask[:8]
+    heads = hk.Heads.parse("L5H1 L5H3 L11H2 L13H3")
+    with torch.no_grad():
+        got = hk.get_backend(model).logits(ids, hk.zero_ablate(heads), attention_mask=mask)
+        want = hk.get_backend(ref.scale_heads(model, {h: 0.0 for h in heads})).logits(ids, attention_mask=mask)
+    assert max_diff(got, want) <= 1e-5
+
+
+def test_transformer_lens_equals_transformers_on_the_real_model(gemma):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model, tokenizer, task = gemma
+    ids, mask = task.input_ids[:8], task.attention_mask[:8]
+    bridge = TransformerBridge.boot_transformers("gemma-3-270m", hf_model=copy.deepcopy(model), tokenizer=tokenizer)
+    gate = torch.rand(18, 4, generator=torch.Generator().manual_seed(0))
+    cases = [
+        [hk.zero_ablate("L5H1 L17H0")],
+        [hk.mask_attention("L11H2 L13H3", keys=task.first_sentence[:8])],  # per row, left-padded batch
+        [hk.gate(gate), hk.mask_attention("L5H3", keys=[(14, 17)]), hk.capture_attention("L5H3")],
+    ]
+    real = mask.bool()
+    with torch.no_grad():
+        for interventions in cases:
+            a = hk.get_backend(model).logits(ids, *interventions, attention_mask=mask)
+            b = hk.get_backend(bridge).logits(ids, *interventions, attention_mask=mask)
+            assert max_diff(a[real], b[real]) <= 1e-5, interventions
+
+
+def test_demo_prints_the_table(gemma, capsys):
+    from headkit.cli import main
+
+    assert main(["demo", "--heads", "L5H1 L5H3 L11H2 L13H3", "--repeats", "1"]) == 0
+    text = capsys.readouterr().out
+    for row in ("none", "zero_ablate", "mean_ablate", "gate 0.5", "mask_attention", "capture_attention", "every head"):
+        assert row in text
+    assert "completes" in text and "ms" in text
