@@ -287,7 +287,13 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
         if run is None:
             attn = layout.attention(layer)
             base = _base_implementation(model)
-            eager = getattr(sys.modules[type(attn).__module__], "eager_attention_forward")
+            eager = getattr(sys.modules[type(attn).__module__], "eager_attention_forward", None)
+            if eager is None:
+                raise fail(
+                    f"attention masks and captures found no eager_attention_forward beside {type(attn).__name__}",
+                    "a transformers 5.x modeling module that defines it",
+                    "upgrade transformers (headkit targets 5.x), or use z-site interventions only",
+                )
             run = runs[layer] = _LayerRun(layer, layout.where(layer, "attention"), base, eager)
         if site == "scores":
             run.masks.extend(iv for iv in ivs if isinstance(iv, MaskAttention))
@@ -305,7 +311,9 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
             attn = layout.attention(layer)
             outer = getattr(attn.config, "headkit_run", None)
             if outer is not None:  # nested applied(): keep the outer block's attention interventions too
-                run = _LayerRun(layer, run.where, outer.base, outer.eager, outer.masks + run.masks, outer.readers + run.readers)
+                run = _LayerRun(
+                    layer, run.where, outer.base, outer.eager, outer.masks + run.masks, outer.readers + run.readers
+                )
             undo.append(_point_at_headkit(attn, run))
         yield
     finally:

@@ -83,7 +83,7 @@ class _SiteHook:
     def __init__(self, site: Site, layer: int, interventions: list[Intervention]) -> None:
         self.site, self.layer, self.interventions = site, layer, interventions
 
-    def __call__(self, activation: torch.Tensor, *, hook: Any) -> torch.Tensor:
+    def __call__(self, activation: torch.Tensor, /, hook: Any) -> torch.Tensor:
         for iv in self.interventions:
             activation = iv.edit(self.site, self.layer, activation, hook.name)
         return activation

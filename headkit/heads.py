@@ -85,7 +85,7 @@ class Heads:
                 raise fail(
                     f"Heads.parse could not read {token!r} in {text!r}",
                     'tokens like "L5H1" (layer 5, head 1) separated by spaces or commas',
-                    f'write it as "L<layer>H<head>", e.g. "L5H1"',
+                    'write it as "L<layer>H<head>", e.g. "L5H1"',
                 )
             pairs.append((int(match.group(1)), int(match.group(2))))
         return cls(pairs)

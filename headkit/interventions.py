@@ -66,8 +66,11 @@ class Intervention:
         """Return the edited activation of ``site`` in ``layer``; ``where`` names the hook point for errors."""
         raise NotImplementedError
 
-    def __call__(self, activation: torch.Tensor, /, *, hook: Any) -> torch.Tensor:
-        """Act as a TransformerLens hook: the site and layer come from ``hook.name``."""
+    def __call__(self, activation: torch.Tensor, /, hook: Any) -> torch.Tensor:
+        """Act as a TransformerLens hook: the site and layer come from ``hook.name``.
+
+        TransformerLens passes ``hook`` by keyword (its wrappers sometimes positionally; both work).
+        """
         site, layer = parse_hook_name(getattr(hook, "name", None), repr(self), self.sites)
         return self.edit(site, layer, activation, where=hook.name)
 

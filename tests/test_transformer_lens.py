@@ -25,6 +25,12 @@ def test_interventions_are_transformer_lens_hooks_themselves():
     # a filter over every hook_z: the object ignores layers it does not act on
     swept = runner.model.run_with_hooks(ids, fwd_hooks=[(lambda name: name.endswith("hook_z"), ablate)])
     assert torch.equal(swept, direct)
+    # hook passed positionally (as some TransformerLens wrappers do) works too
+    z, point = torch.randn(2, 3, 4, 16), runner.model.hook_dict["blocks.1.attn.hook_z"]
+    assert torch.equal(ablate(z, point), ablate(z, hook=point))
+    # remove_batch_dim squeezes the batch axis away: refused with the layout it expects
+    with pytest.raises(hk.HeadkitError, match=r"got activation f32\[9, 4, 16\]; expected the z layout \[batch, pos"):
+        runner.model.run_with_hooks(ids[:1], fwd_hooks=[("blocks.1.attn.hook_z", ablate)], remove_batch_dim=True)
     mask = hk.mask_attention("L0H1", keys=[(0, 3)])
     by_hand = runner.model.run_with_hooks(
         ids, fwd_hooks=[("blocks.0.attn.hook_attn_scores", mask), ("blocks.0.attn.hook_pattern", mask)]
