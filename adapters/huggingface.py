@@ -6,7 +6,7 @@
     with hk_hf.applied(model, hk.zero_ablate("L5H1"), hk.mask_attention("L9H9", keys=[(3, 8)])):
         logits = model(input_ids).logits          # generate() works too
 
-How each site is reached (all architecture knowledge sits in ``ARCHITECTURES`` below):
+How each site is reached (all architecture knowledge sits in ``headkit.architectures.ARCHITECTURES``):
 
 - ``z``: a forward pre-hook on the output projection (``o_proj`` / ``c_proj`` / ``dense``) sees its input
   ``[batch, pos, n_heads * d_head]`` and hands interventions the view ``[batch, pos, head, d_head]``.
@@ -23,106 +23,26 @@ Everything attached is removed when the ``with`` block ends, also when it ends i
 from __future__ import annotations
 
 import copy
-import operator
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float, Int
 
+from headkit.architectures import additive_mask, check_maskable, layout
 from headkit.backend import check_last_only, plan
 from headkit.errors import fail
 from headkit.interventions import Intervention, MaskAttention
 from headkit.sites import ModelShape
 
-__all__ = ["ARCHITECTURES", "applied", "model_shape", "HFBackend"]
+if TYPE_CHECKING:
+    from jaxtyping import Float, Int
 
+__all__ = ["applied", "model_shape", "HFBackend"]
 
-@dataclass(frozen=True)
-class Arch:
-    """Where the attention parts of one transformers architecture live."""
-
-    layers: str  # path from the *ForCausalLM model to the list of blocks
-    attention: str  # attribute of a block: the attention module
-    out_proj: str  # attribute of the attention module: W_O, whose input is z
-
-
-ARCHITECTURES: dict[str, Arch] = {
-    "gpt2": Arch(layers="transformer.h", attention="attn", out_proj="c_proj"),
-    "gpt_neox": Arch(layers="gpt_neox.layers", attention="attention", out_proj="dense"),
-    "llama": Arch(layers="model.layers", attention="self_attn", out_proj="o_proj"),
-    "qwen2": Arch(layers="model.layers", attention="self_attn", out_proj="o_proj"),
-    "gemma3_text": Arch(layers="model.layers", attention="self_attn", out_proj="o_proj"),
-}
-"""model_type -> module layout. Heads are the query heads of the attention module."""
-
-_ATTENTION_NAME = "headkit"
-_MASKED_IMPLEMENTATIONS = ("eager", "sdpa")
-
-
-# ------------------------------------------------------------------------------------------------- layout
-@dataclass(frozen=True)
-class _Layout:
-    shape: ModelShape
-    prefix: str  # module path of the block list, for messages
-    blocks: torch.nn.ModuleList
-    arch: Arch
-
-    def attention(self, layer: int) -> torch.nn.Module:
-        return getattr(self.blocks[layer], self.arch.attention)
-
-    def out_proj(self, layer: int) -> torch.nn.Module:
-        return getattr(self.attention(layer), self.arch.out_proj)
-
-    def where(self, layer: int, site: str) -> str:
-        attn = f"{self.prefix}.{layer}.{self.arch.attention}"
-        return f"{attn}.{self.arch.out_proj} input (z)" if site == "z" else f"{attn} ({site})"
-
-
-def _layout(model: Any) -> _Layout:
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    arch = ARCHITECTURES.get(model_type)  # type: ignore[arg-type]
-    if arch is None or not isinstance(model, torch.nn.Module):
-        raise fail(
-            f"the transformers adapter got a {type(model).__name__} (model_type {model_type!r})",
-            f"a transformers model of type {sorted(ARCHITECTURES)}",
-            "use a supported architecture, or the TransformerLens adapter for a TransformerBridge",
-        )
-    blocks = None
-    for path in (arch.layers, arch.layers.split(".", 1)[1]):  # *ForCausalLM, or the bare base model
-        try:
-            blocks = operator.attrgetter(path)(model)
-            break
-        except AttributeError:
-            continue
-    n_heads = config.num_attention_heads
-    d_head = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-    shape = ModelShape(
-        n_layers=config.num_hidden_layers,
-        n_heads=n_heads,
-        d_head=d_head,
-        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
-    )
-    ok = isinstance(blocks, torch.nn.ModuleList) and len(blocks) == shape.n_layers
-    if ok:
-        attn = getattr(blocks[0], arch.attention, None)
-        out = getattr(attn, arch.out_proj, None)
-        weight = getattr(out, "weight", None)
-        in_features = None if weight is None else (weight.shape[0] if type(out).__name__ == "Conv1D" else weight.shape[1])
-        ok = in_features == n_heads * d_head
-    if not ok:
-        raise fail(
-            f"the transformers adapter found no {arch.layers}[i].{arch.attention}.{arch.out_proj} taking "
-            f"{n_heads} x {d_head} head outputs in this {type(model).__name__}",
-            f"the standard {model_type} module layout",
-            "pass the unmodified transformers model (a TransformerLens bridge rewires it: use "
-            "headkit.adapters.transformer_lens for that)",
-        )
-    return _Layout(shape=shape, prefix=path, blocks=blocks, arch=arch)
+_ATTENTION_NAME = "headkit"  # registered with transformers' AttentionInterface on first use
 
 
 def model_shape(model: Any) -> ModelShape:
@@ -135,7 +55,7 @@ def model_shape(model: Any) -> ModelShape:
         >>> hk_hf.model_shape(model)
         ModelShape(n_layers=4, n_heads=4, d_head=16, n_kv_heads=1)
     """
-    return _layout(model).shape
+    return layout(model, "the transformers adapter").shape
 
 
 # ------------------------------------------------------------------------------------------------- z site
@@ -178,7 +98,7 @@ class _LayerRun:
         use_eager = self.base == "eager" or bool(self.readers)
         mask = attention_mask
         if self.masks or (use_eager and self.base != "eager"):
-            mask = _additive(attention_mask, q_len, k_len, query.dtype, query.device)
+            mask = additive_mask(attention_mask, q_len, k_len, query.dtype, query.device)
         dead = None
         if self.masks:
             mask = mask.expand(batch, n_heads, q_len, k_len)
@@ -201,23 +121,6 @@ def _sdpa() -> Callable:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     return ALL_ATTENTION_FUNCTIONS["sdpa"]
-
-
-def _additive(
-    mask: torch.Tensor | None, q_len: int, k_len: int, dtype: torch.dtype, device: torch.device
-) -> Float[torch.Tensor, "batch 1 query key"]:
-    """Any transformers attention mask as an additive float mask (0 = attend, finfo.min = blocked).
-
-    sdpa passes None for a pure causal mask (it then uses ``is_causal``) and bool masks otherwise;
-    eager passes additive float masks already.
-    """
-    neg = torch.finfo(dtype).min
-    if mask is None:
-        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
-        return torch.zeros((), dtype=dtype, device=device).masked_fill(~causal, neg)[None, None]
-    if mask.dtype == torch.bool:
-        return torch.zeros((), dtype=dtype, device=device).masked_fill(~mask[..., :k_len], neg)
-    return mask[..., :k_len].to(dtype)
 
 
 def _attention_function(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple:
@@ -246,19 +149,6 @@ def _point_at_headkit(attn: torch.nn.Module, run: _LayerRun) -> Callable[[], Non
     return undo
 
 
-def _base_implementation(model: Any) -> str:
-    impl = model.config._attn_implementation or "eager"
-    if impl not in _MASKED_IMPLEMENTATIONS:
-        raise fail(
-            f"attention masks and captures got a model using attention implementation {impl!r}",
-            f"one of {list(_MASKED_IMPLEMENTATIONS)} (kernels like flash attention ignore per-head masks "
-            "and never return weights)",
-            'call model.set_attn_implementation("sdpa") (or "eager") first, or load it with '
-            'attn_implementation="sdpa"',
-        )
-    return impl
-
-
 # ------------------------------------------------------------------------------------------------- public
 @contextmanager
 def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
@@ -277,16 +167,16 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
         >>> logits.shape
         torch.Size([1, 4, 100])
     """
-    layout = _layout(model)
-    groups = plan(interventions, layout.shape, "huggingface.applied")
+    found = layout(model, "huggingface.applied")
+    groups = plan(interventions, found.shape, "huggingface.applied")
     runs: dict[int, _LayerRun] = {}
     for (site, layer), ivs in groups.items():
         if site == "z":
             continue
         run = runs.get(layer)
         if run is None:
-            attn = layout.attention(layer)
-            base = _base_implementation(model)
+            attn = found.attention(layer)
+            base = check_maskable(model.config._attn_implementation, "attention masks and captures")
             eager = getattr(sys.modules[type(attn).__module__], "eager_attention_forward", None)
             if eager is None:
                 raise fail(
@@ -294,7 +184,7 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
                     "a transformers 5.x modeling module that defines it",
                     "upgrade transformers (headkit targets 5.x), or use z-site interventions only",
                 )
-            run = runs[layer] = _LayerRun(layer, layout.where(layer, "attention"), base, eager)
+            run = runs[layer] = _LayerRun(layer, found.where(layer, "attention"), base, eager)
         if site == "scores":
             run.masks.extend(iv for iv in ivs if isinstance(iv, MaskAttention))
         else:  # pattern: the mask's own pattern step is done by the run's dead-row zeroing
@@ -303,12 +193,12 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
     try:
         for (site, layer), ivs in groups.items():
             if site == "z":
-                hook = _z_hook(ivs, layer, layout.shape, layout.where(layer, "z"))
-                undo.append(layout.out_proj(layer).register_forward_pre_hook(hook).remove)
+                hook = _z_hook(ivs, layer, found.shape, found.where(layer, "z"))
+                undo.append(found.out_proj(layer).register_forward_pre_hook(hook).remove)
         if runs:
             _register()
         for layer, run in runs.items():
-            attn = layout.attention(layer)
+            attn = found.attention(layer)
             outer = getattr(attn.config, "headkit_run", None)
             if outer is not None:  # nested applied(): keep the outer block's attention interventions too
                 run = _LayerRun(
@@ -336,7 +226,7 @@ class HFBackend:
     def __init__(self, model: Any, tokenizer: Any = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.shape = _layout(model).shape
+        self.shape = layout(model, "HFBackend").shape
 
     def applied(self, *interventions: Intervention) -> Any:
         """Apply interventions inside a ``with`` block (see :func:`applied`)."""

@@ -34,15 +34,17 @@ import difflib
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float, Int
 
 from headkit.backend import check_last_only, plan
 from headkit.errors import fail
 from headkit.interventions import Intervention, MaskAttention, MeanAblate, ZeroAblate
 from headkit.sites import ModelShape, Site, tl_hook_name
+
+if TYPE_CHECKING:
+    from jaxtyping import Float, Int
 
 __all__ = ["fwd_hooks", "applied", "model_shape", "is_bridge", "TLBackend"]
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Float, Int
 
 from headkit.errors import fail
 from headkit.interventions import Intervention, check_interventions
 from headkit.sites import ModelShape, Site
+
+if TYPE_CHECKING:
+    from jaxtyping import Float, Int
 
 __all__ = ["Backend", "get_backend", "plan"]
 

@@ -6,21 +6,20 @@ share one key/value head; headkit addresses each query head on its own.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch
-from jaxtyping import Bool
 
 from headkit.errors import HeadkitError, describe, fail
 
-__all__ = ["Heads", "HeadsLike"]
+if TYPE_CHECKING:
+    from jaxtyping import Bool
 
-_TOKEN = re.compile(r"[Ll](\d+)[Hh](\d+)")
+    HeadsLike = Union["Heads", str, Mapping[int, "int | Iterable[int]"], Iterable[tuple[int, int]], torch.Tensor]
+    """Anything `Heads(...)` accepts: a Heads, "L5H1 L9H9", {5: [1]}, [(5, 1)], or a bool tensor [layer, head]."""
 
-HeadsLike = Union["Heads", str, Mapping[int, "int | Iterable[int]"], Iterable[tuple[int, int]], torch.Tensor]
-"""Anything `Heads(...)` accepts: a Heads, "L5H1 L9H9", {5: [1]}, [(5, 1)], or a bool tensor [layer, head]."""
+__all__ = ["Heads"]
 
 
 class Heads:
@@ -77,17 +76,15 @@ class Heads:
         if not isinstance(text, str):
             raise fail(f"Heads.parse got a {type(text).__name__}", 'a string like "L5H1 L9H9"', "pass a string")
         pairs = []
-        for token in re.split(r"[\s,]+", text.strip()):
-            if not token:
-                continue
-            match = _TOKEN.fullmatch(token)
-            if match is None:
+        for token in text.replace(",", " ").split():
+            layer, _, head = token.upper().removeprefix("L").partition("H")
+            if not (token[:1] in "Ll" and layer.isdigit() and head.isdigit() and layer.isascii() and head.isascii()):
                 raise fail(
                     f"Heads.parse could not read {token!r} in {text!r}",
                     'tokens like "L5H1" (layer 5, head 1) separated by spaces or commas',
                     'write it as "L<layer>H<head>", e.g. "L5H1"',
                 )
-            pairs.append((int(match.group(1)), int(match.group(2))))
+            pairs.append((int(layer), int(head)))
         return cls(pairs)
 
     @classmethod

@@ -15,15 +15,22 @@ arrive in the canonical layouts of :mod:`headkit.sites`; nothing is edited in pl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
-from jaxtyping import Bool, Float
 
 from headkit.errors import describe, fail
-from headkit.heads import Heads, HeadsLike, coerce
-from headkit.sites import LAYOUTS, ModelShape, Site, parse_hook_name
+from headkit.heads import Heads, coerce
+from headkit.sites import LAYOUTS, parse_hook_name
+
+if TYPE_CHECKING:  # jaxtyping is for readers and type checkers; nothing here needs it at run time
+    from jaxtyping import Bool, Float
+
+    from headkit.heads import HeadsLike
+    from headkit.sites import ModelShape, Site
+
+    Spans = Sequence[tuple[int, int]]
+    PositionSpec = Union[Spans, Bool[torch.Tensor, "pos"], Bool[torch.Tensor, "batch pos"]]
 
 __all__ = [
     "Intervention",
@@ -40,19 +47,26 @@ __all__ = [
     "compute_means",
 ]
 
-Spans = Sequence[tuple[int, int]]
-PositionSpec = Union[Spans, Bool[torch.Tensor, "pos"], Bool[torch.Tensor, "batch pos"]]
-
-
 class Intervention:
     """Base of the five interventions: a site edit (or read) per layer, callable as a TransformerLens hook.
 
     Subclasses declare ``sites`` and implement ``edit(site, layer, activation, where)`` on canonical layouts.
-    ``reads_only`` ones (captures) are placed after every edit at the same site.
+    ``reads_only`` ones (captures) are placed after every edit at the same site. Instances are immutable
+    (plain classes rather than dataclasses, so that nnsight can ship them to a remote server by source).
     """
 
-    sites: ClassVar[tuple[Site, ...]]
-    reads_only: ClassVar[bool] = False
+    sites: tuple[Site, ...] = ()
+    reads_only: bool = False
+
+    def _set(self, **fields: Any) -> None:
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; build a new one with its factory")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; build a new one with its factory")
 
     def layers(self, n_layers: int) -> tuple[int, ...]:
         """The layers this intervention acts on, in a model with ``n_layers`` layers."""
@@ -93,16 +107,13 @@ class Intervention:
 
 
 # ------------------------------------------------------------------------------------------------- z edits
-@dataclass(frozen=True, eq=False, repr=False)
 class ZeroAblate(Intervention):
     """Zero the chosen heads' outputs (``z``) before the output projection. Build with :func:`zero_ablate`."""
 
-    heads: Heads
-    inplace: bool = False
-    sites: ClassVar[tuple[Site, ...]] = ("z",)
+    sites = ("z",)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", coerce(self.heads, "zero_ablate"))
+    def __init__(self, heads: HeadsLike, inplace: bool = False) -> None:
+        self._set(heads=coerce(heads, "zero_ablate"), inplace=bool(inplace))
 
     def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
         idx = self.heads.in_layer(layer)
@@ -133,21 +144,21 @@ def zero_ablate(heads: HeadsLike, *, inplace: bool = False) -> ZeroAblate:
         >>> # TransformerLens:  model.run_with_hooks(tokens, fwd_hooks=hk_tl.fwd_hooks(model, ablate))
         >>> # transformers:     with hk_hf.applied(model, ablate): model(input_ids)
     """
-    return ZeroAblate(heads, inplace=inplace)  # type: ignore[arg-type]
+    return ZeroAblate(heads, inplace=inplace)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class MeanAblate(Intervention):
     """Replace the chosen heads' ``z`` by reference means. Build with :func:`mean_ablate`."""
 
-    heads: Heads
-    means: Float[torch.Tensor, "layer head d_head"] | Float[torch.Tensor, "layer pos head d_head"]
-    inplace: bool = False
-    sites: ClassVar[tuple[Site, ...]] = ("z",)
+    sites = ("z",)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", coerce(self.heads, "mean_ablate"))
-        means = self.means
+    def __init__(
+        self,
+        heads: HeadsLike,
+        means: Float[torch.Tensor, "layer head d_head"] | Float[torch.Tensor, "layer pos head d_head"],
+        inplace: bool = False,
+    ) -> None:
+        self._set(heads=coerce(heads, "mean_ablate"), inplace=bool(inplace))
         if not isinstance(means, torch.Tensor) or not means.is_floating_point() or means.ndim not in (3, 4):
             raise fail(
                 f"mean_ablate got means {describe(means)}",
@@ -161,7 +172,7 @@ class MeanAblate(Intervention):
                 "recompute the means over a reference set without padding-only positions "
                 "(pass attention_mask to compute_means)",
             )
-        object.__setattr__(self, "means", means.detach())
+        self._set(means=means.detach())
 
     @property
     def per_position(self) -> bool:
@@ -233,19 +244,18 @@ def mean_ablate(
         >>> hk.mean_ablate("L1H3", means)
         MeanAblate(heads='L1H3', means=f32[2, 4, 16])
     """
-    return MeanAblate(heads, means, inplace=inplace)  # type: ignore[arg-type]
+    return MeanAblate(heads, means, inplace=inplace)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class Gate(Intervention):
     """Scale each head's ``z`` by a value, per layer and head or per batch row. Build with :func:`gate`."""
 
-    values: Float[torch.Tensor, "layer head"] | Float[torch.Tensor, "batch layer head"]
-    inplace: bool = False
-    sites: ClassVar[tuple[Site, ...]] = ("z",)
+    sites = ("z",)
 
-    def __post_init__(self) -> None:
-        v = self.values
+    def __init__(
+        self, values: Float[torch.Tensor, "layer head"] | Float[torch.Tensor, "batch layer head"], inplace: bool = False
+    ) -> None:
+        v = values
         if not isinstance(v, torch.Tensor) or v.ndim not in (2, 3):
             raise fail(
                 f"gate got values {describe(v)}",
@@ -258,6 +268,7 @@ class Gate(Intervention):
                 "a floating-point tensor (any float dtype; gradients flow to it)",
                 "convert with `values.float()`",
             )
+        self._set(values=values, inplace=bool(inplace))
 
     @property
     def heads(self) -> Heads:
@@ -329,20 +340,17 @@ def gate(
 
 
 # ------------------------------------------------------------------------------------------------- attention
-@dataclass(frozen=True, eq=False, repr=False)
 class MaskAttention(Intervention):
     """Set chosen keys to -inf before softmax in chosen heads. Build with :func:`mask_attention`."""
 
-    heads: Heads
-    keys: PositionSpec
-    queries: PositionSpec | None = None
-    sites: ClassVar[tuple[Site, ...]] = ("scores", "pattern")
+    sites = ("scores", "pattern")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", coerce(self.heads, "mask_attention"))
-        object.__setattr__(self, "keys", _position_spec(self.keys, "keys"))
-        if self.queries is not None:
-            object.__setattr__(self, "queries", _position_spec(self.queries, "queries"))
+    def __init__(self, heads: HeadsLike, keys: PositionSpec, queries: PositionSpec | None = None) -> None:
+        self._set(
+            heads=coerce(heads, "mask_attention"),
+            keys=_position_spec(keys, "keys"),
+            queries=None if queries is None else _position_spec(queries, "queries"),
+        )
 
     def blocked(
         self, layer: int, n_heads: int, batch: int, q_len: int, k_len: int, device: torch.device, where: str
@@ -412,23 +420,26 @@ def mask_attention(heads: HeadsLike, keys: PositionSpec, queries: PositionSpec |
         >>> hk.mask_attention("L2H1 L3H0", keys=[(4, 9)])
         MaskAttention(heads='L2H1 L3H0', keys=[(4, 9)])
     """
-    return MaskAttention(heads, keys, queries)  # type: ignore[arg-type]
+    return MaskAttention(heads, keys, queries)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class CaptureAttention(Intervention):
     """Keep the chosen heads' attention patterns (optionally pooled). Build with :func:`capture_attention`."""
 
-    heads: Heads
-    pool: Spans | None = None
-    _store: dict[int, torch.Tensor] = field(default_factory=dict, init=False)
-    sites: ClassVar[tuple[Site, ...]] = ("pattern",)
-    reads_only: ClassVar[bool] = True
+    sites = ("pattern",)
+    reads_only = True
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", coerce(self.heads, "capture_attention"))
-        if self.pool is not None:
-            object.__setattr__(self, "pool", _spans(self.pool, "pool"))
+    def __init__(self, heads: HeadsLike, pool: Spans | None = None) -> None:
+        self._set(
+            heads=coerce(heads, "capture_attention"),
+            pool=None if pool is None else _spans(pool, "pool"),
+            _store={},  # layer -> [batch, n_chosen, query, key] (or pooled)
+        )
+
+    def _take(self, other: CaptureAttention) -> None:
+        """Adopt what a copy of this capture recorded (a remote run returns a copy)."""
+        self._store.clear()
+        self._store.update(other._store)
 
     def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
         idx = self.heads.in_layer(layer)
@@ -501,19 +512,23 @@ def capture_attention(heads: HeadsLike, pool: Spans | None = None) -> CaptureAtt
         >>> cap
         CaptureAttention(heads='L0H1 L1H0', pool=2 spans)
     """
-    return CaptureAttention(heads, pool)  # type: ignore[arg-type]
+    return CaptureAttention(heads, pool)
 
 
 # ------------------------------------------------------------------------------------------------- means
-@dataclass(frozen=True, eq=False, repr=False)
 class _SumZ(Intervention):
     """Reads ``z`` and adds it into running sums (the capture machinery behind :func:`compute_means`)."""
 
-    weights: torch.Tensor  # [batch, pos]: 1 for real tokens, 0 for padding
-    per_position: bool
-    sums: dict[int, torch.Tensor] = field(default_factory=dict, init=False)
-    sites: ClassVar[tuple[Site, ...]] = ("z",)
-    reads_only: ClassVar[bool] = True
+    sites = ("z",)
+    reads_only = True
+
+    def __init__(self, weights: torch.Tensor, per_position: bool) -> None:
+        # weights [batch, pos]: 1 for real tokens, 0 for padding
+        self._set(weights=weights, per_position=per_position, sums={})
+
+    def _take(self, other: _SumZ) -> None:
+        self.sums.clear()
+        self.sums.update(other.sums)
 
     def layers(self, n_layers: int) -> tuple[int, ...]:
         return tuple(range(n_layers))

@@ -6,10 +6,14 @@ prediction of a row is read at its last real token (left or right padding both w
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from jaxtyping import Bool, Float, Int
 
 from headkit.errors import describe, fail
+
+if TYPE_CHECKING:
+    from jaxtyping import Bool, Float, Int
 
 __all__ = ["last_token_logits", "target_logprob", "top1_success", "kl_divergence"]
 

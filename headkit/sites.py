@@ -16,40 +16,39 @@ TransformerLens hook and reads its site and layer from ``hook.name``.
 
 from __future__ import annotations
 
-import difflib
-import re
-from dataclasses import dataclass
 from typing import Literal
 
 from headkit.errors import fail
 
 __all__ = ["Site", "LAYOUTS", "ModelShape", "TL_HOOKS", "tl_hook_name", "parse_hook_name"]
 
+# This module, errors.py, heads.py and interventions.py run inside nnsight traces, possibly on a remote
+# NDIF server that receives them by value: they import only torch and the standard modules NDIF allows,
+# use no dataclasses (their generated methods have no source to ship) and no jaxtyping at run time.
+
 Site = Literal["z", "scores", "pattern"]
 
-LAYOUTS: dict[Site, str] = {
+LAYOUTS: dict[str, str] = {
     "z": "[batch, pos, head, d_head]",
     "scores": "[batch, head, query, key]",
     "pattern": "[batch, head, query, key]",
 }
 
-TL_HOOKS: dict[Site, str] = {
+TL_HOOKS: dict[str, str] = {
     "z": "blocks.{layer}.attn.hook_z",
     "scores": "blocks.{layer}.attn.hook_attn_scores",
     "pattern": "blocks.{layer}.attn.hook_pattern",
 }
 """TransformerLens 4.x hook names (the legacy spellings, valid with or without compatibility mode)."""
 
-_TL_SUFFIXES: dict[str, Site] = {
+_TL_SUFFIXES: dict[str, str] = {
     "attn.hook_z": "z",
     "attn.o.hook_in": "z",  # TransformerBridge's canonical name for hook_z
     "attn.hook_attn_scores": "scores",
     "attn.hook_pattern": "pattern",
 }
-_TL_NAME = re.compile(r"blocks\.(\d+)\.(.+)")
 
 
-@dataclass(frozen=True)
 class ModelShape:
     """The head geometry of a model: what interventions are validated against.
 
@@ -59,10 +58,25 @@ class ModelShape:
         ModelShape(n_layers=18, n_heads=4, d_head=256, n_kv_heads=1)
     """
 
-    n_layers: int
-    n_heads: int
-    d_head: int
-    n_kv_heads: int
+    __slots__ = ("n_layers", "n_heads", "d_head", "n_kv_heads")
+
+    def __init__(self, n_layers: int, n_heads: int, d_head: int, n_kv_heads: int) -> None:
+        self.n_layers, self.n_heads, self.d_head, self.n_kv_heads = n_layers, n_heads, d_head, n_kv_heads
+
+    def _fields(self) -> tuple[int, int, int, int]:
+        return (self.n_layers, self.n_heads, self.d_head, self.n_kv_heads)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelShape) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelShape(n_layers={self.n_layers}, n_heads={self.n_heads}, d_head={self.d_head}, "
+            f"n_kv_heads={self.n_kv_heads})"
+        )
 
 
 def tl_hook_name(site: Site, layer: int) -> str:
@@ -84,11 +98,14 @@ def parse_hook_name(name: str, owner: str, sites: tuple[Site, ...]) -> tuple[Sit
         >>> parse_hook_name("blocks.2.attn.o.hook_in", "ZeroAblate", ("z",))
         ('z', 2)
     """
-    match = _TL_NAME.fullmatch(name or "")
-    site = _TL_SUFFIXES.get(match.group(2)) if match else None
+    parts = (name or "").split(".", 2)  # "blocks", layer, rest
+    is_block = len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit()
+    site = _TL_SUFFIXES.get(parts[2]) if is_block else None
     if site is not None and site in sites:
-        return site, int(match.group(1))
-    layer = match.group(1) if match else "{layer}"
+        return site, int(parts[1])  # type: ignore[return-value]
+    import difflib  # only on this error path (code run inside traces imports nothing unusual)
+
+    layer = parts[1] if is_block else "{layer}"
     valid = [TL_HOOKS[s].format(layer=layer) for s in sites]
     close = difflib.get_close_matches(name or "", valid, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""

@@ -7,12 +7,14 @@ apples. Tom eats" -> " apples"), which small models solve with induction heads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Bool, Int
 
 from headkit.errors import fail
+
+if TYPE_CHECKING:
+    from jaxtyping import Bool, Int
 
 __all__ = ["COPY_PROMPTS", "Task", "copy_task"]
 

@@ -1,0 +1,167 @@
+"""Where each supported transformers architecture keeps its attention parts: the one table of model knowledge.
+
+The transformers adapter hooks these modules; the nnsight adapter walks the same paths as envoys (an
+envoy tree mirrors the module tree). Supporting another architecture means adding a row here. Like the
+interventions, this module may run on a remote NDIF server, so it imports only torch and operator.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from headkit.errors import fail
+from headkit.sites import ModelShape
+
+if TYPE_CHECKING:
+    from jaxtyping import Float
+
+__all__ = ["Arch", "ARCHITECTURES", "MASKABLE_IMPLEMENTATIONS", "Layout", "layout", "additive_mask"]
+
+
+class Arch:
+    """Module paths of one architecture: blocks, each block's attention, its output projection W_O.
+
+    Example:
+        >>> from headkit.architectures import ARCHITECTURES
+        >>> ARCHITECTURES["llama"]
+        Arch(layers='model.layers', attention='self_attn', out_proj='o_proj', cache='past_key_values')
+    """
+
+    __slots__ = ("layers", "attention", "out_proj", "cache")
+
+    def __init__(self, layers: str, attention: str, out_proj: str, cache: str) -> None:
+        self.layers = layers  # from the *ForCausalLM model to the list of blocks
+        self.attention = attention  # attribute of a block: the attention module
+        self.out_proj = out_proj  # attribute of the attention module: W_O, whose input is z
+        self.cache = cache  # keyword under which the attention module receives the KV cache
+
+    def __repr__(self) -> str:
+        return (
+            f"Arch(layers={self.layers!r}, attention={self.attention!r}, out_proj={self.out_proj!r}, "
+            f"cache={self.cache!r})"
+        )
+
+
+ARCHITECTURES: dict[str, Arch] = {
+    "gpt2": Arch("transformer.h", "attn", "c_proj", "past_key_values"),
+    "gpt_neox": Arch("gpt_neox.layers", "attention", "dense", "layer_past"),
+    "llama": Arch("model.layers", "self_attn", "o_proj", "past_key_values"),
+    "qwen2": Arch("model.layers", "self_attn", "o_proj", "past_key_values"),
+    "gemma3_text": Arch("model.layers", "self_attn", "o_proj", "past_key_values"),
+}
+"""model_type -> module layout (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Gemma 3 text)."""
+
+MASKABLE_IMPLEMENTATIONS = ("eager", "sdpa")
+"""Attention implementations that honour a per-head 4-D additive mask (flash kernels do not)."""
+
+
+class Layout:
+    """One model's resolved layout: its head geometry, block list and architecture row."""
+
+    __slots__ = ("shape", "path", "blocks", "arch", "model_type")
+
+    def __init__(self, shape: ModelShape, path: str, blocks: Any, arch: Arch, model_type: str) -> None:
+        self.shape, self.path, self.blocks, self.arch, self.model_type = shape, path, blocks, arch, model_type
+
+    def attention(self, layer: int) -> Any:
+        return getattr(self.blocks[layer], self.arch.attention)
+
+    def out_proj(self, layer: int) -> Any:
+        return getattr(self.attention(layer), self.arch.out_proj)
+
+    def where(self, layer: int, site: str) -> str:
+        """A readable name of a site's location, for error messages."""
+        attn = f"{self.path}.{layer}.{self.arch.attention}"
+        return f"{attn}.{self.arch.out_proj} input (z)" if site == "z" else f"{attn} ({site})"
+
+
+def layout(model: Any, owner: str = "headkit") -> Layout:
+    """Resolve a transformers model's attention layout, or raise HeadkitError naming what is missing.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.architectures import layout
+        >>> model, _ = hk.models.tiny("gpt2")
+        >>> found = layout(model)
+        >>> found.path, found.shape
+        ('transformer.h', ModelShape(n_layers=2, n_heads=4, d_head=16, n_kv_heads=4))
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    arch = ARCHITECTURES.get(model_type)  # type: ignore[arg-type]
+    if arch is None or not isinstance(model, torch.nn.Module):
+        raise fail(
+            f"{owner} got a {type(model).__name__} (model_type {model_type!r})",
+            f"a transformers model of type {sorted(ARCHITECTURES)}",
+            "use a supported architecture, or the TransformerLens adapter for a TransformerBridge",
+        )
+    blocks, path = None, arch.layers
+    for path in (arch.layers, arch.layers.split(".", 1)[1]):  # *ForCausalLM, or the bare base model
+        try:
+            blocks = operator.attrgetter(path)(model)
+            break
+        except AttributeError:
+            continue
+    n_heads = config.num_attention_heads
+    d_head = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    shape = ModelShape(
+        n_layers=config.num_hidden_layers,
+        n_heads=n_heads,
+        d_head=d_head,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+    )
+    ok = isinstance(blocks, torch.nn.ModuleList) and len(blocks) == shape.n_layers
+    if ok:
+        out = getattr(getattr(blocks[0], arch.attention, None), arch.out_proj, None)
+        weight = getattr(out, "weight", None)
+        in_features = None if weight is None else weight.shape[0 if type(out).__name__ == "Conv1D" else 1]
+        ok = in_features == n_heads * d_head
+    if not ok:
+        raise fail(
+            f"{owner} found no {arch.layers}[i].{arch.attention}.{arch.out_proj} taking {n_heads} x {d_head} "
+            f"head outputs in this {type(model).__name__}",
+            f"the standard {model_type} module layout",
+            "pass the unmodified transformers model (a TransformerLens bridge rewires it: use "
+            "headkit.adapters.transformer_lens for that)",
+        )
+    return Layout(shape, path, blocks, arch, model_type)
+
+
+def check_maskable(impl: str | None, owner: str) -> str:
+    """The attention implementation, if masks and captures can use it; else HeadkitError with the fix."""
+    impl = impl or "eager"
+    if impl not in MASKABLE_IMPLEMENTATIONS:
+        raise fail(
+            f"{owner} got a model using attention implementation {impl!r}",
+            f"one of {list(MASKABLE_IMPLEMENTATIONS)} for attention masks and captures (kernels like flash "
+            "attention ignore per-head masks and never return weights)",
+            'call model.set_attn_implementation("sdpa") (or "eager") first, or load it with '
+            'attn_implementation="sdpa"',
+        )
+    return impl
+
+
+def additive_mask(
+    mask: torch.Tensor | None, q_len: int, k_len: int, dtype: torch.dtype, device: torch.device
+) -> Float[torch.Tensor, "batch 1 query key"]:
+    """Any transformers attention mask as an additive float mask (0 = attend, finfo.min = blocked).
+
+    sdpa passes None for a pure causal mask (it then uses ``is_causal``) and bool masks otherwise; eager
+    passes additive float masks already. Query rows are the last ``q_len`` of ``k_len`` positions.
+
+    Example:
+        >>> import torch
+        >>> from headkit.architectures import additive_mask
+        >>> (additive_mask(None, 3, 3, torch.float32, torch.device("cpu")) == 0).int()[0, 0].tolist()
+        [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    """
+    neg = torch.finfo(dtype).min
+    if mask is None:
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+        return torch.zeros((), dtype=dtype, device=device).masked_fill(~causal, neg)[None, None]
+    if mask.dtype == torch.bool:
+        return torch.zeros((), dtype=dtype, device=device).masked_fill(~mask[..., :k_len], neg)
+    return mask[..., :k_len].to(dtype)
