@@ -94,7 +94,7 @@ def plan(
 
 
 def get_backend(model: Any, tokenizer: Any = None) -> Backend:
-    """The headkit backend for a model: a transformers model, a TransformerLens bridge, or a backend.
+    """The headkit backend for a model: a transformers model, a TransformerLens bridge, an nnsight model.
 
     Only frameworks that are already imported are considered, so headkit never imports one you do not use.
 
@@ -106,6 +106,13 @@ def get_backend(model: Any, tokenizer: Any = None) -> Backend:
     """
     if isinstance(model, Backend):
         return model
+    if "nnsight" in sys.modules:
+        from nnsight.intervention.envoy import Envoy
+
+        if isinstance(model, Envoy) and hasattr(model, "trace"):
+            from headkit.adapters import nnsight as nn
+
+            return nn.NNsightBackend(model)
     if "transformer_lens" in sys.modules:
         from headkit.adapters import transformer_lens as tl
 
@@ -121,6 +128,6 @@ def get_backend(model: Any, tokenizer: Any = None) -> Backend:
     raise fail(
         f"get_backend got a {type(model).__module__}.{type(model).__name__}",
         "a transformers PreTrainedModel (GPT-2, GPT-NeoX, Llama, Qwen2, Gemma 3), a TransformerLens "
-        "TransformerBridge, or a headkit backend",
+        "TransformerBridge, an nnsight model, or a headkit backend",
         "load the model with transformers or TransformerLens, or wrap it in an adapter's backend",
     )

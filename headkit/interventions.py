@@ -180,7 +180,7 @@ class MeanAblate(Intervention):
         return self.means.ndim == 4
 
     def validate(self, shape: ModelShape) -> None:
-        super().validate(shape)
+        Intervention.validate(self, shape)  # explicit: code shipped to NDIF by source has no __class__ cell
         m = self.means
         head_dims = (m.shape[0], m.shape[-2], m.shape[-1])
         if head_dims != (shape.n_layers, shape.n_heads, shape.d_head):
@@ -436,10 +436,17 @@ class CaptureAttention(Intervention):
             _store={},  # layer -> [batch, n_chosen, query, key] (or pooled)
         )
 
-    def _take(self, other: CaptureAttention) -> None:
-        """Adopt what a copy of this capture recorded (a remote run returns a copy)."""
+    def _export(self) -> dict[tuple[int, int], torch.Tensor]:
+        """What was captured as plain data, ``{(layer, head): pattern}`` (safe to send back from a server)."""
+        return {(layer, head): self.pattern(layer, head) for layer, head in self.heads if layer in self._store}
+
+    def _import(self, data: dict[tuple[int, int], torch.Tensor]) -> None:
+        """Load what :meth:`_export` produced (e.g. by a remote copy of this capture)."""
         self._store.clear()
-        self._store.update(other._store)
+        for layer in self.heads.layers:
+            rows = [data[layer, head] for head in self.heads.in_layer(layer) if (layer, head) in data]
+            if rows:
+                self._store[layer] = torch.stack(rows, dim=1)
 
     def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
         idx = self.heads.in_layer(layer)
@@ -526,9 +533,12 @@ class _SumZ(Intervention):
         # weights [batch, pos]: 1 for real tokens, 0 for padding
         self._set(weights=weights, per_position=per_position, sums={})
 
-    def _take(self, other: _SumZ) -> None:
+    def _export(self) -> dict[int, torch.Tensor]:
+        return dict(self.sums)
+
+    def _import(self, data: dict[int, torch.Tensor]) -> None:
         self.sums.clear()
-        self.sums.update(other.sums)
+        self.sums.update(data)
 
     def layers(self, n_layers: int) -> tuple[int, ...]:
         return tuple(range(n_layers))

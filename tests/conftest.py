@@ -14,7 +14,9 @@ import torch
 import headkit as hk
 
 ARCHS = ["gpt2", "neox", "llama", "qwen2", "gemma3"]
-ADAPTERS = ["hf-eager", "hf-sdpa", "tl", "tl-compat"]
+ADAPTERS = ["hf-eager", "hf-sdpa", "tl", "tl-compat", "nnsight-eager", "nnsight-sdpa", "nnsight-remote"]
+"""nnsight-remote: traces serialised and rebuilt without headkit or jaxtyping, as on NDIF (tests/ndif.py)."""
+EAGER = ("hf-eager", "nnsight-eager", "nnsight-remote")
 
 
 class Runner:
@@ -22,8 +24,19 @@ class Runner:
 
     def __init__(self, adapter: str, arch: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> None:
         self.adapter, self.arch = adapter, arch
-        impl = "eager" if adapter == "hf-eager" else "sdpa"
+        impl = "eager" if adapter in EAGER else "sdpa"
         self.plain, self.tokenizer = hk.models.tiny(arch, dtype=dtype, seed=seed, attn_implementation=impl)
+        if adapter.startswith("nnsight"):
+            from nnsight import TransformersModel
+
+            from headkit.adapters import nnsight as module
+            from tests.ndif import StrictRemote
+
+            self.model = TransformersModel(copy.deepcopy(self.plain), tokenizer=hk.models.tiny_tokenizer())
+            remote = StrictRemote(self.model) if adapter == "nnsight-remote" else False
+            self.backend = module.NNsightBackend(self.model, remote=remote)
+            self.module, self.shape = module, self.backend.shape
+            return
         if adapter.startswith("tl"):
             from transformer_lens.model_bridge import TransformerBridge
 
@@ -57,6 +70,8 @@ class Runner:
         return self.backend.logits(ids, *interventions, attention_mask=attention_mask)
 
     def applied(self, *interventions):
+        if self.adapter.startswith("nnsight"):
+            return self.backend.applied(*interventions)
         return self.module.applied(self.model, *interventions)
 
     def __repr__(self) -> str:

@@ -1,0 +1,329 @@
+"""headkit inside nnsight 0.8 traces, locally and on NDIF (``remote=True``).
+
+    import headkit as hk
+    from headkit.adapters import nnsight as hk_nn
+
+    ablate, cap = hk.zero_ablate("L5H1 L9H9"), hk.capture_attention("L9H9")   # build them outside the block
+    with model.trace(prompt):                      # or model.trace(prompt, remote=True) for NDIF
+        patterns, = hk_nn.apply(model, ablate, cap)    # one {(layer, head): pattern} per capture, saved
+        logits = model.output.logits.save()
+    patterns[9, 9]                                 # [batch, query, key]; locally cap.pattern(9, 9) too
+
+``apply`` runs where the trace runs: in this process, or on the NDIF server. It touches modules in forward
+order, layer by layer, so call it before reading modules it passes (or read those in an earlier trace):
+
+- ``z`` (zero/mean-ablate, gate): the output projection's input, viewed as ``[batch, pos, head, d_head]``
+  (per head, unlike nnsight's docs recipe that reshapes the attention output *after* W_O);
+- ``scores`` (mask): the attention module's ``attention_mask`` becomes one additive ``[batch, head, q, k]``
+  mask for the whole batch, -inf on masked cells (eager and sdpa honour it); a query left with no key
+  has that head's output zeroed;
+- ``pattern`` (capture): the attention weights the module returns, which only eager attention computes.
+
+Per-invoke interventions: z edits inside ``tracer.invoke(...)`` see only that invoke's rows (per-row
+gates then are ``[invoke_rows, layers, heads]``). Masks rewrite the whole batch's attention mask, so they
+must be applied where the trace sees every row (a trace without invokes, or an empty ``tracer.invoke()``);
+give per-row key masks ``[batch, pos]`` to mask differently per invoke.
+
+Remote runs: importing this module registers the ``headkit`` package with nnsight for serialisation by
+value, so its code travels with each request (NDIF does not have headkit installed); everything that
+runs in the trace imports only torch, nnsight and the standard library. What comes back is plain data:
+captures as the dicts ``apply`` returns (bind them to names in the block), gradients only when
+``.save()``d inside the trace (see :func:`apply`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import nnsight
+import torch
+
+from headkit.architectures import additive_mask, check_maskable, layout
+from headkit.backend import check_last_only, plan
+from headkit.errors import HeadkitError, fail
+from headkit.interventions import Intervention, MaskAttention
+
+if TYPE_CHECKING:
+    from jaxtyping import Float, Int
+
+__all__ = ["apply", "NNsightBackend", "check_remote"]
+
+nnsight.register("headkit")  # ship headkit's code by value with remote requests: NDIF does not install it
+
+
+def apply(model: Any, *interventions: Intervention) -> tuple[dict[tuple[int, int], torch.Tensor], ...]:
+    """Apply interventions inside an nnsight trace (or ``generate``); return what captures recorded, saved.
+
+    Call it inside ``with model.trace(...)``. It validates every intervention against the model first
+    and then edits modules in forward order. It returns one plain dict ``{(layer, head): pattern}`` per
+    capture it was given (in order), each marked with ``nnsight.save``: bind them
+    (``patterns, = hk_nn.apply(model, ablate, cap)``) and a remote run sends them back. Locally the
+    capture objects are also filled in place (``cap.pattern(layer, head)``).
+
+    Gates stay differentiable. Locally, call ``loss.backward()`` after the trace as usual. Remotely the
+    gate tensor travels as a copy, so run the backward inside the trace and save the gradient:
+    ``loss.backward(); grad = gate_values.grad.save()``.
+
+    Example:
+        >>> import torch, headkit as hk
+        >>> from nnsight import TransformersModel
+        >>> from headkit.adapters import nnsight as hk_nn
+        >>> hf_model, tokenizer = hk.models.tiny("llama")
+        >>> model = TransformersModel(hf_model, tokenizer=tokenizer)
+        >>> ablate = hk.zero_ablate("L1H2")
+        >>> with model.trace(torch.tensor([[1, 5, 6, 7]])):
+        ...     captured = hk_nn.apply(model, ablate)
+        ...     logits = model.output.logits.save()
+        >>> logits.shape, captured
+        (torch.Size([1, 4, 100]), ())
+    """
+    worker = _worker()
+    module = getattr(model, "_module", None)
+    if not isinstance(module, torch.nn.Module):
+        raise fail(
+            f"nnsight.apply got a {type(model).__name__}",
+            "the nnsight model the trace runs on (TransformersModel, LanguageModel or NNsight)",
+            "pass the object you called .trace() on",
+        )
+    found = layout(module, "nnsight.apply")
+    groups = plan(interventions, found.shape, "nnsight.apply")
+    blocks = model
+    for part in found.path.split("."):
+        blocks = getattr(blocks, part)
+    heads = (found.shape.n_heads, found.shape.d_head)
+    for layer in sorted({layer for _, layer in groups}):
+        attention = getattr(blocks[layer], found.arch.attention)
+        masks = [iv for iv in groups.get(("scores", layer), ()) if isinstance(iv, MaskAttention)]
+        readers = [iv for iv in groups.get(("pattern", layer), ()) if not isinstance(iv, MaskAttention)]
+        edits = groups.get(("z", layer), [])
+        dead = _mask(attention, masks, layer, found, module, worker) if masks else None
+        if edits or dead is not None:
+            where = found.where(layer, "z")
+            out_proj = getattr(attention, found.arch.out_proj)
+            x = out_proj.input  # [batch, pos, n_heads * d_head]
+            z = x.unflatten(-1, heads)
+            for iv in edits:
+                z = iv.edit("z", layer, z, where)
+            if dead is not None:
+                z = z.masked_fill(dead.transpose(1, 2)[..., None], 0)
+            out_proj.input = z.flatten(-2)
+        if readers:
+            output = attention.output  # (attention output, weights, ...)
+            weights = output[1]
+            if weights is None:
+                raise fail(
+                    f"capture_attention found no attention weights at {found.where(layer, 'pattern')} "
+                    f"(attention implementation {module.config._attn_implementation!r})",
+                    "eager attention, the only implementation that returns weights",
+                    'load the model with attn_implementation="eager" (TransformersModel(..., '
+                    'attn_implementation="eager")), or call model._module.set_attn_implementation("eager")',
+                )
+            if dead is not None:
+                weights = weights.masked_fill(dead[..., None], 0)
+                attention.output = (output[0], weights, *output[2:])
+            for iv in readers:
+                iv.edit("pattern", layer, weights, found.where(layer, "pattern"))
+    captured = tuple(nnsight.save(iv._export()) for iv in interventions if iv.reads_only)
+    return nnsight.save(captured)
+
+
+def _worker() -> Any:
+    """The nnsight worker running this code, or HeadkitError when no trace is running."""
+    from nnsight.intervention.interleaver import Mediator
+
+    try:
+        return Mediator.current("headkit.adapters.nnsight.apply")
+    except ValueError:
+        raise fail(
+            "headkit.adapters.nnsight.apply was called outside a trace",
+            "a call inside `with model.trace(...):` (or `model.generate(...)`)",
+            "move the apply(...) line into the with block; for plain transformers models without nnsight "
+            "use headkit.adapters.huggingface.applied",
+        ) from None
+
+
+def _mask(
+    attention: Any, masks: list[MaskAttention], layer: int, found: Any, module: Any, worker: Any
+) -> torch.Tensor:
+    """Rewrite one layer's attention mask with -inf cells for the whole batch; return the dead rows."""
+    where = found.where(layer, "scores")
+    if worker.interleaver.batcher.batching and worker.batch_group is not None:
+        raise fail(
+            f"mask_attention at {where} was applied inside one of several invokes",
+            "masks applied where the trace sees the whole batch (nnsight would apply one invoke's mask "
+            "to every row, or fail)",
+            "call hk_nn.apply for masks in an empty `tracer.invoke()` (or a trace without invokes), with "
+            "per-row key masks [batch, pos] if rows need different masks",
+        )
+    check_maskable(module.config._attn_implementation, "mask_attention through nnsight")
+    args, kwargs = attention.inputs
+    hidden = args[0] if args else kwargs["hidden_states"]
+    batch, q_len = hidden.shape[0], hidden.shape[1]
+    base = kwargs.get("attention_mask")
+    cache = kwargs.get(found.arch.cache)
+    past = cache.get_seq_length(layer) if cache is not None and hasattr(cache, "get_seq_length") else 0
+    k_len = base.shape[-1] if base is not None else past + q_len
+    mask = additive_mask(base, q_len, k_len, hidden.dtype, hidden.device)
+    mask = mask.expand(batch, found.shape.n_heads, q_len, k_len)
+    dead = None
+    for iv in masks:
+        mask, rows = iv.mask_scores(layer, mask, where)
+        dead = rows if dead is None else dead | rows
+    kwargs = dict(kwargs)
+    kwargs["attention_mask"] = mask
+    attention.inputs = (args, kwargs)
+    return dead
+
+
+# ------------------------------------------------------------------------------------------------- backend
+class NNsightBackend:
+    """The headkit backend for an nnsight model: each forward pass is one trace, local or remote.
+
+    ``remote`` says where each trace runs: False (here), True (NDIF; checked first with
+    :func:`check_remote`), "local" (nnsight's serialise-and-run-here simulation), or any nnsight
+    ``Backend`` object (passed as ``backend=``, e.g. a stricter simulation). Remote failures come back as
+    HeadkitError with the fix; the API key is never part of any message.
+
+    Example:
+        >>> import torch, headkit as hk
+        >>> from nnsight import TransformersModel
+        >>> hf_model, tokenizer = hk.models.tiny("gpt2")
+        >>> backend = hk.get_backend(TransformersModel(hf_model, tokenizer=tokenizer))
+        >>> backend.logits(torch.tensor([[1, 5, 6]]), hk.zero_ablate("L0H1")).shape
+        torch.Size([1, 3, 100])
+    """
+
+    def __init__(self, model: Any, remote: Any = False) -> None:
+        module = getattr(model, "_module", None)
+        if not isinstance(module, torch.nn.Module) or not hasattr(model, "trace"):
+            raise fail(
+                f"NNsightBackend got a {type(model).__name__}",
+                "an nnsight model (TransformersModel, LanguageModel or NNsight) wrapping a transformers model",
+                "wrap the model: nnsight.TransformersModel(hf_model, tokenizer=tokenizer)",
+            )
+        self.model = model
+        self.tokenizer = getattr(model, "tokenizer", None)
+        self.shape = layout(module, "NNsightBackend").shape
+        self.remote = remote
+
+    def applied(self, *interventions: Intervention) -> Any:
+        """Apply interventions to the wrapped module for a ``with`` block (local models only).
+
+        Outside a trace nnsight runs the wrapped transformers module, so this is the transformers
+        adapter's ``applied`` on it; remote models need :func:`apply` inside each trace instead.
+        """
+        if self.remote:
+            raise fail(
+                "NNsightBackend.applied was called on a remote backend",
+                "a local model (code on NDIF runs only inside traces)",
+                "call headkit.adapters.nnsight.apply(model, ...) inside each trace",
+            )
+        from headkit.adapters.huggingface import applied
+
+        return applied(self.model._module, *interventions)
+
+    def logits(
+        self,
+        input_ids: Int[torch.Tensor, "batch pos"],
+        *interventions: Intervention,
+        attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+        last_only: bool = False,
+    ) -> Float[torch.Tensor, "batch pos vocab"]:
+        """One traced forward pass with interventions applied; returns the logits.
+
+        Captures given here are filled in place also after a remote run. With an ``attention_mask``,
+        positions count real tokens only, as in the other backends.
+        """
+        check_last_only(last_only, attention_mask)
+        model, remote = self.model, self.remote
+        kwargs: dict[str, Any] = {}
+        if attention_mask is not None:
+            kwargs.update(attention_mask=attention_mask, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0))
+        if last_only:
+            kwargs["logits_to_keep"] = 1
+        if remote is True:
+            check_remote(model)
+        if isinstance(remote, (bool, str)):
+            kwargs["remote"] = remote
+        else:
+            kwargs["backend"] = remote
+        try:
+            with model.trace(input_ids, **kwargs):
+                captured = apply(model, *interventions)
+                logits = model.output.logits.save()
+        except HeadkitError:
+            raise
+        except Exception as error:
+            if not remote or not _is_transport_error(error):
+                raise
+            raise fail(
+                f"the remote run failed: {_redact(f'{type(error).__name__}: {error}')}",
+                "a reachable NDIF host serving this model, and a valid API key",
+                "check nnsight.status() for served models and NDIF_API_KEY / nnsight.login() for the key, "
+                "or run locally (remote=False)",
+            ) from None
+        for iv, data in zip([iv for iv in interventions if iv.reads_only], captured):
+            iv._import(data)
+        return logits
+
+    def __repr__(self) -> str:
+        return f"NNsightBackend({type(self.model).__name__}, remote={self.remote!r}, {self.shape})"
+
+
+def check_remote(model: Any) -> None:
+    """Check that a remote NDIF run can start: an API key is configured, NDIF answers, the model is served.
+
+    Raises HeadkitError naming what is missing and how to fix it; never prints or logs the key.
+
+    Example:
+        >>> from headkit.adapters import nnsight as hk_nn
+        >>> # hk_nn.check_remote(TransformersModel("meta-llama/Llama-3.1-8B"))  (needs network access)
+    """
+    from nnsight import CONFIG
+
+    if not CONFIG.API.APIKEY:
+        raise fail(
+            "no NDIF API key is configured",
+            "an API key from https://login.ndif.us",
+            "set the NDIF_API_KEY environment variable or call nnsight.login() (the key is never printed)",
+        )
+    repo = getattr(getattr(getattr(model, "_module", None), "config", None), "_name_or_path", "") or ""
+    if not repo:
+        raise fail(
+            "the model has no Hub repository id (its config has an empty name_or_path)",
+            "a model NDIF serves, wrapped by its Hub id so the server knows which one to run",
+            'wrap it by id: nnsight.TransformersModel("org/name") (weights are not downloaded for remote runs)',
+        )
+    import nnsight.ndif as ndif
+
+    try:
+        ndif._get("/status")
+        running = ndif.is_model_running(repo)  # canonicalises the id through the Hub
+    except Exception as error:
+        raise fail(
+            f"could not reach NDIF at {CONFIG.API.HOST}: {_redact(f'{type(error).__name__}: {error}')}",
+            "a reachable NDIF host (and the Hub, to resolve the model id)",
+            "check the network and NDIF_HOST, or run locally (remote=False)",
+        ) from None
+    if not running:
+        raise fail(
+            f"{repo!r} is not served on NDIF right now",
+            "a model NDIF is running",
+            "pick a served model (print(nnsight.status())) or run locally (remote=False)",
+        )
+
+
+def _is_transport_error(error: BaseException) -> bool:
+    """Errors of getting a request to NDIF and back, as opposed to errors in the traced code."""
+    origin = type(error).__module__ or ""
+    return isinstance(error, (ConnectionError, TimeoutError, OSError)) or origin.startswith(
+        ("nnsight.intervention.backends", "httpx", "websocket", "huggingface_hub", "socketio", "engineio")
+    )
+
+
+def _redact(text: str) -> str:
+    """The text with the configured NDIF API key blanked out."""
+    from nnsight import CONFIG
+
+    key = CONFIG.API.APIKEY
+    return text.replace(key, "<NDIF_API_KEY>") if key else text
