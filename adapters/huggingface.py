@@ -33,7 +33,7 @@ import torch
 
 from headkit.architectures import additive_mask, check_maskable, layout
 from headkit.backend import check_last_only, plan
-from headkit.errors import fail
+from headkit.errors import StaysLocal, fail
 from headkit.interventions import Intervention, MaskAttention
 from headkit.sites import ModelShape
 
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from jaxtyping import Float, Int
 
 __all__ = ["applied", "model_shape", "HFBackend"]
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 _ATTENTION_NAME = "headkit"  # registered with transformers' AttentionInterface on first use
 

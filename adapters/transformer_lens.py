@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.backend import check_last_only, plan
-from headkit.errors import fail
+from headkit.errors import StaysLocal, fail
 from headkit.interventions import Intervention, MaskAttention, MeanAblate, ZeroAblate
 from headkit.sites import ModelShape, Site, tl_hook_name
 
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from jaxtyping import Float, Int
 
 __all__ = ["fwd_hooks", "applied", "model_shape", "is_bridge", "TLBackend"]
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 
 def is_bridge(model: Any) -> bool:

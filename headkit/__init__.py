@@ -17,7 +17,7 @@ neither TransformerLens nor nnsight.
 
 from headkit import models
 from headkit.backend import get_backend
-from headkit.errors import HeadkitError
+from headkit.errors import HeadkitError, StaysLocal
 from headkit.heads import Heads
 from headkit.interventions import capture_attention, compute_means, gate, mask_attention, mean_ablate, zero_ablate
 from headkit.models import load_default
@@ -37,3 +37,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix

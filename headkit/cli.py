@@ -16,11 +16,14 @@ from typing import Any
 import torch
 
 import headkit as hk
+from headkit.errors import StaysLocal
 from headkit.interventions import Intervention
 from headkit.metrics import target_logprob, top1_success
 from headkit.tasks import Task, copy_task
 
 __all__ = ["main", "demo"]
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,9 +21,11 @@ from typing import Any, Literal
 
 import torch
 
-from headkit.errors import fail
+from headkit.errors import StaysLocal, fail
 
 __all__ = ["load_default", "tiny", "tiny_tokenizer", "cache_dir", "TINY_ARCHITECTURES", "DEFAULT_MODEL"]
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 DEFAULT_MODEL = "Gemma 3 270M (gemma-3-270m-q4_k_m.gguf, dequantised to float32)"
 

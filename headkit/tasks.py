@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.errors import fail
+from headkit.errors import StaysLocal, fail
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Int
 
 __all__ = ["COPY_PROMPTS", "Task", "copy_task"]
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 COPY_PROMPTS: tuple[tuple[str, str], ...] = (
     ("Tom eats apples. Tom eats", " apples"),
