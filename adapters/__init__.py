@@ -2,4 +2,5 @@
 
     headkit.adapters.transformer_lens   TransformerLens 4.x TransformerBridge: fwd_hooks(...), applied(...)
     headkit.adapters.huggingface        plain transformers models: applied(...), torch hooks only
+    headkit.adapters.nnsight            nnsight 0.8 traces, local or remote (NDIF): apply(model, ...)
 """

@@ -1,12 +1,12 @@
-"""Per-forward cost of headkit interventions, as ratios to the plain forward measured in the same run.
+"""Per-forward cost of headkit interventions, as ratios to plain forwards measured in the same run.
 
     python benchmarks/overhead.py                       # tiny Llama and Gemma 3 270M, writes results/
     python benchmarks/overhead.py --models tiny --rounds 50
 
 Variants run interleaved (one of each per round) so drift hits all of them alike; each figure is the
-median over rounds. The transformers variants are compared with the plain transformers forward, the
-TransformerLens variants with the plain bridge forward (the bridge itself costs extra; that ratio is
-reported too).
+median over rounds. Each framework's variants are compared with its own plain forward (transformers
+forward, TransformerLens bridge forward, nnsight trace), and every row also with the plain transformers
+forward ("vs HF"), so the frameworks' own costs show too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 import headkit as hk
 from headkit.adapters import huggingface as hk_hf
+from headkit.adapters import nnsight as hk_nn
 from headkit.adapters import transformer_lens as hk_tl
 
 
@@ -44,6 +45,7 @@ def timed(fn, rounds_out, name):
 
 
 def bench(label, model, tokenizer, ids, rounds):
+    from nnsight import TransformersModel
     from transformer_lens.model_bridge import TransformerBridge
 
     bridge = TransformerBridge.boot_transformers(label, hf_model=copy.deepcopy(model), tokenizer=tokenizer, device="cpu")
@@ -55,6 +57,23 @@ def bench(label, model, tokenizer, ids, rounds):
             with hk_hf.applied(model, *ivs):
                 model(ids, use_cache=False)
         runs[f"transformers: {name}"] = hf_run
+    traced = TransformersModel(copy.deepcopy(model), tokenizer=tokenizer)
+
+    def plain_trace():
+        with traced.trace(ids):
+            traced.output.logits.save()
+
+    runs["nnsight: plain trace"] = plain_trace
+    for name, ivs in cases.items():
+        if name.startswith("capture") and model.config._attn_implementation != "eager":
+            continue  # nnsight reads weights only under eager attention
+
+        def nn_run(ivs=ivs):
+            with traced.trace(ids):
+                hk_nn.apply(traced, *ivs)
+                traced.output.logits.save()
+
+        runs[f"nnsight: {name}"] = nn_run
     runs["TransformerLens: plain bridge forward"] = lambda: bridge(ids)
     for name, ivs in cases.items():
         def tl_run(ivs=ivs):
@@ -69,11 +88,12 @@ def bench(label, model, tokenizer, ids, rounds):
             for name, fn in runs.items():
                 timed(fn, times, name)
     med = {name: statistics.median(t) * 1000 for name, t in times.items()}
-    hf_base, tl_base = med["transformers: plain forward"], med["TransformerLens: plain bridge forward"]
-    rows = []
-    for name, ms in med.items():
-        base = hf_base if name.startswith("transformers") else tl_base
-        rows.append((name, ms, ms / base, ms / hf_base))
+    bases = {
+        "transformers": med["transformers: plain forward"],
+        "nnsight": med["nnsight: plain trace"],
+        "TransformerLens": med["TransformerLens: plain bridge forward"],
+    }
+    rows = [(name, ms, ms / bases[name.split(":")[0]], ms / bases["transformers"]) for name, ms in med.items()]
     return rows
 
 
@@ -106,10 +126,12 @@ def main(argv=None):
         f"- command: `python benchmarks/overhead.py --models {args.models} --rounds {args.rounds}`",
         f"- device: {cpu}, {torch.get_num_threads()} threads; dtype float32; eager/sdpa as loaded (sdpa)",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, transformers "
-        f"{version('transformers')}, transformer-lens {version('transformer-lens')}, headkit {hk.__version__}",
+        f"{version('transformers')}, transformer-lens {version('transformer-lens')}, nnsight {version('nnsight')}, "
+        f"headkit {hk.__version__}",
         f"- method: all variants interleaved, one call each per round, {args.rounds} rounds after a warm-up; "
-        "median ms per call (attach + forward + detach). Ratio: to the plain forward of the same framework; "
-        "vs HF: to the plain transformers forward.",
+        "median ms per call (attach + forward + detach; for nnsight the whole traced call). Ratio: to the plain "
+        "forward of the same framework; vs HF: to the plain transformers forward. nnsight captures are left out: "
+        "they need eager attention and these models run sdpa.",
         "",
     ]
     for label, rows in sections:

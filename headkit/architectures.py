@@ -59,7 +59,15 @@ MASKABLE_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
 class Layout:
-    """One model's resolved layout: its head geometry, block list and architecture row."""
+    """One model's resolved layout: its head geometry, block list and architecture row.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.architectures import layout
+        >>> found = layout(hk.models.tiny("llama")[0])
+        >>> type(found.out_proj(1)).__name__, found.where(1, "z")
+        ('Linear', 'model.layers.1.self_attn.o_proj input (z)')
+    """
 
     __slots__ = ("shape", "path", "blocks", "arch", "model_type")
 
@@ -67,9 +75,11 @@ class Layout:
         self.shape, self.path, self.blocks, self.arch, self.model_type = shape, path, blocks, arch, model_type
 
     def attention(self, layer: int) -> Any:
+        """The attention module of a layer."""
         return getattr(self.blocks[layer], self.arch.attention)
 
     def out_proj(self, layer: int) -> Any:
+        """The output projection W_O of a layer (its input is z)."""
         return getattr(self.attention(layer), self.arch.out_proj)
 
     def where(self, layer: int, site: str) -> str:

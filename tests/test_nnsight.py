@@ -334,3 +334,16 @@ def test_nnsight_transformers_and_transformer_lens_agree(arch):
     for interventions in cases:
         nn, hf, tl = (r.logits(ids, *interventions) for r in runners)
         assert max_diff(nn, hf) <= 1e-5 and max_diff(nn, tl) <= 1e-5, interventions
+
+
+def test_language_model_and_string_prompts():
+    from nnsight import LanguageModel
+
+    hf_model, tokenizer = hk.models.tiny("gemma3", attn_implementation="eager")
+    model = LanguageModel(copy.deepcopy(hf_model), tokenizer=tokenizer)  # deprecated in 0.8, still supported
+    interventions = [hk.zero_ablate("L1H0"), hk.mask_attention("L2H1", keys=[(1, 3)])]
+    with model.trace("Tom eats apples . Tom eats"):
+        hk_nn.apply(model, *interventions)
+        logits = model.output.logits.save()
+    ids = torch.tensor([tokenizer("Tom eats apples . Tom eats")["input_ids"]])
+    assert max_diff(logits, hk.get_backend(hf_model).logits(ids, *interventions)) == 0.0

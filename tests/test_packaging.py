@@ -31,10 +31,13 @@ def test_import_headkit_imports_no_framework():
     assert json.loads(out) == []
 
 
-def test_adapters_import_only_their_own_framework():
+@pytest.mark.parametrize(
+    "adapter, others", [("huggingface", ("transformer_lens", "nnsight")), ("nnsight", ("transformer_lens",))]
+)
+def test_adapters_import_only_their_own_framework(adapter, others):
     out = run_python(
-        "import sys, json, headkit.adapters.huggingface; "
-        "print(json.dumps([m for m in ('transformer_lens', 'nnsight') if m in sys.modules]))",
+        f"import sys, json, headkit.adapters.{adapter}; "
+        f"print(json.dumps([m for m in {others!r} if m in sys.modules]))",
         cwd="/",
     )
     assert json.loads(out) == []
@@ -50,7 +53,7 @@ def test_built_wheel_ships_the_adapters_as_headkit_adapters(tmp_path):
     [wheel] = (tmp_path / "dist").glob("headkit-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"headkit/py.typed", "headkit/adapters/__init__.py", "headkit/adapters/huggingface.py",
-            "headkit/adapters/transformer_lens.py"} <= names
+            "headkit/adapters/transformer_lens.py", "headkit/adapters/nnsight.py"} <= names
     assert not any(name.startswith(("adapters/", "tests/")) for name in names)
     site = tmp_path / "site"
     install = subprocess.run(
@@ -66,7 +69,7 @@ def test_built_wheel_ships_the_adapters_as_headkit_adapters(tmp_path):
         "print(headkit.__file__); [print(m.__file__) for m in mods]"
     )
     files = run_python(code, cwd="/").split()
-    assert len(files) == 1 + len(adapters) >= 3
+    assert len(files) == 1 + len(adapters) >= 4
     assert all(f.startswith(str(site)) for f in files), files  # the wheel's copies, not the checkout
 
 
@@ -77,10 +80,13 @@ def public_api():
     import headkit.metrics
     import headkit.models
     import headkit.tasks
-    from headkit.adapters import huggingface, transformer_lens
+    import headkit.architectures
+    import headkit.errors
+    import headkit.sites
+    from headkit.adapters import huggingface, nnsight, transformer_lens
 
-    modules = (hk, huggingface, transformer_lens, headkit.models, headkit.metrics, headkit.tasks, headkit.heads,
-               headkit.backend)
+    modules = (hk, huggingface, transformer_lens, nnsight, headkit.models, headkit.metrics, headkit.tasks,
+               headkit.heads, headkit.backend, headkit.architectures, headkit.sites, headkit.errors)
     for module in modules:
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)

@@ -76,6 +76,33 @@ def test_transformer_lens_equals_transformers_on_the_real_model(gemma):
             assert max_diff(a[real], b[real]) <= 1e-5, interventions
 
 
+def test_nnsight_equals_transformers_and_transformer_lens_on_the_real_model(gemma):
+    from nnsight import TransformersModel
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from headkit.adapters.nnsight import NNsightBackend
+    from tests.ndif import StrictRemote
+
+    model, tokenizer, task = gemma
+    ids, mask = task.input_ids[:6], task.attention_mask[:6]
+    traced = hk.get_backend(TransformersModel(copy.deepcopy(model), tokenizer=tokenizer))
+    remote = NNsightBackend(traced.model, remote=StrictRemote(traced.model))
+    bridge = hk.get_backend(TransformerBridge.boot_transformers("gemma-3-270m", hf_model=copy.deepcopy(model), tokenizer=tokenizer))
+    cases = [
+        [hk.zero_ablate("L5H1 L17H0")],
+        [hk.mean_ablate("L11H2", hk.compute_means(model, task.input_ids[6:12], attention_mask=task.attention_mask[6:12]))],
+        [hk.gate(torch.rand(18, 4, generator=torch.Generator().manual_seed(1)))],
+        [hk.mask_attention("L11H2 L13H3", keys=task.first_sentence[:6]), hk.capture_attention("L13H3")],
+    ]
+    real = mask.bool()
+    with torch.no_grad():
+        for interventions in cases:
+            want = hk.get_backend(model).logits(ids, *interventions, attention_mask=mask)
+            for backend in (traced, remote, bridge):
+                got = backend.logits(ids, *interventions, attention_mask=mask)
+                assert max_diff(got[real], want[real]) <= 1e-5, (backend, interventions)
+
+
 def test_demo_prints_the_table(gemma, capsys):
     from headkit.cli import main
 
