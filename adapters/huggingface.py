@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.architectures import additive_mask, check_maskable, layout
-from headkit.backend import check_last_only, plan
+from headkit.backend import check_last_only, plan, real_token_positions
 from headkit.errors import StaysLocal, fail
 from headkit.interventions import Intervention, MaskAttention
 from headkit.sites import ModelShape
@@ -254,7 +254,7 @@ class HFBackend:
             kwargs["logits_to_keep"] = 1
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
-            kwargs.update(attention_mask=attention_mask, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0))
+            kwargs.update(attention_mask=attention_mask, position_ids=real_token_positions(attention_mask))
         with applied(self.model, *interventions):
             return self.model(input_ids=input_ids.to(device), **kwargs).logits
 

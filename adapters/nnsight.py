@@ -39,7 +39,7 @@ import nnsight
 import torch
 
 from headkit.architectures import additive_mask, check_maskable, layout
-from headkit.backend import check_last_only, plan
+from headkit.backend import check_last_only, plan, real_token_positions
 from headkit.errors import HeadkitError, fail
 from headkit.interventions import Intervention, MaskAttention
 
@@ -238,7 +238,7 @@ class NNsightBackend:
         model, remote = self.model, self.remote
         kwargs: dict[str, Any] = {}
         if attention_mask is not None:
-            kwargs.update(attention_mask=attention_mask, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0))
+            kwargs.update(attention_mask=attention_mask, position_ids=real_token_positions(attention_mask))
         if last_only:
             kwargs["logits_to_keep"] = 1
         if remote is True:

@@ -55,6 +55,20 @@ class Backend(Protocol):
         ...
 
 
+def real_token_positions(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batch pos"]:
+    """Position ids counting real tokens only, so a left-padded row sees the positions it has alone.
+
+    This is what ``generate()`` and TransformerLens do; the transformers and nnsight backends pass it.
+
+    Example:
+        >>> import torch
+        >>> from headkit.backend import real_token_positions
+        >>> real_token_positions(torch.tensor([[0, 0, 1, 1, 1]])).tolist()
+        [[0, 0, 0, 1, 2]]
+    """
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def check_last_only(last_only: bool, attention_mask: torch.Tensor | None) -> None:
     """``last_only`` reads the last column, which is every row's last real token only under left padding."""
     if last_only and attention_mask is not None and not bool(attention_mask[:, -1].all()):
