@@ -34,7 +34,7 @@ import torch
 from headkit.architectures import additive_mask, check_maskable, layout
 from headkit.backend import check_last_only, plan, real_token_positions
 from headkit.errors import StaysLocal, fail
-from headkit.interventions import Intervention, MaskAttention
+from headkit.interventions import Intervention, MaskAttention, apply_masks
 from headkit.sites import ModelShape
 
 if TYPE_CHECKING:
@@ -103,10 +103,7 @@ class _LayerRun:
             mask = additive_mask(attention_mask, q_len, k_len, query.dtype, query.device)
         dead = None
         if self.masks:
-            mask = mask.expand(batch, n_heads, q_len, k_len)
-            for iv in self.masks:
-                mask, rows = iv.mask_scores(self.layer, mask, self.where)
-                dead = rows if dead is None else dead | rows
+            mask, dead = apply_masks(self.masks, self.layer, mask.expand(batch, n_heads, q_len, k_len), self.where)
         attend = self.eager if use_eager else _sdpa()
         out, weights = attend(module, query, key, value, mask, **kwargs)  # out: [batch, q, head, d_head]
         if dead is not None and dead.any():

@@ -41,7 +41,7 @@ import torch
 from headkit.architectures import additive_mask, check_maskable, layout
 from headkit.backend import check_last_only, plan, real_token_positions
 from headkit.errors import HeadkitError, fail
-from headkit.interventions import Intervention, MaskAttention
+from headkit.interventions import Intervention, MaskAttention, apply_masks
 
 if TYPE_CHECKING:
     from jaxtyping import Float, Int
@@ -164,11 +164,7 @@ def _mask(
     past = cache.get_seq_length(layer) if cache is not None and hasattr(cache, "get_seq_length") else 0
     k_len = base.shape[-1] if base is not None else past + q_len
     mask = additive_mask(base, q_len, k_len, hidden.dtype, hidden.device)
-    mask = mask.expand(batch, found.shape.n_heads, q_len, k_len)
-    dead = None
-    for iv in masks:
-        mask, rows = iv.mask_scores(layer, mask, where)
-        dead = rows if dead is None else dead | rows
+    mask, dead = apply_masks(masks, layer, mask.expand(batch, found.shape.n_heads, q_len, k_len), where)
     kwargs = dict(kwargs)
     kwargs["attention_mask"] = mask
     attention.inputs = (args, kwargs)

@@ -406,6 +406,30 @@ class MaskAttention(Intervention):
         return f"MaskAttention(heads={self.heads.short()!r}, keys={_spec_repr(self.keys)}{queries})"
 
 
+def apply_masks(
+    masks: Sequence[MaskAttention], layer: int, scores: Float[torch.Tensor, "batch head query key"], where: str
+) -> tuple[Float[torch.Tensor, "batch head query key"], Bool[torch.Tensor, "batch head query"]]:
+    """Apply several masks to one layer's scores in turn; return the scores and the union of their dead rows.
+
+    Each mask sees the cells the earlier ones removed as disallowed, so a row becomes dead when the masks
+    together leave it no key. Adapters that see scores (or an additive mask) and the outputs in one place
+    use this; the head's output for a dead row is then zeroed.
+
+    Example:
+        >>> import torch, headkit as hk
+        >>> from headkit.interventions import apply_masks
+        >>> scores = torch.zeros(1, 1, 2, 2).masked_fill(torch.ones(2, 2, dtype=torch.bool).triu(1), -1e38)
+        >>> masks = [hk.mask_attention("L0H0", keys=[(0, 1)]), hk.mask_attention("L0H0", keys=[(1, 2)])]
+        >>> apply_masks(masks, 0, scores, "example")[1].tolist()
+        [[[True, True]]]
+    """
+    dead = torch.zeros(scores.shape[:-1], dtype=torch.bool, device=scores.device)
+    for iv in masks:
+        scores, rows = iv.mask_scores(layer, scores, where)
+        dead = dead | rows
+    return scores, dead
+
+
 def mask_attention(heads: HeadsLike, keys: PositionSpec, queries: PositionSpec | None = None) -> MaskAttention:
     """Mask attention before softmax: chosen heads give exactly zero weight to chosen key tokens.
 
