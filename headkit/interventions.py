@@ -591,7 +591,7 @@ def compute_means(
 ) -> Float[torch.Tensor, "layer head d_head"] | Float[torch.Tensor, "layer pos head d_head"]:
     """Mean of every head's ``z`` over a reference set, for :func:`mean_ablate`.
 
-    Runs ``model`` (a transformers model, a TransformerLens bridge, or a headkit backend) over
+    Runs ``model`` (a transformers model, a TransformerLens bridge, an nnsight model, or a headkit backend) over
     ``input_ids [n, pos]`` in batches, reading ``z`` through the same capture machinery as the other
     interventions. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
     d_head]`` averaged over rows and positions, or ``[n_layers, pos, n_heads, d_head]`` with
