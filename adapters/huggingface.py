@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.architectures import additive_mask, check_maskable, layout
-from headkit.backend import check_last_only, plan, real_token_positions
+from headkit.backend import check_last_only, check_positions, plan, real_token_positions, unembedding_only_at
 from headkit.errors import StaysLocal, fail
 from headkit.interventions import Intervention, MaskAttention, apply_masks
 from headkit.sites import ModelShape
 
 if TYPE_CHECKING:
-    from jaxtyping import Float, Int
+    from jaxtyping import Bool, Float, Int
 
 __all__ = ["applied", "model_shape", "HFBackend"]
 
@@ -237,14 +237,17 @@ class HFBackend:
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
         last_only: bool = False,
-    ) -> Float[torch.Tensor, "batch pos vocab"]:
+        positions: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> Float[torch.Tensor, "batch pos vocab"] | Float[torch.Tensor, "n vocab"]:
         """One forward pass with interventions applied; returns the logits.
 
         With an ``attention_mask``, positions count real tokens only (as in ``generate`` and
         TransformerLens), so a left-padded row sees the same positions as when it runs alone.
-        ``last_only=True`` computes the logits of the last position only (``[batch, 1, vocab]``).
+        ``last_only=True`` computes the logits of the last position only (``[batch, 1, vocab]``);
+        ``positions`` (bool ``[batch, pos]``) those of the True cells only (``[n, vocab]``, row-major).
         """
         check_last_only(last_only, attention_mask)
+        check_positions(positions, input_ids, last_only)
         device = next(self.model.parameters()).device
         kwargs: dict[str, Any] = {"use_cache": False}
         if last_only:
@@ -252,8 +255,9 @@ class HFBackend:
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
             kwargs.update(attention_mask=attention_mask, position_ids=real_token_positions(attention_mask))
-        with applied(self.model, *interventions):
-            return self.model(input_ids=input_ids.to(device), **kwargs).logits
+        with applied(self.model, *interventions), unembedding_only_at(self.model.get_output_embeddings(), positions):
+            logits = self.model(input_ids=input_ids.to(device), **kwargs).logits
+        return logits if positions is None else logits[0]
 
     def __repr__(self) -> str:
         return f"HFBackend({type(self.model).__name__}, {self.shape})"

@@ -39,12 +39,12 @@ import nnsight
 import torch
 
 from headkit.architectures import additive_mask, check_maskable, layout
-from headkit.backend import check_last_only, plan, real_token_positions
+from headkit.backend import check_last_only, check_positions, plan, real_token_positions
 from headkit.errors import HeadkitError, fail
 from headkit.interventions import Intervention, MaskAttention, apply_masks
 
 if TYPE_CHECKING:
-    from jaxtyping import Float, Int
+    from jaxtyping import Bool, Float, Int
 
 __all__ = ["apply", "NNsightBackend", "check_remote"]
 
@@ -224,13 +224,16 @@ class NNsightBackend:
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
         last_only: bool = False,
-    ) -> Float[torch.Tensor, "batch pos vocab"]:
+        positions: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> Float[torch.Tensor, "batch pos vocab"] | Float[torch.Tensor, "n vocab"]:
         """One traced forward pass with interventions applied; returns the logits.
 
         Captures given here are filled in place also after a remote run. With an ``attention_mask``,
-        positions count real tokens only, as in the other backends.
+        positions count real tokens only, as in the other backends. ``positions`` (bool ``[batch, pos]``)
+        unembeds only its True cells and returns ``[n, vocab]`` (row-major), also remotely.
         """
         check_last_only(last_only, attention_mask)
+        check_positions(positions, input_ids, last_only)
         model, remote = self.model, self.remote
         kwargs: dict[str, Any] = {}
         if attention_mask is not None:
@@ -243,9 +246,15 @@ class NNsightBackend:
             kwargs["remote"] = remote
         else:
             kwargs["backend"] = remote
+        if positions is not None:
+            module = model._module
+            unembed_name = next(n for n, m in module.named_modules() if m is module.get_output_embeddings())
         try:
             with model.trace(input_ids, **kwargs):
                 captured = apply(model, *interventions)
+                if positions is not None:
+                    unembed = _envoy(model, unembed_name)
+                    unembed.input = unembed.input[positions][None]
                 logits = model.output.logits.save()
         except HeadkitError:
             raise
@@ -260,7 +269,7 @@ class NNsightBackend:
             ) from None
         for iv, data in zip([iv for iv in interventions if iv.reads_only], captured):
             iv._import(data)
-        return logits
+        return logits if positions is None else logits[0]
 
     def __repr__(self) -> str:
         return f"NNsightBackend({type(self.model).__name__}, remote={self.remote!r}, {self.shape})"
@@ -307,6 +316,13 @@ def check_remote(model: Any) -> None:
             "a model NDIF is running",
             "pick a served model (print(nnsight.status())) or run locally (remote=False)",
         )
+
+
+def _envoy(model: Any, path: str) -> Any:
+    """The envoy of the submodule at a dotted path (e.g. "lm_head")."""
+    for part in path.split("."):
+        model = getattr(model, part)
+    return model
 
 
 def _is_transport_error(error: BaseException) -> bool:

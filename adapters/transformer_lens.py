@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.backend import check_last_only, plan
+from headkit.backend import check_last_only, check_positions, plan, unembedding_only_at
 from headkit.errors import StaysLocal, fail
 from headkit.interventions import Intervention, MaskAttention, MeanAblate, ZeroAblate
 from headkit.sites import ModelShape, Site, tl_hook_name
 
 if TYPE_CHECKING:
-    from jaxtyping import Float, Int
+    from jaxtyping import Bool, Float, Int
 
 __all__ = ["fwd_hooks", "applied", "model_shape", "is_bridge", "TLBackend"]
 
@@ -166,13 +166,21 @@ class TLBackend:
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
         last_only: bool = False,
-    ) -> Float[torch.Tensor, "batch pos vocab"]:
-        """One forward pass with interventions applied; returns the logits (``[batch, 1, vocab]`` if last_only)."""
+        positions: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> Float[torch.Tensor, "batch pos vocab"] | Float[torch.Tensor, "n vocab"]:
+        """One forward pass with interventions applied; returns the logits.
+
+        ``[batch, 1, vocab]`` if last_only; ``[n, vocab]`` for the True cells of ``positions`` (row-major),
+        the unembedding then running on those hidden states only.
+        """
         check_last_only(last_only, attention_mask)
+        check_positions(positions, input_ids, last_only)
         device = next(self.model.parameters()).device
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
-        with applied(self.model, *interventions):
+        with applied(self.model, *interventions), unembedding_only_at(self.model.unembed, positions):
             logits = self.model(input_ids.to(device), return_type="logits", **kwargs)
+        if positions is not None:
+            return logits[0]
         return logits[:, -1:] if last_only else logits
 
     def __repr__(self) -> str:

@@ -9,18 +9,18 @@ adapter from the model's type, looking only at frameworks that are already impor
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from headkit.errors import fail
+from headkit.errors import describe, fail
 from headkit.interventions import Intervention, check_interventions
 from headkit.sites import ModelShape, Site
 
 if TYPE_CHECKING:
-    from jaxtyping import Float, Int
+    from jaxtyping import Bool, Float, Int
 
 __all__ = ["Backend", "get_backend", "plan"]
 
@@ -50,8 +50,13 @@ class Backend(Protocol):
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
         last_only: bool = False,
-    ) -> Float[torch.Tensor, "batch pos vocab"]:
-        """One forward pass with interventions applied; returns the logits (``[batch, 1, vocab]`` if last_only)."""
+        positions: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> Float[torch.Tensor, "batch pos vocab"] | Float[torch.Tensor, "n vocab"]:
+        """One forward pass with interventions applied; returns the logits.
+
+        ``[batch, pos, vocab]``; ``[batch, 1, vocab]`` with ``last_only``; ``[n, vocab]`` with ``positions``
+        (only the True cells, in row-major order; the unembedding runs on those hidden states only).
+        """
         ...
 
 
@@ -78,6 +83,56 @@ def check_last_only(last_only: bool, attention_mask: torch.Tensor | None) -> Non
             'pad on the left (tokenizer.padding_side = "left"), or drop last_only and read each row\'s '
             "last real token with headkit.metrics.last_token_logits",
         )
+
+
+def check_positions(
+    positions: Bool[torch.Tensor, "batch pos"] | None, input_ids: torch.Tensor, last_only: bool
+) -> None:
+    """``positions`` must be a bool ``[batch, pos]`` mask like ``input_ids``, and excludes ``last_only``."""
+    if positions is None:
+        return
+    if last_only:
+        raise fail(
+            "logits got both last_only=True and positions",
+            "one way to choose the positions to unembed",
+            "pass positions with the last column set, or last_only=True alone",
+        )
+    if not isinstance(positions, torch.Tensor) or positions.dtype != torch.bool or positions.shape != input_ids.shape:
+        raise fail(
+            f"logits got positions {describe(positions)} for input_ids {describe(input_ids)}",
+            f"a bool tensor of the input's shape {list(input_ids.shape)}, True where logits are wanted",
+            "build it like the input, e.g. `positions = attention_mask.bool()` or a target mask",
+        )
+
+
+@contextmanager
+def unembedding_only_at(unembed: torch.nn.Module, positions: Bool[torch.Tensor, "batch pos"] | None) -> Iterator[None]:
+    """Feed the unembedding only the hidden states at ``positions`` (as ``[1, n, d_model]``), for the block.
+
+    The model's logits then come out ``[1, n, vocab]``: a full-vocabulary projection at every position is
+    most of the memory of a forward pass on large vocabularies (Gemma 3: 262k) and is skipped.
+
+    Example:
+        >>> import torch, headkit as hk
+        >>> from headkit.backend import unembedding_only_at
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> with unembedding_only_at(model.get_output_embeddings(), torch.tensor([[False, True, True]])):
+        ...     model(torch.tensor([[1, 5, 6]])).logits.shape
+        torch.Size([1, 2, 100])
+    """
+    if positions is None:
+        yield
+        return
+
+    def gather(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        hidden = args[0]
+        return (hidden[positions.to(hidden.device)][None], *args[1:])
+
+    handle = unembed.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def plan(

@@ -66,8 +66,8 @@ class Runner:
             return lambda ids, **kw: bridge(ids, **kw)
         return lambda ids, **kw: model(ids, **kw).logits
 
-    def logits(self, ids, *interventions, attention_mask=None):
-        return self.backend.logits(ids, *interventions, attention_mask=attention_mask)
+    def logits(self, ids, *interventions, **kwargs):
+        return self.backend.logits(ids, *interventions, **kwargs)
 
     def applied(self, *interventions):
         if self.adapter.startswith("nnsight"):

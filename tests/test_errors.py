@@ -44,6 +44,21 @@ def expect_error(runner, interventions, match, ids=None):
 
 
 # ------------------------------------------------------------------------------------------------- at attach time
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"positions": torch.ones(2, 3, dtype=torch.bool)}, r"positions bool\[2, 3\].*input's shape \[2, 9\]"),
+        ({"positions": torch.ones(2, 9, dtype=torch.long)}, r"bool tensor of the input's shape"),
+        ({"positions": torch.ones(2, 9, dtype=torch.bool), "last_only": True}, r"both last_only=True and positions"),
+    ],
+)
+def test_bad_positions(llama, kwargs, match):
+    before = settled_attachments(llama)
+    with pytest.raises(hk.HeadkitError, match=match):
+        llama.backend.logits(token_ids(), hk.zero_ablate("L0H0"), **kwargs)
+    assert attachments(llama.model) == before
+
+
 def test_layer_out_of_range(llama):
     msg = expect_error(llama, [hk.zero_ablate("L0H0"), hk.zero_ablate("L2H0")], r"L2H0.*2 layers.*layer indices 0\.\.1")
     assert "Fix:" in msg

@@ -154,6 +154,19 @@ def test_per_row_gate_equals_separate_runs(runner):
         assert max_diff(fused[row : row + 1], single) <= TOL
 
 
+def test_logits_at_positions_equal_full_logits_indexed(runner):
+    ids = token_ids(batch=3, seed=5)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # right padding in one row
+    positions = torch.zeros_like(ids, dtype=torch.bool)
+    positions[0, [2, 8]] = positions[1, 5] = positions[2, [0, 3, 4]] = True
+    values = torch.rand(3, runner.shape.n_layers, runner.shape.n_heads, generator=torch.Generator().manual_seed(1))
+    full = runner.logits(ids, hk.gate(values), attention_mask=mask)
+    picked = runner.logits(ids, hk.gate(values), attention_mask=mask, positions=positions)
+    assert picked.shape == (6, full.shape[-1])
+    assert max_diff(picked, full[positions]) <= TOL
+
+
 # ------------------------------------------------------------------------------------------------- scores
 # The hand-written attention sums in another order than the model, and fp32 rounding differences grow
 # where a mask leaves a head one key; these comparisons therefore run in float64, where any real
