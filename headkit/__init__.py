@@ -10,12 +10,15 @@
     load_default()               the embedded default model, Gemma 3 270M, offline
     HeadkitError                 raised on bad input (a ValueError)
 
+Analyses: ``headkit.gating`` (causal head gating: G, G+, G-, taxonomy, contrastive), ``headkit.tasks``
+(prompt sets with answers or target continuations), ``headkit.plots`` (figures).
+
 Adapters place the same interventions on each framework:
 ``headkit.adapters.transformer_lens``, ``headkit.adapters.huggingface``. Importing headkit imports
 neither TransformerLens nor nnsight.
 """
 
-from headkit import models
+from headkit import gating, models, plots, tasks
 from headkit.backend import get_backend
 from headkit.errors import HeadkitError, StaysLocal
 from headkit.heads import Heads
@@ -33,6 +36,9 @@ __all__ = [
     "get_backend",
     "load_default",
     "models",
+    "gating",
+    "tasks",
+    "plots",
     "HeadkitError",
 ]
 

@@ -1,0 +1,712 @@
+"""Causal head gating (CHG, Nam et al. 2025): learn one gate per head, then read each head's causal role.
+
+A gate ``G = sigmoid(logit)`` scales each head's output. It is fitted by next-token likelihood on target
+tokens only, with a small clipped regulariser ``lam * mean(clamp(logit, -4, 4))`` that pushes gates the
+task does not care about towards 1 (``G+``, ``lam > 0``) or towards 0 (``G-``, ``lam < 0``), both started
+from a fit without it (``G``). Then, per head (Table 1 of the paper):
+
+- facilitation ``F = G-``: the head stays on even when pushed off;
+- interference ``N = 1 - G+``: the head is turned off even when pushed on;
+- irrelevance ``I = G+ * (1 - G-)``: the head follows the push either way.
+
+The recipe is the paper's (appendix 6.2): uniform(0, 1) initial gates; ``G``: 500 Adam steps, learning
+rate 0.1 -> 0.01 (linear), ``lam = 0``; ``G+`` and ``G-``: 500 steps each from ``G``, 0.5 -> 0.1,
+``lam = +-0.1``; batch 64; gradient norm clipped at 1. Loss: the mean over a batch of each sequence's mean
+target-token NLL, minus the regulariser (a mean over heads, as in the authors' code).
+
+Unlike the reference code, ``G+`` and ``G-`` are fitted together as rows of one batch, and many seeds are
+fitted in one run, each batch row carrying its own gate vector. Fits are not coupled: each fit's loss is
+its own (summed, never averaged, across fits), gradient norms are clipped per fit, and each seed draws
+its own initial gates and minibatches, so a seed fitted among others equals the same seed fitted alone.
+Logits are computed at target positions only; model weights may be bf16 while the gate logits stay fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from headkit.backend import Backend, get_backend
+from headkit.errors import StaysLocal, describe, fail
+from headkit.interventions import gate
+from headkit.tasks import Examples, examples
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from jaxtyping import Float, Int
+
+__all__ = [
+    "GateFit",
+    "ContrastiveFit",
+    "fit",
+    "fit_contrastive",
+    "sequence_logprob",
+    "ablation_curves",
+    "SCORES",
+]
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
+
+SCORES = ("facilitation", "irrelevance", "interference")
+"""The three role scores, in the order of the paper's Figure 2."""
+
+
+# ------------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class GateFit:
+    """The fitted gates of one CHG run: ``G``, ``G+`` and ``G-`` for every seed, ``[seed, layer, head]``.
+
+    Example:
+        >>> import torch
+        >>> from headkit.gating import GateFit
+        >>> g = torch.full((2, 1, 2), 0.5)
+        >>> plus, minus = torch.tensor([[[1.0, 0.25]], [[1.0, 0.5]]]), torch.tensor([[[0.0, 0.25]], [[0.75, 0.0]]])
+        >>> f = GateFit(G=g, G_plus=plus, G_minus=minus)
+        >>> f.facilitation[:, 0, 0].tolist(), f.interference[0, 0].tolist()
+        ([0.0, 0.75], [0.0, 0.75])
+        >>> f.taxonomy().loc[(0, 1), "role"]
+        'interfering'
+    """
+
+    G: Float[torch.Tensor, "seed layer head"]
+    G_plus: Float[torch.Tensor, "seed layer head"]
+    G_minus: Float[torch.Tensor, "seed layer head"]
+    seeds: tuple[int, ...] = ()
+    history: Any = None
+    """A DataFrame with one row per (stage, step, seed, fit): the fit's mean target NLL at that step."""
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def facilitation(self) -> Float[torch.Tensor, "seed layer head"]:
+        """``G-``: how much a head stays on under pressure to turn off."""
+        return self.G_minus
+
+    @property
+    def interference(self) -> Float[torch.Tensor, "seed layer head"]:
+        """``1 - G+``: how much a head turns off under pressure to stay on."""
+        return 1 - self.G_plus
+
+    @property
+    def irrelevance(self) -> Float[torch.Tensor, "seed layer head"]:
+        """``G+ * (1 - G-)``: how much a head follows the regulariser either way (Table 1 of the paper)."""
+        return self.G_plus * (1 - self.G_minus)
+
+    def scores(self) -> pd.DataFrame:
+        """Every seed's gates and role scores, one row per (seed, layer, head).
+
+        Example:
+            >>> import torch
+            >>> from headkit.gating import GateFit
+            >>> f = GateFit(*(torch.rand(3, 2, 4) for _ in range(3)))
+            >>> f.scores().shape
+            (24, 6)
+        """
+        import pandas as pd
+
+        n_seed, n_layer, n_head = self.G.shape
+        index = pd.MultiIndex.from_product(
+            [list(self.seeds) or list(range(n_seed)), range(n_layer), range(n_head)], names=["seed", "layer", "head"]
+        )
+        columns = {"G": self.G, "G+": self.G_plus, "G-": self.G_minus}
+        columns.update({name: getattr(self, name) for name in SCORES})
+        return pd.DataFrame({k: v.detach().flatten().cpu().numpy() for k, v in columns.items()}, index=index)
+
+    def taxonomy(self, threshold: float = 0.5) -> pd.DataFrame:
+        """Each head's role scores averaged over seeds, its role, and whether it has a role always or ever.
+
+        ``role`` is the largest mean score. ``<score>_always`` is True when the score is at least
+        ``threshold`` in every seed, ``<score>_any`` when it is in at least one (the paper's Table 2).
+
+        Example:
+            >>> import torch
+            >>> from headkit.gating import GateFit
+            >>> f = GateFit(*(torch.rand(3, 2, 4) for _ in range(3)))
+            >>> list(f.taxonomy().columns)[:4]
+            ['facilitation', 'irrelevance', 'interference', 'role']
+        """
+        import pandas as pd
+
+        n_layer, n_head = self.G.shape[1:]
+        index = pd.MultiIndex.from_product([range(n_layer), range(n_head)], names=["layer", "head"])
+        stacked = torch.stack([getattr(self, name).detach().float().cpu() for name in SCORES])  # [3, seed, L, H]
+        table = pd.DataFrame({name: stacked[i].mean(0).flatten().numpy() for i, name in enumerate(SCORES)}, index=index)
+        roles = ("facilitating", "irrelevant", "interfering")
+        table["role"] = [roles[i] for i in stacked.mean(1).flatten(1).argmax(0).tolist()]
+        for i, name in enumerate(SCORES):
+            table[f"{name}_always"] = (stacked[i] >= threshold).all(0).flatten().numpy()
+            table[f"{name}_any"] = (stacked[i] >= threshold).any(0).flatten().numpy()
+        return table
+
+    def summary(self, threshold: float = 0.5) -> pd.DataFrame:
+        """Percent of heads whose score is at least ``threshold`` in every seed (always) or some seed (any).
+
+        Example:
+            >>> import torch
+            >>> from headkit.gating import GateFit
+            >>> GateFit(*(torch.ones(1, 2, 2) for _ in range(3))).summary().loc["facilitation"].tolist()
+            [100.0, 100.0]
+        """
+        import pandas as pd
+
+        table = self.taxonomy(threshold)
+        return pd.DataFrame(
+            {agg: [100.0 * table[f"{name}_{agg}"].mean() for name in SCORES] for agg in ("always", "any")},
+            index=pd.Index(SCORES, name="score"),
+        )
+
+    def rgb(self, agg: Literal["always", "any", "mean"] = "always") -> Float[torch.Tensor, "layer head 3"]:
+        """The paper's Figure 3b colours: red = interference, green = facilitation, black = irrelevant.
+
+        ``always`` takes the minimum across seeds (consistent roles), ``any`` the maximum.
+
+        Example:
+            >>> import torch
+            >>> from headkit.gating import GateFit
+            >>> GateFit(*(torch.ones(2, 1, 1) for _ in range(3))).rgb()[0, 0].tolist()
+            [0.0, 1.0, 0.0]
+        """
+        reduce = {"always": lambda t: t.amin(0), "any": lambda t: t.amax(0), "mean": lambda t: t.mean(0)}
+        if agg not in reduce:
+            raise fail(f"rgb got agg={agg!r}", '"always", "any" or "mean"', 'pass agg="always"')
+        red, green = (reduce[agg](t.detach().float().cpu()) for t in (self.interference, self.facilitation))
+        return torch.stack([red, green, torch.zeros_like(red)], -1).clamp(0, 1)
+
+    def plot(self, path: str | None = None, title: str = "CHG roles") -> Any:
+        """Figure 3b: the RGB head maps aggregated always and any; saved as PNG when ``path`` is given.
+
+        Example:
+            >>> import torch
+            >>> from headkit.gating import GateFit
+            >>> fig = GateFit(*(torch.rand(3, 2, 4) for _ in range(3))).plot()  # doctest: +SKIP
+        """
+        from headkit import plots
+
+        return plots.role_maps({agg: self.rgb(agg) for agg in ("always", "any")}, path=path, title=title)
+
+
+@dataclass(frozen=True)
+class ContrastiveFit:
+    """Gates fitted to retain one prompt variant and forget another, ``[seed, layer, head]``.
+
+    Heads with a low gate are needed by the forgotten variant and not by the retained one.
+
+    Example:
+        >>> import torch
+        >>> from headkit.gating import ContrastiveFit
+        >>> ContrastiveFit(G=torch.tensor([[[0.75, 0.25]]])).table()["gate"].tolist()  # lowest first
+        [0.25, 0.75]
+    """
+
+    G: Float[torch.Tensor, "seed layer head"]
+    seeds: tuple[int, ...] = ()
+    history: Any = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> pd.DataFrame:
+        """Each head's gate averaged over seeds and its spread, lowest gates first."""
+        import pandas as pd
+
+        g = self.G.detach().float().cpu()
+        n_layer, n_head = g.shape[1:]
+        index = pd.MultiIndex.from_product([range(n_layer), range(n_head)], names=["layer", "head"])
+        table = pd.DataFrame(
+            {"gate": g.mean(0).flatten().numpy(), "min": g.amin(0).flatten().numpy(), "max": g.amax(0).flatten().numpy()},
+            index=index,
+        )
+        return table.sort_values("gate", kind="stable")
+
+    def plot(self, path: str | None = None, title: str = "contrastive gates (mean over seeds)") -> Any:
+        """A layer x head heatmap of the mean gate; saved as PNG when ``path`` is given."""
+        from headkit import plots
+
+        return plots.head_map(self.G.detach().float().mean(0).cpu(), path=path, title=title, vmin=0, vmax=1)
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+def sequence_logprob(
+    model: Any,
+    data: Any,
+    gates: Float[torch.Tensor, "layer head"] | Float[torch.Tensor, "mask layer head"] | None = None,
+    *,
+    max_rows: int = 256,
+    tokenizer: Any = None,
+) -> Float[torch.Tensor, "example"] | Float[torch.Tensor, "mask example"]:
+    """Mean log-probability per target token of each example, optionally under gates (one or many masks).
+
+    With ``gates`` of shape ``[mask, layer, head]`` every mask is evaluated on every example, packed into
+    forward passes of at most ``max_rows`` rows; the result is ``[mask, example]``. Logits are computed at
+    target positions only. Gradients flow to ``gates`` when it requires them.
+
+    Example:
+        >>> import torch, headkit as hk
+        >>> from headkit.gating import sequence_logprob
+        >>> model, tok = hk.models.tiny("llama")
+        >>> data = [("Tom eats", " apples"), ("He bought", " milk")]
+        >>> sequence_logprob(model, data, torch.ones(3, 2, 4), tokenizer=tok).shape
+        torch.Size([3, 2])
+    """
+    backend = _backend(model, tokenizer, "sequence_logprob", local=gates is not None and gates.requires_grad)
+    ex = _examples(backend, data, "sequence_logprob")
+    if gates is None:
+        with torch.no_grad():
+            return _chunked(backend, ex, None, torch.arange(len(ex)), max_rows)
+    if not isinstance(gates, torch.Tensor) or gates.ndim not in (2, 3):
+        raise fail(
+            f"sequence_logprob got gates {describe(gates)}",
+            "a float tensor [n_layers, n_heads] or [n_masks, n_layers, n_heads]",
+            "pass e.g. torch.ones(n_layers, n_heads)",
+        )
+    many = gates.reshape(-1, *gates.shape[-2:])
+    n = len(ex)
+    mask_of_row = torch.arange(many.shape[0]).repeat_interleave(n)
+    example_of_row = torch.arange(n).repeat(many.shape[0])
+    with torch.set_grad_enabled(gates.requires_grad and torch.is_grad_enabled()):
+        out = _chunked(backend, ex, many, example_of_row, max_rows, mask_of_row)
+    return out.reshape(many.shape[0], n) if gates.ndim == 3 else out
+
+
+def _chunked(
+    backend: Backend,
+    ex: Examples,
+    gates: torch.Tensor | None,
+    example_of_row: torch.Tensor,
+    max_rows: int,
+    gate_of_row: torch.Tensor | None = None,
+) -> torch.Tensor:
+    parts = []
+    for start in range(0, len(example_of_row), max_rows):
+        rows = slice(start, start + max_rows)
+        g = None if gates is None else gates[gate_of_row[rows]]
+        parts.append(_row_logprob(backend, ex.rows(example_of_row[rows]), g))
+    return torch.cat(parts)
+
+
+def _row_logprob(
+    backend: Backend, ex: Examples, gates: Float[torch.Tensor, "row layer head"] | None
+) -> Float[torch.Tensor, "row"]:
+    """Each row's mean log-probability of its target tokens (one forward pass, logits at targets only)."""
+    positions, labels = ex.scored()
+    interventions = () if gates is None else (gate(gates),)
+    logits = backend.logits(ex.input_ids, *interventions, attention_mask=ex.attention_mask, positions=positions)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
+    logp = torch.log_softmax(logits, -1).gather(-1, labels.to(logits.device)[:, None])[:, 0]
+    row_of = positions.nonzero()[:, 0].to(logp.device)
+    total = torch.zeros(len(ex), dtype=logp.dtype, device=logp.device).index_add(0, row_of, logp)
+    return total / positions.sum(-1).to(logp.device)
+
+
+# ------------------------------------------------------------------------------------------------- fitting
+def fit(
+    model: Any,
+    data: Any,
+    *,
+    seeds: int | Sequence[int] = 1,
+    steps: int = 500,
+    reg_steps: int = 500,
+    batch_size: int = 64,
+    lam: float = 0.1,
+    lr: tuple[float, float] = (0.1, 0.01),
+    reg_lr: tuple[float, float] = (0.5, 0.1),
+    clip: float = 4.0,
+    grad_norm: float = 1.0,
+    max_rows: int | None = None,
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> GateFit:
+    """Fit causal head gates ``G`` (``lam = 0``), then ``G+`` and ``G-`` (``+lam`` / ``-lam``) from it.
+
+    ``seeds`` is a count (seeds 0..n-1) or a list of seeds; all are fitted in one batched run. ``data``
+    is anything :func:`headkit.tasks.examples` takes (pairs, records, a ``datasets.Dataset``) or
+    :class:`~headkit.tasks.Examples`. ``max_rows`` caps the rows of one forward pass (the batch is then
+    processed in pieces and the gradients summed; the result is the same). Model weights are frozen for
+    the run and restored after.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit import gating
+        >>> model, tok = hk.models.tiny("llama")
+        >>> data = [("Tom eats apples . Tom eats", " apples"), ("He bought milk . He bought", " milk")]
+        >>> result = gating.fit(model, data, seeds=3, steps=5, reg_steps=5, batch_size=2, tokenizer=tok, progress=False)
+        >>> result.G_plus.shape, result.taxonomy().shape[0]
+        (torch.Size([3, 2, 4]), 8)
+    """
+    seed_list = _seeds(seeds, "fit")
+    _check_recipe("fit", steps=steps, reg_steps=reg_steps, batch_size=batch_size, lr=lr, reg_lr=reg_lr,
+                  clip=clip, grad_norm=grad_norm, max_rows=max_rows)
+    if not isinstance(lam, (int, float)) or not lam > 0:
+        raise fail(
+            f"fit got lam={lam!r}",
+            "the regulariser's magnitude, a positive number: G+ is fitted with +lam (gates pushed to 1) and "
+            "G- with -lam (pushed to 0)",
+            "pass lam=0.1 (the paper's value); the sign of each stage is set for you",
+        )
+    backend = _backend(model, tokenizer, "fit")
+    ex = _examples(backend, data, "fit")
+    shape = backend.shape
+    device, dtype = _device_dtype(backend)
+    generators = [torch.Generator().manual_seed(int(s)) for s in seed_list]
+    init = torch.stack([_uniform_logits(shape.n_layers, shape.n_heads, g) for g in generators])
+    samplers = [_Sampler(len(ex), g) for g in generators]
+    k = len(seed_list)
+    history: list[tuple[str, int, int, str, float]] = []
+    with _frozen(backend):
+        theta = init.to(device=device, dtype=dtype).requires_grad_(True)
+        _optimise(
+            backend, ex, theta, samplers, seed_of_fit=list(range(k)), lam=torch.zeros(k, dtype=dtype, device=device),
+            steps=steps, lr=lr, batch_size=batch_size, clip=clip, grad_norm=grad_norm, max_rows=max_rows,
+            progress=progress, desc="CHG G  (lam=0)", log=lambda step, nll: history.extend(
+                ("G", step, seed_list[i], "G", v) for i, v in enumerate(nll)),
+        )
+        G = torch.sigmoid(theta.detach()).cpu()
+        both = theta.detach().repeat_interleave(2, 0).clone().requires_grad_(True)  # rows: s0+, s0-, s1+, ...
+        signs = torch.tensor([lam, -lam] * k, dtype=dtype, device=device)
+        _optimise(
+            backend, ex, both, samplers, seed_of_fit=[i // 2 for i in range(2 * k)], lam=signs,
+            steps=reg_steps, lr=reg_lr, batch_size=batch_size, clip=clip, grad_norm=grad_norm, max_rows=max_rows,
+            progress=progress, desc=f"CHG G+ G- (lam=+-{lam:g})", log=lambda step, nll: history.extend(
+                ("G+-", step, seed_list[i // 2], "G+" if i % 2 == 0 else "G-", v) for i, v in enumerate(nll)),
+        )
+    gates = torch.sigmoid(both.detach()).cpu()
+    recipe = dict(steps=steps, reg_steps=reg_steps, batch_size=batch_size, lam=lam, lr=lr, reg_lr=reg_lr,
+                  clip=clip, grad_norm=grad_norm, examples=len(ex))
+    return GateFit(G, gates[0::2], gates[1::2], tuple(seed_list), _history_frame(history), recipe)
+
+
+def fit_contrastive(
+    model: Any,
+    retain: Any,
+    forget: Any,
+    *,
+    seeds: int | Sequence[int] = 1,
+    steps: int = 500,
+    batch_size: int = 64,
+    lam: float = 0.1,
+    lr: tuple[float, float] = (0.1, 0.01),
+    clip: float = 4.0,
+    max_diff: float = 5.0,
+    grad_norm: float = 1.0,
+    max_rows: int | None = None,
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> ContrastiveFit:
+    """Contrastive CHG (equation 2): gates that keep the ``retain`` variant working and break ``forget``.
+
+    ``retain`` and ``forget`` are matched: example i of each is the same item in two formats. Loss per
+    pair: ``-logp_R + clamp(logp_F - stopgrad(logp_R), min=-max_diff)``, averaged over the batch, minus
+    ``lam * mean(clamp(logit, -clip, clip))``; ``lam > 0`` pushes gates to 1, so only heads the forgetting
+    needs are turned off. This follows the authors' code and the paper's equation 2 (appendix 6.2 writes
+    ``lam = -0.1``; the code and equation use +0.1). One stage from uniform(0, 1) gates, Adam, 0.1 -> 0.01.
+    Both variants of a pair run in the same forward pass, under the same gates.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit import gating
+        >>> model, tok = hk.models.tiny("llama")
+        >>> keep, drop = [("Tom eats", " apples")], [("He bought", " milk")]
+        >>> gating.fit_contrastive(model, keep, drop, steps=3, batch_size=1, tokenizer=tok, progress=False).G.shape
+        torch.Size([1, 2, 4])
+    """
+    seed_list = _seeds(seeds, "fit_contrastive")
+    _check_recipe("fit_contrastive", steps=steps, reg_steps=0, batch_size=batch_size, lr=lr, reg_lr=lr,
+                  clip=clip, grad_norm=grad_norm, max_rows=max_rows)
+    if not isinstance(lam, (int, float)) or lam < 0:
+        raise fail(
+            f"fit_contrastive got lam={lam!r}",
+            "lam >= 0: the regulariser pushes gates towards 1, so only heads the forgetting needs turn off "
+            "(the sign of the authors' code and equation 2)",
+            "pass lam=0.1",
+        )
+    if not isinstance(max_diff, (int, float)) or not max_diff > 0:
+        raise fail(f"fit_contrastive got max_diff={max_diff!r}", "a positive clamp in nats", "pass max_diff=5.0")
+    backend = _backend(model, tokenizer, "fit_contrastive")
+    ex_r = _examples(backend, retain, "fit_contrastive (retain)")
+    ex_f = _examples(backend, forget, "fit_contrastive (forget)")
+    if len(ex_r) != len(ex_f):
+        raise fail(
+            f"fit_contrastive got {len(ex_r)} retain examples and {len(ex_f)} forget examples",
+            "matched pairs: example i of each is the same item in the two variants",
+            "pass lists of equal length, aligned item by item",
+        )
+    both = _concat(ex_r, ex_f)  # rows 0..n-1 retain, n..2n-1 forget
+    n = len(ex_r)
+    shape = backend.shape
+    device, dtype = _device_dtype(backend)
+    generators = [torch.Generator().manual_seed(int(s)) for s in seed_list]
+    init = torch.stack([_uniform_logits(shape.n_layers, shape.n_heads, g) for g in generators])
+    samplers = [_Sampler(n, g) for g in generators]
+    history: list[tuple[str, int, int, str, float]] = []
+    with _frozen(backend):
+        theta = init.to(device=device, dtype=dtype).requires_grad_(True)
+        _optimise(
+            backend, both, theta, samplers, seed_of_fit=list(range(len(seed_list))),
+            lam=torch.full((len(seed_list),), float(lam), dtype=dtype, device=device), steps=steps, lr=lr,
+            batch_size=batch_size, clip=clip, grad_norm=grad_norm, max_rows=max_rows, progress=progress,
+            desc=f"contrastive CHG (lam={lam:g})", pair_offset=n, max_diff=float(max_diff),
+            log=lambda step, nll: history.extend(("C", step, seed_list[i], "G", v) for i, v in enumerate(nll)),
+        )
+    recipe = dict(steps=steps, batch_size=batch_size, lam=lam, lr=lr, clip=clip, max_diff=max_diff,
+                  grad_norm=grad_norm, examples=n)
+    return ContrastiveFit(torch.sigmoid(theta.detach()).cpu(), tuple(seed_list), _history_frame(history), recipe)
+
+
+def _optimise(
+    backend: Backend,
+    ex: Examples,
+    theta: torch.Tensor,
+    samplers: list[_Sampler],
+    *,
+    seed_of_fit: list[int],
+    lam: torch.Tensor,
+    steps: int,
+    lr: tuple[float, float],
+    batch_size: int,
+    clip: float,
+    grad_norm: float,
+    max_rows: int | None,
+    progress: bool,
+    desc: str,
+    log: Callable[[int, list[float]], None],
+    pair_offset: int | None = None,
+    max_diff: float = 5.0,
+) -> None:
+    """Adam on ``theta [fit, layer, head]``; each fit's loss is its own and its gradient is clipped alone.
+
+    Each step, every seed draws ``batch_size`` examples from its own sampler; every fit of that seed is
+    evaluated on them. With ``pair_offset`` (contrastive), example i is retained and ``i + pair_offset``
+    forgotten, in the same forward pass.
+    """
+    if steps == 0:
+        return
+    from tqdm.auto import tqdm
+
+    optimiser = torch.optim.Adam([theta], lr=lr[0])
+    schedule = torch.optim.lr_scheduler.LinearLR(optimiser, 1.0, lr[1] / lr[0], total_iters=steps)
+    n_fits = theta.shape[0]
+    fit_ids = torch.tensor(seed_of_fit)
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        optimiser.zero_grad(set_to_none=False)
+        drawn = torch.stack([s.take(batch_size) for s in samplers])  # [seed, batch]
+        example = drawn[fit_ids].flatten()  # one unit per (fit, batch item), grouped by fit
+        fit_of_unit = torch.arange(n_fits).repeat_interleave(batch_size)
+        regulariser = -(lam * theta.clamp(-clip, clip).mean((1, 2))).sum()
+        regulariser.backward()
+        logp = torch.empty(len(example), dtype=torch.float64)  # the (retained) target log-prob of each unit
+        per_pass = len(example) if max_rows is None else max(1, max_rows // (1 if pair_offset is None else 2))
+        for start in range(0, len(example), per_pass):
+            units = slice(start, start + per_pass)
+            rows, fits = example[units], fit_of_unit[units]
+            if pair_offset is not None:  # contrastive: the retain row and the forget row of each pair
+                rows, fits = torch.cat([rows, rows + pair_offset]), fits.repeat(2)
+            lp = _row_logprob(backend, ex.rows(rows), torch.sigmoid(theta)[fits.to(theta.device)])
+            if pair_offset is None:
+                keep, loss = lp, -lp.sum() / batch_size
+            else:
+                keep, lose = lp.chunk(2)
+                loss = ((lose - keep.detach()).clamp(min=-max_diff) - keep).sum() / batch_size
+            loss.backward()
+            logp[units] = keep.detach().double().cpu()
+        _clip_per_fit(theta.grad, grad_norm)
+        optimiser.step()
+        schedule.step()
+        per_fit = -logp.reshape(n_fits, batch_size).mean(1)  # NLL (retain NLL if contrastive)
+        log(step, per_fit.tolist())
+        bar.set_postfix(nll=f"{per_fit.mean().item():.3f}")
+
+
+def _clip_per_fit(grad: torch.Tensor, max_norm: float) -> None:
+    """``clip_grad_norm_`` applied to each fit's gradient on its own (the reference clips all fits jointly)."""
+    norms = grad.flatten(1).norm(dim=1)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    grad.mul_(scale[:, None, None])
+
+
+class _Sampler:
+    """Minibatches drawn without replacement from a reshuffled order, from one seed's generator."""
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.generator, self.queue = n, generator, torch.empty(0, dtype=torch.long)
+
+    def take(self, k: int) -> Int[torch.Tensor, "k"]:
+        while len(self.queue) < k:
+            self.queue = torch.cat([self.queue, torch.randperm(self.n, generator=self.generator)])
+        out, self.queue = self.queue[:k], self.queue[k:]
+        return out
+
+
+def _uniform_logits(n_layers: int, n_heads: int, generator: torch.Generator) -> torch.Tensor:
+    u = torch.rand(n_layers, n_heads, generator=generator, dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
+    return torch.log(u / (1 - u))
+
+
+# ------------------------------------------------------------------------------------------------- validation (Fig. 2)
+def ablation_curves(
+    model: Any,
+    data: Any,
+    result: GateFit,
+    *,
+    ks: Sequence[int] | None = None,
+    max_rows: int = 256,
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The paper's Figure 2: starting from ``G+``, set the top-k heads of each score to 0 and to 1.
+
+    For every seed and score (facilitation, irrelevance, interference), heads are ranked by the score
+    (descending) and the first k of them are set to 0 (``logp_zero``) or to 1 (``logp_one``) in that seed's
+    ``G+``; ``delta = logp_zero - logp_one`` is the change in mean target log-probability per token that
+    ablating them causes. Expected: negative for facilitation, near 0 for irrelevance, positive for
+    interference. ``ks`` defaults to 1..min(50, heads). All masks of a seed run as per-row gates.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit import gating
+        >>> model, tok = hk.models.tiny("llama")
+        >>> data = [("Tom eats apples . Tom eats", " apples")]
+        >>> res = gating.fit(model, data, steps=2, reg_steps=2, batch_size=1, tokenizer=tok, progress=False)
+        >>> gating.ablation_curves(model, data, res, ks=[1, 2], tokenizer=tok, progress=False).shape
+        (6, 6)
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    backend = _backend(model, tokenizer, "ablation_curves", local=False)
+    ex = _examples(backend, data, "ablation_curves")
+    n_heads = result.G_plus[0].numel()
+    if n_heads != backend.shape.n_layers * backend.shape.n_heads:
+        raise fail(
+            f"ablation_curves got gates {describe(result.G_plus)} for a model of shape {backend.shape}",
+            "the result of fitting this model",
+            "pass the GateFit returned by gating.fit on the same model",
+        )
+    ks = list(range(1, min(50, n_heads) + 1)) if ks is None else [int(k) for k in ks]
+    if not ks or min(ks) < 0 or max(ks) > n_heads:
+        raise fail(f"ablation_curves got ks={ks}", f"head counts between 0 and {n_heads}", "pass e.g. ks=range(1, 21)")
+    rows = []
+    for s, seed in enumerate(tqdm(result.seeds or range(result.G.shape[0]), desc="ablation curves", disable=not progress)):
+        base = result.G_plus[s].flatten().float()
+        masks = []
+        for name in SCORES:
+            order = torch.argsort(getattr(result, name)[s].flatten().float(), descending=True, stable=True)
+            for k in ks:
+                for value in (0.0, 1.0):
+                    m = base.clone()
+                    m[order[:k]] = value
+                    masks.append(m)
+        stacked = torch.stack(masks).reshape(-1, *result.G_plus.shape[1:])
+        logp = sequence_logprob(backend, ex, stacked, max_rows=max_rows).mean(-1).reshape(len(SCORES), len(ks), 2)
+        for i, name in enumerate(SCORES):
+            for j, k in enumerate(ks):
+                zero, one = logp[i, j].tolist()
+                rows.append((seed, name, k, zero, one, zero - one))
+    return pd.DataFrame(rows, columns=["seed", "score", "k", "logp_zero", "logp_one", "delta"])
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _backend(model: Any, tokenizer: Any, owner: str, local: bool = True) -> Backend:
+    backend = get_backend(model, tokenizer)
+    if local and getattr(backend, "remote", False):
+        raise fail(
+            f"{owner} got a remote nnsight backend",
+            "a local model: gradients of gates do not come back from a remote run",
+            "run it on a local copy of the model (NNsightBackend(model, remote=False))",
+        )
+    return backend
+
+
+def _examples(backend: Backend, data: Any, owner: str) -> Examples:
+    if isinstance(data, Examples):
+        return data
+    if backend.tokenizer is None:
+        raise fail(
+            f"{owner} got text examples but the model has no tokenizer",
+            "a tokenizer to turn prompts and targets into tokens",
+            f"pass tokenizer=... to {owner.split()[0]}, or pass headkit.tasks.Examples built from token ids",
+        )
+    return examples(backend.tokenizer, data)
+
+
+def _concat(a: Examples, b: Examples) -> Examples:
+    width = max(a.input_ids.shape[1], b.input_ids.shape[1])
+
+    def pad(t: torch.Tensor, value: Any) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return Examples(
+        a.prompts + b.prompts,
+        a.targets + b.targets,
+        torch.cat([pad(a.input_ids, 0), pad(b.input_ids, 0)]),
+        torch.cat([pad(a.attention_mask, 0), pad(b.attention_mask, 0)]),
+        torch.cat([pad(a.target_mask, False), pad(b.target_mask, False)]),
+    )
+
+
+def _seeds(seeds: int | Sequence[int], owner: str) -> list[int]:
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise fail(f"{owner} got seeds={seeds}", "a positive count or a list of seeds", "pass seeds=10")
+        return list(range(seeds))
+    out = list(seeds) if isinstance(seeds, Sequence) and not isinstance(seeds, str) else None
+    if not out or not all(isinstance(s, int) and not isinstance(s, bool) for s in out) or len(set(out)) != len(out):
+        raise fail(f"{owner} got seeds={seeds!r}", "a positive count or a list of distinct ints", "pass seeds=[0, 1, 2]")
+    return out
+
+
+def _check_recipe(owner: str, **given: Any) -> None:
+    for name in ("steps", "reg_steps"):
+        v = given[name]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise fail(f"{owner} got {name}={v!r}", "a whole number of optimiser steps, >= 0", f"pass {name}=500")
+    b = given["batch_size"]
+    if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+        raise fail(f"{owner} got batch_size={b!r}", "a positive number of examples per step", "pass batch_size=64")
+    for name in ("lr", "reg_lr"):
+        v = given[name]
+        if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in v)):
+            raise fail(f"{owner} got {name}={v!r}", "(start, end) learning rates, both positive", "pass e.g. (0.1, 0.01)")
+    for name in ("clip", "grad_norm"):
+        v = given[name]
+        if not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
+            raise fail(f"{owner} got {name}={v!r}", "a positive finite number", f"pass the paper's {name} (4.0 / 1.0)")
+    m = given["max_rows"]
+    if m is not None and (not isinstance(m, int) or m < 2):
+        raise fail(f"{owner} got max_rows={m!r}", "None (whole batch) or at least 2 rows per pass", "pass max_rows=256")
+
+
+def _device_dtype(backend: Backend) -> tuple[torch.device, torch.dtype]:
+    module = _module(backend)
+    param = next(module.parameters(), None) if module is not None else None
+    if param is None:
+        return torch.device("cpu"), torch.float32
+    return param.device, torch.promote_types(param.dtype, torch.float32)  # fp32 gate logits over bf16 weights
+
+
+def _module(backend: Backend) -> torch.nn.Module | None:
+    model = getattr(backend, "model", None)
+    model = getattr(model, "_module", model)  # nnsight wraps the torch module
+    return model if isinstance(model, torch.nn.Module) else None
+
+
+@contextmanager
+def _frozen(backend: Backend) -> Iterator[None]:
+    """No weight gradients while gates are fitted (a backward pass then costs about one forward pass)."""
+    module = _module(backend)
+    params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _history_frame(history: list[tuple[str, int, int, str, float]]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(history, columns=["stage", "step", "seed", "fit", "nll"])

@@ -1,0 +1,122 @@
+"""Figures: layer x head maps and curves. Built on matplotlib's object API (no global pyplot state).
+
+Every function returns the ``Figure`` and, given ``path``, also saves it (PNG by the file's suffix).
+matplotlib comes with ``pip install "headkit[plot]"``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from headkit.errors import StaysLocal, fail
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from jaxtyping import Float
+
+__all__ = ["head_map", "role_maps", "ablation_curves"]
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
+
+COLORS = {"facilitation": "tab:green", "irrelevance": "tab:blue", "interference": "tab:red"}
+
+
+def _figure(n_panels: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise fail(
+            "headkit.plots needs matplotlib, which is not installed",
+            "matplotlib >= 3.7",
+            'pip install "headkit[plot]"',
+        ) from None
+    fig = Figure(figsize=(width * n_panels, height), layout="constrained")
+    return fig, [fig.add_subplot(1, n_panels, i + 1) for i in range(n_panels)]
+
+
+def _save(fig: Any, path: str | None) -> Any:
+    if path is not None:
+        fig.savefig(path, dpi=150)
+    return fig
+
+
+def _head_axes(ax: Any, n_layers: int, n_heads: int) -> None:
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(0, n_layers, max(1, n_layers // 12)))
+
+
+def head_map(
+    values: Float[torch.Tensor, "layer head"],
+    *,
+    path: str | None = None,
+    title: str = "",
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Any:
+    """A layer x head heatmap of one value per head (layer 0 at the top).
+
+    Example:
+        >>> import torch
+        >>> from headkit.plots import head_map
+        >>> fig = head_map(torch.rand(4, 8), title="gates")  # doctest: +SKIP
+    """
+    v = torch.as_tensor(values).detach().float().cpu()
+    fig, (ax,) = _figure(1, max(3.0, 0.35 * v.shape[1] + 1.5), max(2.5, 0.25 * v.shape[0] + 1.0))
+    image = ax.imshow(v.numpy(), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax)
+    _head_axes(ax, *v.shape)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def role_maps(
+    maps: dict[str, Float[torch.Tensor, "layer head 3"]], *, path: str | None = None, title: str = ""
+) -> Any:
+    """RGB head maps side by side (CHG Figure 3b: red = interference, green = facilitation).
+
+    Example:
+        >>> import torch
+        >>> from headkit.plots import role_maps
+        >>> fig = role_maps({"always": torch.rand(4, 8, 3)})  # doctest: +SKIP
+    """
+    first = next(iter(maps.values()))
+    n_layers, n_heads = first.shape[:2]
+    fig, axes = _figure(len(maps), max(3.0, 0.35 * n_heads + 1.0), max(2.5, 0.25 * n_layers + 1.0))
+    for ax, (name, rgb) in zip(axes, maps.items()):
+        ax.imshow(rgb.detach().float().cpu().numpy(), aspect="auto", interpolation="nearest")
+        _head_axes(ax, n_layers, n_heads)
+        ax.set_title(name)
+    fig.suptitle(f"{title}\nred: interference (1 - G+)   green: facilitation (G-)   black: irrelevant")
+    return _save(fig, path)
+
+
+def ablation_curves(curves: pd.DataFrame, *, path: str | None = None, title: str = "") -> Any:
+    """CHG Figure 2: change in target log-probability as the top-k heads of each score are ablated.
+
+    ``curves`` is :func:`headkit.gating.ablation_curves`' DataFrame; the line is the mean over seeds and
+    the band spans the seeds' minimum and maximum.
+
+    Example:
+        >>> import pandas as pd
+        >>> from headkit.plots import ablation_curves
+        >>> df = pd.DataFrame({"seed": 0, "score": "facilitation", "k": [1, 2], "delta": [-0.5, -1.0]})
+        >>> fig = ablation_curves(df)  # doctest: +SKIP
+    """
+    fig, (ax,) = _figure(1, 6.0, 4.0)
+    for name, group in curves.groupby("score", sort=False):
+        stats = group.groupby("k")["delta"].agg(["mean", "min", "max"])
+        color = COLORS.get(str(name))
+        ax.plot(stats.index, stats["mean"], label=str(name), color=color)
+        if group["seed"].nunique() > 1:
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_xlabel("number of heads set to 0 vs 1 (in descending score order, from G+)")
+    ax.set_ylabel("delta log-prob of target (per token)")
+    ax.legend(title="score")
+    ax.set_title(title)
+    return _save(fig, path)
