@@ -24,6 +24,7 @@ Logits are computed at target positions only; model weights may be bf16 while th
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from headkit.architectures import NORMALISED_ATTENTION_OUTPUT
 from headkit.backend import Backend, get_backend
 from headkit.errors import StaysLocal, describe, fail
 from headkit.interventions import gate
@@ -347,6 +349,7 @@ def fit(
         )
     backend = _backend(model, tokenizer, "fit")
     ex = _examples(backend, data, "fit")
+    _warn_normalised_attention_output(backend)
     shape = backend.shape
     device, dtype = _device_dtype(backend)
     generators = [torch.Generator().manual_seed(int(s)) for s in seed_list]
@@ -676,6 +679,21 @@ def _check_recipe(owner: str, **given: Any) -> None:
     m = given["max_rows"]
     if m is not None and (not isinstance(m, int) or m < 2):
         raise fail(f"{owner} got max_rows={m!r}", "None (whole batch) or at least 2 rows per pass", "pass max_rows=256")
+
+
+def _warn_normalised_attention_output(backend: Backend) -> None:
+    module = _module(backend)
+    config = getattr(getattr(module, "original_model", module), "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind in NORMALISED_ATTENTION_OUTPUT:
+        warnings.warn(
+            f"{kind} RMS-normalises each layer's attention output, so scaling all heads of a layer alike is "
+            "undone by the norm: G- can push whole layers towards 0 at no cost and facilitation scores come out "
+            "compressed (rank heads by them; compare thresholds such as 0.5 with care). Zero-ablation, and so "
+            "ablation_curves, stay exact.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _device_dtype(backend: Backend) -> tuple[torch.device, torch.dtype]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -348,6 +349,25 @@ def test_fit_through_nnsight_equals_fit_through_transformers():
     assert max_diff(gating.fit(nn_runner.backend, ex, **kw).G_minus, gating.fit(hf.backend, ex, **kw).G_minus) <= 1e-5
 
 
+def test_post_attention_norm_undoes_uniform_gates_and_fit_warns_about_it():
+    model, tok = hk.models.tiny("gemma3", dtype=torch.float64)
+    ex = own_continuations(model, n=6)
+    full = gating.sequence_logprob(model, ex)
+    uniform = torch.ones(4, 4, dtype=torch.float64)
+    uniform[2] = 0.02  # every head of layer 2 scaled alike
+    zeroed = torch.ones(4, 4, dtype=torch.float64)
+    zeroed[2] = 0.0
+    drift = (gating.sequence_logprob(model, ex, uniform) - full).abs().max()
+    ablated = (gating.sequence_logprob(model, ex, zeroed) - full).abs().max()
+    assert drift < 0.05 * ablated, (drift, ablated)  # scaled by 0.02, yet almost as if untouched
+    with pytest.warns(UserWarning, match="RMS-normalises each layer's attention output"):
+        gating.fit(model, ex, steps=1, reg_steps=1, batch_size=2, progress=False)
+    llama, _ = hk.models.tiny("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gating.fit(llama, own_continuations(llama, n=4), steps=1, reg_steps=1, batch_size=2, progress=False)
+
+
 # ------------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "call, match",
@@ -380,3 +400,22 @@ def test_remote_backends_are_refused_for_fitting():
     runner = Runner("nnsight-remote", "llama")
     with pytest.raises(hk.HeadkitError, match="remote.*local copy"):
         gating.fit(runner.backend, [("Tom eats", " apples")], steps=1, reg_steps=1, batch_size=1)
+
+
+@pytest.mark.parametrize("task", ["ioi", "antonym"])
+def test_cli_chg_prints_roles_and_writes_figures(task, tmp_path):
+    pytest.importorskip("matplotlib")
+    from headkit.cli import chg
+
+    model, tok = hk.models.tiny("llama")
+    lines = []
+    result = chg(task=task, seeds=1, steps=2, reg_steps=2, batch_size=4, ks=[1, 2], out_dir=str(tmp_path),
+                 model=model, tokenizer=tok, out=lines.append)
+    text = "\n".join(lines)
+    if task == "antonym":
+        assert "in-context (forget)" in text and (tmp_path / "contrastive.png").exists()
+        assert result["fit"].G.shape == (1, 2, 4)
+    else:
+        assert "Figure 2 check" in text and "top facilitation" in text
+        for name in ("roles.png", "ablation_curves.png", "taxonomy.csv", "scores.csv", "ablation_curves.csv"):
+            assert (tmp_path / name).exists(), name

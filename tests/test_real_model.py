@@ -111,3 +111,18 @@ def test_demo_prints_the_table(gemma, capsys):
     for row in ("none", "zero_ablate", "mean_ablate", "gate 0.5", "mask_attention", "capture_attention", "every head"):
         assert row in text
     assert "completes" in text and "ms" in text
+
+
+def test_chg_on_gemma_runs_and_ablating_its_facilitating_heads_hurts(gemma):
+    """A short CHG fit on the copy task (the full-length run is recorded in docs/results/chg_copy_gemma.md)."""
+    from headkit import gating, tasks
+
+    model, tokenizer, _ = gemma
+    data = tasks.examples(tokenizer, tasks.copy_pairs()[:24])
+    with pytest.warns(UserWarning, match="RMS-normalises"):
+        fit = gating.fit(model, data, seeds=2, steps=15, reg_steps=15, batch_size=8, progress=False)
+    assert fit.G_minus.shape == (2, 18, 4) and torch.isfinite(fit.G_plus).all()
+    assert fit.history.groupby("stage")["nll"].apply(lambda s: s.iloc[-8:].mean() < s.iloc[:8].mean()).all()
+    curves = gating.ablation_curves(model, data, fit, ks=[8], progress=False)
+    mean = curves.groupby("score")["delta"].mean()
+    assert mean["facilitation"] < -0.1 and abs(mean["irrelevance"]) < abs(mean["facilitation"])
