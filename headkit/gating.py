@@ -350,15 +350,11 @@ def fit(
     backend = _backend(model, tokenizer, "fit")
     ex = _examples(backend, data, "fit")
     _warn_normalised_attention_output(backend)
-    shape = backend.shape
-    device, dtype = _device_dtype(backend)
-    generators = [torch.Generator().manual_seed(int(s)) for s in seed_list]
-    init = torch.stack([_uniform_logits(shape.n_layers, shape.n_heads, g) for g in generators])
-    samplers = [_Sampler(len(ex), g) for g in generators]
+    theta, samplers = _start(backend, seed_list, len(ex))
+    device, dtype = theta.device, theta.dtype
     k = len(seed_list)
     history: list[tuple[str, int, int, str, float]] = []
     with _frozen(backend):
-        theta = init.to(device=device, dtype=dtype).requires_grad_(True)
         _optimise(
             backend, ex, theta, samplers, seed_of_fit=list(range(k)), lam=torch.zeros(k, dtype=dtype, device=device),
             steps=steps, lr=lr, batch_size=batch_size, clip=clip, grad_norm=grad_norm, max_rows=max_rows,
@@ -435,19 +431,14 @@ def fit_contrastive(
             "matched pairs: example i of each is the same item in the two variants",
             "pass lists of equal length, aligned item by item",
         )
-    both = _concat(ex_r, ex_f)  # rows 0..n-1 retain, n..2n-1 forget
+    both = ex_r.concat(ex_f)  # rows 0..n-1 retain, n..2n-1 forget
     n = len(ex_r)
-    shape = backend.shape
-    device, dtype = _device_dtype(backend)
-    generators = [torch.Generator().manual_seed(int(s)) for s in seed_list]
-    init = torch.stack([_uniform_logits(shape.n_layers, shape.n_heads, g) for g in generators])
-    samplers = [_Sampler(n, g) for g in generators]
+    theta, samplers = _start(backend, seed_list, n)
     history: list[tuple[str, int, int, str, float]] = []
     with _frozen(backend):
-        theta = init.to(device=device, dtype=dtype).requires_grad_(True)
         _optimise(
             backend, both, theta, samplers, seed_of_fit=list(range(len(seed_list))),
-            lam=torch.full((len(seed_list),), float(lam), dtype=dtype, device=device), steps=steps, lr=lr,
+            lam=torch.full((len(seed_list),), float(lam), dtype=theta.dtype, device=theta.device), steps=steps, lr=lr,
             batch_size=batch_size, clip=clip, grad_norm=grad_norm, max_rows=max_rows, progress=progress,
             desc=f"contrastive CHG (lam={lam:g})", pair_offset=n, max_diff=float(max_diff),
             log=lambda step, nll: history.extend(("C", step, seed_list[i], "G", v) for i, v in enumerate(nll)),
@@ -542,9 +533,16 @@ class _Sampler:
         return out
 
 
-def _uniform_logits(n_layers: int, n_heads: int, generator: torch.Generator) -> torch.Tensor:
-    u = torch.rand(n_layers, n_heads, generator=generator, dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
-    return torch.log(u / (1 - u))
+def _start(backend: Backend, seeds: list[int], n_examples: int) -> tuple[torch.Tensor, list[_Sampler]]:
+    """Each seed's uniform(0, 1) initial gates as logits ``[seed, layer, head]`` (a leaf needing gradients),
+    and its minibatch sampler; both come from that seed's own generator, in that order."""
+    shape = backend.shape
+    device, dtype = _device_dtype(backend)
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    u = torch.stack([torch.rand(shape.n_layers, shape.n_heads, generator=g, dtype=torch.float64) for g in generators])
+    u = u.clamp(1e-6, 1 - 1e-6)
+    theta = torch.log(u / (1 - u)).to(device=device, dtype=dtype).requires_grad_(True)
+    return theta, [_Sampler(n_examples, g) for g in generators]
 
 
 # ------------------------------------------------------------------------------------------------- validation (Fig. 2)
@@ -632,21 +630,6 @@ def _examples(backend: Backend, data: Any, owner: str) -> Examples:
             f"pass tokenizer=... to {owner.split()[0]}, or pass headkit.tasks.Examples built from token ids",
         )
     return examples(backend.tokenizer, data)
-
-
-def _concat(a: Examples, b: Examples) -> Examples:
-    width = max(a.input_ids.shape[1], b.input_ids.shape[1])
-
-    def pad(t: torch.Tensor, value: Any) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
-
-    return Examples(
-        a.prompts + b.prompts,
-        a.targets + b.targets,
-        torch.cat([pad(a.input_ids, 0), pad(b.input_ids, 0)]),
-        torch.cat([pad(a.attention_mask, 0), pad(b.attention_mask, 0)]),
-        torch.cat([pad(a.target_mask, False), pad(b.target_mask, False)]),
-    )
 
 
 def _seeds(seeds: int | Sequence[int], owner: str) -> list[int]:

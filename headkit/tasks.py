@@ -211,6 +211,29 @@ class Examples:
             self.target_mask[index, :width],
         )
 
+    def concat(self, other: Examples) -> Examples:
+        """These examples, then ``other``'s, right-padded to a common width.
+
+        Example:
+            >>> from headkit.tasks import Examples
+            >>> a, b = Examples.from_tokens([[1, 5]], [[6]]), Examples.from_tokens([[1]], [[7, 8, 9]])
+            >>> a.concat(b).input_ids.tolist()
+            [[1, 5, 6, 0], [1, 7, 8, 9]]
+        """
+        width = max(self.input_ids.shape[1], other.input_ids.shape[1])
+
+        def padded(name: str) -> torch.Tensor:
+            parts = [getattr(e, name) for e in (self, other)]
+            return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in parts])
+
+        return Examples(
+            self.prompts + other.prompts,
+            self.targets + other.targets,
+            padded("input_ids"),
+            padded("attention_mask"),
+            padded("target_mask"),
+        )
+
     def scored(self) -> tuple[Bool[torch.Tensor, "n pos"], Int[torch.Tensor, "m"]]:
         """Where the logits predict a target token (``[n, pos]``), and those tokens (row-major order)."""
         positions = torch.zeros_like(self.target_mask)
