@@ -252,17 +252,17 @@ def sequence_logprob(
         >>> sequence_logprob(model, data, torch.ones(3, 2, 4), tokenizer=tok).shape
         torch.Size([3, 2])
     """
-    backend = _backend(model, tokenizer, "sequence_logprob", local=gates is not None and gates.requires_grad)
-    ex = _examples(backend, data, "sequence_logprob")
-    if gates is None:
-        with torch.no_grad():
-            return _chunked(backend, ex, None, torch.arange(len(ex)), max_rows)
-    if not isinstance(gates, torch.Tensor) or gates.ndim not in (2, 3):
+    if gates is not None and (not isinstance(gates, torch.Tensor) or gates.ndim not in (2, 3)):
         raise fail(
             f"sequence_logprob got gates {describe(gates)}",
             "a float tensor [n_layers, n_heads] or [n_masks, n_layers, n_heads]",
             "pass e.g. torch.ones(n_layers, n_heads)",
         )
+    backend = _backend(model, tokenizer, "sequence_logprob", local=gates is not None and gates.requires_grad)
+    ex = _examples(backend, data, "sequence_logprob")
+    if gates is None:
+        with torch.no_grad():
+            return _chunked(backend, ex, None, torch.arange(len(ex)), max_rows)
     many = gates.reshape(-1, *gates.shape[-2:])
     n = len(ex)
     mask_of_row = torch.arange(many.shape[0]).repeat_interleave(n)

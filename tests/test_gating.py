@@ -386,6 +386,7 @@ def test_post_attention_norm_undoes_uniform_gates_and_fit_warns_about_it():
         (lambda m, t, d: gating.fit(m, d), r"no tokenizer.*tokenizer=\.\.\."),
         (lambda m, t, d: gating.fit(m, [{"q": "a"}], tokenizer=t), r"record 0 has keys \['q'\].*'prompt' and 'target'"),
         (lambda m, t, d: gating.sequence_logprob(m, d, torch.ones(4), tokenizer=t), r"gates f32\[4\]"),
+        (lambda m, t, d: gating.sequence_logprob(m, d, [[1.0] * 4] * 2, tokenizer=t), r"got gates .*float tensor"),
     ],
 )
 def test_bad_input_is_named_with_a_fix(call, match):
