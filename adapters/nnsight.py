@@ -201,6 +201,8 @@ class NNsightBackend:
         self.tokenizer = getattr(model, "tokenizer", None)
         self.shape = layout(module, "NNsightBackend").shape
         self.remote = remote
+        unembed = module.get_output_embeddings()
+        self._unembed_name = next(n for n, m in module.named_modules() if m is unembed)  # for logits(positions=)
 
     def applied(self, *interventions: Intervention) -> Any:
         """Apply interventions to the wrapped module for a ``with`` block (local models only).
@@ -246,9 +248,7 @@ class NNsightBackend:
             kwargs["remote"] = remote
         else:
             kwargs["backend"] = remote
-        if positions is not None:
-            module = model._module
-            unembed_name = next(n for n, m in module.named_modules() if m is module.get_output_embeddings())
+        unembed_name = self._unembed_name
         try:
             with model.trace(input_ids, **kwargs):
                 captured = apply(model, *interventions)
