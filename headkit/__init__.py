@@ -18,7 +18,7 @@ Adapters place the same interventions on each framework:
 neither TransformerLens nor nnsight.
 """
 
-from headkit import gating, models, plots, tasks
+from headkit import gating, models, plots, sentences, tasks
 from headkit.backend import get_backend
 from headkit.errors import HeadkitError, StaysLocal
 from headkit.heads import Heads
@@ -38,6 +38,7 @@ __all__ = [
     "models",
     "gating",
     "tasks",
+    "sentences",
     "plots",
     "HeadkitError",
 ]
