@@ -34,7 +34,7 @@ import torch
 from headkit.architectures import additive_mask, check_maskable, layout
 from headkit.backend import check_last_only, check_positions, plan, real_token_positions, unembedding_only_at
 from headkit.errors import StaysLocal, fail
-from headkit.interventions import Intervention, MaskAttention, apply_masks
+from headkit.interventions import CaptureAttention, Intervention, MaskAttention, apply_masks
 from headkit.sites import ModelShape
 
 if TYPE_CHECKING:
@@ -97,6 +97,9 @@ class _LayerRun:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, n_heads, q_len, _ = query.shape
         k_len = key.shape[-2]
+        rows = _POOL_CHUNK_ELEMENTS // max(1, batch * n_heads * k_len)
+        if self.readers and not self.masks and q_len == k_len > rows and all(_pools(iv) for iv in self.readers):
+            return self._pooled(module, query, key, value, attention_mask, max(rows, 1), **kwargs)
         use_eager = self.base == "eager" or bool(self.readers)
         mask = attention_mask
         if self.masks or (use_eager and self.base != "eager"):
@@ -114,6 +117,46 @@ class _LayerRun:
             for iv in self.readers:
                 weights = iv.edit("pattern", self.layer, weights, self.where)
         return out, weights
+
+    def _pooled(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        rows: int,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        """Eager attention in chunks of query rows, each chunk's weights pooled and dropped at once.
+
+        Attention rows are independent, so the output equals one eager call; only ``rows`` query rows
+        of one layer's pattern, and of its mask, exist at a time (the pooled captures are the only readers).
+        """
+        q_len, k_len = query.shape[-2], key.shape[-2]
+        outs = []
+        for start in range(0, q_len, rows):
+            part = slice(start, start + rows)
+            n = len(range(q_len)[part])
+            if attention_mask is None:  # causal: the chunk's rows are the last n of its first start + n keys
+                mask = additive_mask(None, n, start + n, query.dtype, query.device)
+                mask = torch.nn.functional.pad(mask, (0, k_len - start - n), value=torch.finfo(query.dtype).min)
+            else:
+                mask = additive_mask(attention_mask[:, :, part], n, k_len, query.dtype, query.device)
+            out, weights = self.eager(module, query[:, :, part], key, value, mask, **kwargs)
+            for iv in self.readers:
+                iv.pool_rows(self.layer, weights, start, self.where)  # type: ignore[attr-defined]
+            outs.append(out)
+            del weights
+        return torch.cat(outs, dim=1), None
+
+
+_POOL_CHUNK_ELEMENTS = 1 << 22
+"""Pattern cells (batch x heads x rows x keys) per chunk when pooled captures read a layer: 16 MiB in fp32."""
+
+
+def _pools(iv: Intervention) -> bool:
+    return isinstance(iv, CaptureAttention) and iv.pool is not None
 
 
 def _sdpa() -> Callable:

@@ -477,19 +477,35 @@ class CaptureAttention(Intervention):
         self._check(site, activation, where, idx)
         if not idx:
             return activation
-        chosen = activation.detach()[:, list(idx)]  # [batch, k, query, key]
         if self.pool is not None:
-            q, k = chosen.shape[-2:]
+            q, k = activation.shape[-2:]
             if q != k:
                 raise fail(
                     f"{self!r} at {where!r} got {q} query rows for {k} keys (a cached decoding step)",
                     "a full forward pass when pooling to sentences",
                     "capture during a plain forward, or drop pool= to keep token-level rows",
                 )
-            member = _membership(self.pool, k, chosen.device, self, where)  # [sentences, pos]
-            chosen = torch.einsum("sq,bhqk,tk->bhst", member, chosen.float(), member)
-        self._store[layer] = chosen
+            self.pool_rows(layer, activation, 0, where)
+        else:
+            self._store[layer] = activation.detach()[:, list(idx)]  # [batch, k, query, key]
         return activation
+
+    def pool_rows(
+        self, layer: int, rows: Float[torch.Tensor, "batch head rows key"], start: int, where: str
+    ) -> None:
+        """Add the pooled contribution of query rows ``start ...`` of one layer's pattern (all heads given).
+
+        Sentence pooling is linear in the query rows, so an adapter may hand the pattern over in chunks of
+        rows (``start = 0`` begins a new forward pass) and never hold a whole layer's pattern.
+        """
+        idx = self.heads.in_layer(layer)
+        if not idx:
+            return
+        chunk = rows.detach()[:, list(idx)].float()  # [batch, k, rows, key]
+        k_len = chunk.shape[-1]
+        member = _membership(self.pool, k_len, chunk.device, self, where)  # [sentences, pos]
+        part = torch.einsum("sq,bhqk,tk->bhst", member[:, start : start + chunk.shape[-2]], chunk, member)
+        self._store[layer] = part if start == 0 else self._store[layer] + part
 
     def pattern(self, layer: int, head: int) -> Float[torch.Tensor, "batch query key"]:
         """The captured pattern of one head: ``[batch, query, key]``, or ``[batch, sentence, sentence]`` pooled.
