@@ -10,15 +10,18 @@
     load_default()               the embedded default model, Gemma 3 270M, offline
     HeadkitError                 raised on bad input (a ValueError)
 
-Analyses: ``headkit.gating`` (causal head gating: G, G+, G-, taxonomy, contrastive), ``headkit.tasks``
-(prompt sets with answers or target continuations), ``headkit.plots`` (figures).
+Analyses: ``headkit.gating`` (causal head gating: G, G+, G-, taxonomy, contrastive), ``headkit.receivers``
+(receiver heads: vertical scores, kurtosis), ``headkit.suppression`` (sentence-suppression KL matrix),
+``headkit.triad`` (attention vs direct effect vs ablation effect per head), ``headkit.sentences`` (sentences
+to token spans), ``headkit.tasks`` (prompt sets with answers or target
+continuations), ``headkit.plots`` (figures).
 
 Adapters place the same interventions on each framework:
 ``headkit.adapters.transformer_lens``, ``headkit.adapters.huggingface``. Importing headkit imports
 neither TransformerLens nor nnsight.
 """
 
-from headkit import gating, models, plots, sentences, tasks
+from headkit import gating, models, plots, receivers, sentences, suppression, tasks, triad
 from headkit.backend import get_backend
 from headkit.errors import HeadkitError, StaysLocal
 from headkit.heads import Heads
@@ -39,6 +42,9 @@ __all__ = [
     "gating",
     "tasks",
     "sentences",
+    "receivers",
+    "suppression",
+    "triad",
     "plots",
     "HeadkitError",
 ]

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from jaxtyping import Float
 
-__all__ = ["head_map", "role_maps", "ablation_curves"]
+__all__ = ["head_map", "role_maps", "ablation_curves", "receivers", "suppression"]
 
 _stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
@@ -119,4 +119,69 @@ def ablation_curves(curves: pd.DataFrame, *, path: str | None = None, title: str
     ax.set_ylabel("delta log-prob of target (per token)")
     ax.legend(title="score")
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def receivers(scan: Any, *, path: str | None = None, trace: int = 0, k: int = 20) -> Any:
+    """Receiver heads at a glance: kurtosis by layer (left), one trace's receiver score per sentence (right).
+
+    Left: one dot per head (mean kurtosis over traces), the top-``k`` receiver heads in red (layer 0 is
+    never one). Right: the mean vertical score over those heads for each sentence of trace ``trace``.
+    ``scan`` is what :func:`headkit.receivers.scan` returns.
+
+    Example:
+        >>> from headkit.plots import receivers
+        >>> # fig = receivers(hk.receivers.scan(model, traces), path="receivers.png")
+    """
+    kurt = scan.kurtosis.double().mean(0)  # [layer, head]
+    n_layers, n_heads = kurt.shape
+    k = min(k, int(torch.isfinite(kurt[1:]).sum()))
+    top = set(scan.top_heads(k))
+    fig, (left, right) = _figure(2, 5.5, 3.8)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            value = float(kurt[layer, head])
+            if value == value:  # not NaN
+                hit = (layer, head) in top
+                left.scatter(layer, value, s=18 if hit else 10, color="tab:red" if hit else "0.55", zorder=3 if hit else 2)
+    left.set_xlabel("layer")
+    left.set_ylabel("kurtosis of vertical scores (mean over traces)")
+    left.set_title(f"{len(scan.kurtosis)} trace(s); red: top {k} receiver heads")
+    table = scan.scores(trace, k)
+    right.bar(table.index, table["score"], color="indianred")
+    right.axhline(float(table["score"].mean()), color="0.2", ls="--", lw=0.8)
+    right.set_xlabel("sentence")
+    right.set_ylabel("receiver score (mean vertical score)")
+    right.set_title(f"trace {trace}: receiver scores per sentence")
+    return _save(fig, path)
+
+
+def suppression(result: Any, *, path: str | None = None, centre: bool = True, title: str = "") -> Any:
+    """Sentence-suppression heatmap (Thought Anchors Figure 6): row = affected sentence, column = suppressed.
+
+    The upper triangle and the diagonal are blank; with ``centre`` each row's mean is subtracted, so
+    columns that stand out down many rows are sentences that steer much of what follows. Colour limits
+    are the 2nd and 99.8th percentiles of the shown cells. ``result`` is a
+    :class:`headkit.suppression.Suppression`.
+
+    Example:
+        >>> from headkit.plots import suppression
+        >>> # fig = suppression(hk.suppression.kl_matrix(model, sentences), path="suppression.png")
+    """
+    m = result.centred() if centre else result.matrix.clone()
+    m[torch.ones_like(m, dtype=torch.bool).triu()] = torch.nan
+    shown = m[torch.isfinite(m)]
+    lo, hi = (torch.quantile(shown, torch.tensor([0.02, 0.998], dtype=shown.dtype)).tolist() if shown.numel() else (0, 1))
+    n = m.shape[0]
+    size = min(9.0, 3.0 + 0.08 * n)
+    fig, (ax,) = _figure(1, size + 1.2, size)
+    cmap = "RdBu_r" if centre else "Reds"
+    if centre:
+        lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
+    image = ax.imshow(m.numpy(), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+    kind = "log(KL + 1e-9)" if result.log else "KL (nats)"
+    fig.colorbar(image, ax=ax, label=f"mean {kind}" + (", row-centred" if centre else ""))
+    ax.set_xlabel("suppressed sentence j")
+    ax.set_ylabel("affected sentence i")
+    ax.set_title(title or f"attention to sentence j suppressed in {len(result.heads)} heads")
     return _save(fig, path)

@@ -1,0 +1,172 @@
+"""Sentence suppression (Thought Anchors, Figure 6): how much each sentence's tokens steer later sentences.
+
+For each sentence ``j``, attention to ``j``'s tokens is suppressed before softmax (exact ``-inf``) in every
+head of every layer (or a chosen head set), for all queries, and the model's next-token distributions are
+compared with the unsuppressed ones. ``matrix[i, j]`` is the mean over the token positions of sentence
+``i`` of ``KL(baseline || suppressed)`` (optionally at a temperature, or of ``log(KL + 1e-9)`` as the
+authors' figure does). Entries with ``i < j`` are NaN: a sentence cannot be steered by a later one. The
+diagonal is computed (its queries lose their own sentence as context) and blanked in the heatmap.
+
+Many sentences share one forward pass: the text is repeated once per sentence in the pass and every batch
+row gets its own key mask (``mask_attention`` with a ``[batch, pos]`` key mask); logits are computed only
+at the positions of sentences ``i >= j`` of each row. The result equals one forward pass per sentence.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from headkit.errors import StaysLocal, describe, fail
+from headkit.heads import Heads, coerce
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from jaxtyping import Float
+
+    from headkit.heads import HeadsLike
+    from headkit.sentences import Sentences
+
+__all__ = ["kl_matrix", "Suppression"]
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
+
+_LOGIT_BUDGET = 1 << 26
+"""Logit cells (positions x vocabulary) per forward pass when rows_per_pass is automatic: 256 MiB in fp32."""
+
+
+class Suppression:
+    """The sentence-suppression KL matrix of one text (what :func:`kl_matrix` returns).
+
+    ``matrix[i, j]``: mean KL over sentence ``i``'s tokens when attention to sentence ``j`` is suppressed
+    (NaN for ``i < j``). ``token_kl[j]`` holds the per-token KL of every position for suppressed sentence ``j``.
+
+    Example:
+        >>> import headkit as hk
+        >>> model, tok = hk.models.tiny("llama")
+        >>> s = hk.sentences.locate(tok, "the cat eats . the dog eats . Tom reads books .")
+        >>> hk.suppression.kl_matrix(model, s, progress=False).matrix.shape
+        torch.Size([3, 3])
+    """
+
+    def __init__(
+        self, matrix: torch.Tensor, token_kl: torch.Tensor, sentences: Sentences, heads: Heads, log: bool, temperature: float
+    ) -> None:
+        self.matrix: Float[torch.Tensor, "sentence sentence"] = matrix
+        self.token_kl: Float[torch.Tensor, "sentence pos"] = token_kl
+        self.sentences, self.heads, self.log, self.temperature = sentences, heads, log, temperature
+
+    def centred(self) -> Float[torch.Tensor, "sentence sentence"]:
+        """The matrix below the diagonal with each row's mean subtracted (controls for a sentence's depth)."""
+        below = self.matrix.clone()
+        below[torch.ones_like(below, dtype=torch.bool).triu()] = torch.nan
+        return below - below.nanmean(1, keepdim=True)
+
+    def table(self) -> pd.DataFrame:
+        """Long format: one row per (affected sentence i, suppressed sentence j) with i > j, and the texts."""
+        import pandas as pd
+
+        s = len(self.sentences)
+        rows = [
+            {"affected": i, "suppressed": j, "kl": float(self.matrix[i, j]), "affected_text": self.sentences.texts[i],
+             "suppressed_text": self.sentences.texts[j]}
+            for i in range(s)
+            for j in range(i)
+        ]
+        return pd.DataFrame(rows)
+
+    def plot(self, path: str | None = None, *, centre: bool = True, title: str = "") -> Any:
+        """Heatmap, upper triangle and diagonal blanked, rows centred by default (Thought Anchors, Figure 6)."""
+        from headkit import plots
+
+        return plots.suppression(self, path=path, centre=centre, title=title)
+
+    def __repr__(self) -> str:
+        kind = "mean log(KL + 1e-9)" if self.log else "mean KL"
+        return f"Suppression({len(self.sentences)} sentences, {kind}, heads={self.heads.short()!r})"
+
+
+def kl_matrix(
+    model: Any,
+    sentences: Sentences,
+    *,
+    heads: HeadsLike | None = None,
+    temperature: float = 1.0,
+    log: bool = False,
+    rows_per_pass: int | None = None,
+    progress: bool = True,
+) -> Suppression:
+    """Sentence-to-sentence suppression matrix: suppress attention to each sentence, measure KL at later ones.
+
+    ``sentences`` comes from :func:`headkit.sentences.locate`. ``heads`` defaults to every head of every
+    layer (as in Thought Anchors). ``temperature`` divides the logits of both distributions first (the
+    authors used 0.6); ``log=True`` averages ``log(KL + 1e-9)`` over a sentence's tokens instead of KL.
+    ``rows_per_pass`` sentences are evaluated per forward pass (default: as many as keep the logits of a
+    pass within 256 MiB).
+
+    Example:
+        >>> import headkit as hk
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> s = hk.sentences.locate(tok, "the cat eats . the dog eats . Tom reads books .")
+        >>> m = hk.suppression.kl_matrix(model, s, heads="L0H0 L1H2", progress=False).matrix
+        >>> bool(m[0, 1].isnan()), bool((m[2, :2] >= 0).all())
+        (True, True)
+    """
+    from tqdm.auto import tqdm
+
+    from headkit.backend import get_backend
+    from headkit.interventions import mask_attention
+    from headkit.sentences import Sentences
+
+    backend = get_backend(model)
+    shape = backend.shape
+    if not isinstance(sentences, Sentences):
+        raise fail(
+            f"kl_matrix got sentences {describe(sentences)}",
+            "a headkit.sentences.Sentences (a tokenised text and its sentence spans)",
+            "build it with hk.sentences.locate(tokenizer, text)",
+        )
+    chosen = Heads.all(shape.n_layers, shape.n_heads) if heads is None else coerce(heads, "kl_matrix")
+    chosen.validate(shape.n_layers, shape.n_heads, n_kv_heads=shape.n_kv_heads, owner="kl_matrix")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise fail(f"kl_matrix got temperature={temperature!r}", "a number > 0", "pass temperature=1.0 (or 0.6)")
+    if rows_per_pass is not None and (isinstance(rows_per_pass, bool) or not isinstance(rows_per_pass, int) or rows_per_pass < 1):
+        raise fail(f"kl_matrix got rows_per_pass={rows_per_pass!r}", "a whole number >= 1, or None", "pass e.g. 8")
+
+    ids = sentences.input_ids
+    member = sentences.membership()  # [S, T]
+    n_sent, n_tok = member.shape
+    covered = member.any(0)  # positions that belong to a sentence
+    first = torch.tensor([a for a, _ in sentences.spans])
+    owner = torch.full((n_tok,), -1, dtype=torch.long)  # sentence of each position
+    for i, (a, b) in enumerate(sentences.spans):
+        owner[a:b] = i
+
+    with torch.no_grad():
+        base = backend.logits(ids, positions=covered[None])  # [n_covered, vocab]
+        vocab = base.shape[-1]
+        base_logp = torch.log_softmax(base.float() / temperature, -1)
+        del base
+        base_at = torch.full((n_tok,), -1, dtype=torch.long)
+        base_at[covered] = torch.arange(int(covered.sum()))
+        if rows_per_pass is None:
+            rows_per_pass = max(1, min(n_sent, _LOGIT_BUDGET // max(1, int(covered.sum()) * vocab)))
+        token_kl = torch.full((n_sent, n_tok), torch.nan, dtype=torch.float64)
+        starts = range(0, n_sent, rows_per_pass)
+        for start in tqdm(starts, desc="suppressed sentences", disable=not progress or len(starts) < 2):
+            js = torch.arange(start, min(start + rows_per_pass, n_sent))
+            keys = member[js]  # [r, T]: row r suppresses sentence js[r]
+            later = covered[None] & (torch.arange(n_tok)[None] >= first[js][:, None])  # sentences i >= j
+            logits = backend.logits(ids.repeat(len(js), 1), mask_attention(chosen, keys=keys), positions=later)
+            logq = torch.log_softmax(logits.float() / temperature, -1)
+            del logits
+            rows, cols = later.nonzero(as_tuple=True)
+            logp = base_logp[base_at[cols]]
+            kl = (logp.exp() * (logp - logq.to(logp.device))).sum(-1).clamp(min=0)
+            token_kl[js[rows.cpu()], cols] = kl.double().cpu()
+    values = (token_kl + 1e-9).log() if log else token_kl
+    matrix = torch.full((n_sent, n_sent), torch.nan, dtype=torch.float64)
+    for i in range(n_sent):
+        matrix[i, : i + 1] = values[: i + 1, member[i]].mean(-1)
+    return Suppression(matrix, token_kl, sentences, chosen, log, float(temperature))
