@@ -85,6 +85,7 @@ class _LayerRun:
     eager: Callable
     masks: list[MaskAttention] = field(default_factory=list)
     readers: list[Intervention] = field(default_factory=list)  # pattern-site: captures
+    seen: int = 0  # tokens in the layer's KV cache before this call (set by a pre-hook on the attention module)
 
     def __call__(
         self,
@@ -106,7 +107,10 @@ class _LayerRun:
             mask = additive_mask(attention_mask, q_len, k_len, query.dtype, query.device)
         dead = None
         if self.masks:
-            mask, dead = apply_masks(self.masks, self.layer, mask.expand(batch, n_heads, q_len, k_len), self.where)
+            k_start = max(0, self.seen + q_len - k_len)  # a sliding-window cache holds only the latest keys
+            mask, dead = apply_masks(
+                self.masks, self.layer, mask.expand(batch, n_heads, q_len, k_len), self.where, k_start
+            )
         attend = self.eager if use_eager else _sdpa()
         out, weights = attend(module, query, key, value, mask, **kwargs)  # out: [batch, q, head, d_head]
         if dead is not None and dead.any():
@@ -157,6 +161,24 @@ _POOL_CHUNK_ELEMENTS = 1 << 22
 
 def _pools(iv: Intervention) -> bool:
     return isinstance(iv, CaptureAttention) and iv.pool is not None
+
+
+def _count_cached(run: _LayerRun, layer: int, cache_name: str) -> Callable:
+    """A pre-hook noting how many tokens the layer's KV cache held before this call (absolute key positions)."""
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        cache = kwargs.get(cache_name)
+        run.seen = cache.get_seq_length(layer) if cache is not None and hasattr(cache, "get_seq_length") else 0
+
+    return hook
+
+
+def _pad_id(config: Any) -> int:
+    """The id generate() pads with: the model's pad token, else its (first) end-of-sequence token, else 0."""
+    pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0] if pad else None
+    return pad if isinstance(pad, int) else 0
 
 
 def _sdpa() -> Callable:
@@ -247,6 +269,9 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
                     layer, run.where, outer.base, outer.eager, outer.masks + run.masks, outer.readers + run.readers
                 )
             undo.append(_point_at_headkit(attn, run))
+            if run.masks:
+                hook = attn.register_forward_pre_hook(_count_cached(run, layer, found.arch.cache), with_kwargs=True)
+                undo.append(hook.remove)
         yield
     finally:
         for step in reversed(undo):
@@ -301,6 +326,20 @@ class HFBackend:
         with applied(self.model, *interventions), unembedding_only_at(self.model.get_output_embeddings(), positions):
             logits = self.model(input_ids=input_ids.to(device), **kwargs).logits
         return logits if positions is None else logits[0]
+
+    def generate(
+        self, input_ids: Int[torch.Tensor, "batch pos"], *interventions: Intervention, max_new_tokens: int = 20, **kwargs: Any
+    ) -> Int[torch.Tensor, "batch total"]:
+        """``model.generate`` with interventions applied at every step (KV cache on); returns the token ids.
+
+        ``kwargs`` go to ``generate`` (``do_sample``, ``temperature``, ``top_p``, ``attention_mask`` ...);
+        greedy by default.
+        """
+        device = next(self.model.parameters()).device
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("pad_token_id", _pad_id(self.model.config))
+        with applied(self.model, *interventions):
+            return self.model.generate(input_ids.to(device), max_new_tokens=max_new_tokens, **kwargs)
 
     def __repr__(self) -> str:
         return f"HFBackend({type(self.model).__name__}, {self.shape})"

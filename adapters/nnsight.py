@@ -164,7 +164,8 @@ def _mask(
     past = cache.get_seq_length(layer) if cache is not None and hasattr(cache, "get_seq_length") else 0
     k_len = base.shape[-1] if base is not None else past + q_len
     mask = additive_mask(base, q_len, k_len, hidden.dtype, hidden.device)
-    mask, dead = apply_masks(masks, layer, mask.expand(batch, found.shape.n_heads, q_len, k_len), where)
+    k_start = max(0, past + q_len - k_len)  # a sliding-window cache holds only the latest keys
+    mask, dead = apply_masks(masks, layer, mask.expand(batch, found.shape.n_heads, q_len, k_len), where, k_start)
     kwargs = dict(kwargs)
     kwargs["attention_mask"] = mask
     attention.inputs = (args, kwargs)
@@ -270,6 +271,27 @@ class NNsightBackend:
         for iv, data in zip([iv for iv in interventions if iv.reads_only], captured):
             iv._import(data)
         return logits if positions is None else logits[0]
+
+    def generate(
+        self, input_ids: Int[torch.Tensor, "batch pos"], *interventions: Intervention, max_new_tokens: int = 20, **kwargs: Any
+    ) -> Int[torch.Tensor, "batch total"]:
+        """nnsight ``generate`` with interventions applied at every step (KV cache on), local or remote.
+
+        ``kwargs`` go to ``generate``; greedy by default. Returns the token ids.
+        """
+        model, remote = self.model, self.remote
+        kwargs.setdefault("do_sample", False)
+        config = model._module.config
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        kwargs.setdefault("pad_token_id", pad if isinstance(pad, int) else 0)
+        if remote is True:
+            check_remote(model)
+        where = {"remote": remote} if isinstance(remote, (bool, str)) else {"backend": remote}
+        with model.generate(input_ids, max_new_tokens=max_new_tokens, **kwargs, **where) as tracer:
+            for _ in tracer.iter[:max_new_tokens]:  # one forward pass per new token
+                apply(model, *interventions)
+            tokens = tracer.result.save()
+        return tokens
 
     def __repr__(self) -> str:
         return f"NNsightBackend({type(self.model).__name__}, remote={self.remote!r}, {self.shape})"

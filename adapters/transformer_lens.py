@@ -86,11 +86,21 @@ class _SiteHook:
 
     def __init__(self, site: Site, layer: int, interventions: list[Intervention]) -> None:
         self.site, self.layer, self.interventions = site, layer, interventions
+        self.seen = 0  # tokens in the layer's KV cache before this pass; applied() keeps it current
 
     def __call__(self, activation: torch.Tensor, /, hook: Any) -> torch.Tensor:
         for iv in self.interventions:
-            activation = iv.edit(self.site, self.layer, activation, hook.name)
+            if isinstance(iv, MaskAttention):  # a sliding-window cache holds only the latest keys
+                k_start = max(0, self.seen + activation.shape[-2] - activation.shape[-1])
+                activation = iv.edit(self.site, self.layer, activation, hook.name, k_start)
+            else:
+                activation = iv.edit(self.site, self.layer, activation, hook.name)
         return activation
+
+    def count_cached(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook on the layer's attention: note how many tokens its KV cache already holds."""
+        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+        self.seen = cache.get_seq_length(self.layer) if cache is not None and hasattr(cache, "get_seq_length") else 0
 
     def __repr__(self) -> str:  # TransformerLens names the torch hook after this
         return f"headkit[{', '.join(map(repr, self.interventions))}]"
@@ -131,12 +141,18 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
     hooks = fwd_hooks(model, *interventions)
     hook_dict = model.hook_dict
     attached = []
+    counters: list[Any] = []  # pre-hooks telling mask hooks how many keys a sliding-window cache dropped
     try:
         for name, fn in hooks:
             point = hook_dict[name]
             attached.append((point, point.add_hook(fn, dir="fwd")))
+            if fn.site != "z" and any(isinstance(iv, MaskAttention) for iv in fn.interventions):
+                handle = model.blocks[fn.layer].attn.register_forward_pre_hook(fn.count_cached, with_kwargs=True)
+                counters.append(handle)
         yield
     finally:
+        for counter in counters:
+            counter.remove()
         for point, handle in reversed(attached):
             handle.hook.remove()
             point.fwd_hooks.remove(handle)
@@ -182,6 +198,21 @@ class TLBackend:
         if positions is not None:
             return logits[0]
         return logits[:, -1:] if last_only else logits
+
+    def generate(
+        self, input_ids: Int[torch.Tensor, "batch pos"], *interventions: Intervention, max_new_tokens: int = 20, **kwargs: Any
+    ) -> Int[torch.Tensor, "batch total"]:
+        """The bridge's ``generate`` with interventions applied at every step; returns the token ids.
+
+        ``kwargs`` go to ``generate`` (``do_sample``, ``temperature``, ``top_p`` ...); greedy by default and
+        never stopping early at the end-of-sequence token (as the other backends).
+        """
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("stop_at_eos", False)
+        kwargs.setdefault("verbose", False)
+        device = next(self.model.parameters()).device
+        with applied(self.model, *interventions):
+            return self.model.generate(input_ids.to(device), max_new_tokens=max_new_tokens, **kwargs)
 
     def __repr__(self) -> str:
         return f"TLBackend({self.shape})"

@@ -59,6 +59,12 @@ class Backend(Protocol):
         """
         ...
 
+    def generate(
+        self, input_ids: Int[torch.Tensor, "batch pos"], *interventions: Intervention, max_new_tokens: int = 20, **kwargs: Any
+    ) -> Int[torch.Tensor, "batch total"]:
+        """The framework's own generation (KV cache on) with interventions applied at every step; token ids."""
+        ...
+
 
 def real_token_positions(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batch pos"]:
     """Position ids counting real tokens only, so a left-padded row sees the positions it has alone.

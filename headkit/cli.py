@@ -63,10 +63,46 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="head counts for the ablation curves (Figure 2), comma separated; empty to skip")
     chg_parser.add_argument("--out", default="chg_out", help="folder for the PNG figures and CSV tables")
     chg_parser.add_argument("--adapter", choices=["huggingface", "transformer_lens"], default="huggingface")
+    rec_parser = commands.add_parser(
+        "receivers", help="receiver heads (Thought Anchors): kurtosis of vertical attention scores over traces",
+        description="Scan every head's sentence-level attention over reasoning traces (one text file per trace, "
+        "default: four built-in traces) and rank heads by the kurtosis of their vertical scores.",
+    )
+    rec_parser.add_argument("texts", nargs="*", help="text files, one reasoning trace each (default: built-in)")
+    rec_parser.add_argument("--proximity", type=int, default=4, help="sentences ignored near the diagonal (4)")
+    rec_parser.add_argument("--top", type=int, default=20, help="receiver heads to keep (default 20)")
+    rec_parser.add_argument("--out", default="receivers_out", help="folder for the figure and CSV tables")
+    sup_parser = commands.add_parser(
+        "suppress", help="sentence-suppression KL matrix (Thought Anchors Figure 6) for one text",
+        description="For each sentence, suppress attention to its tokens before softmax and measure the mean "
+        "KL(baseline || suppressed) at every later sentence.",
+    )
+    sup_parser.add_argument("text", nargs="?", help="a text file (default: the first built-in reasoning trace)")
+    sup_parser.add_argument("--heads", default=None, help='heads to suppress in, e.g. "L5H1 L9H2" (default: all)')
+    sup_parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (authors: 0.6)")
+    sup_parser.add_argument("--log", action="store_true", help="average log(KL + 1e-9) as the authors' figure")
+    sup_parser.add_argument("--out", default="suppress_out", help="folder for the figure and CSV table")
+    tri_parser = commands.add_parser(
+        "triad", help="attention vs direct effect vs ablation effect per head, on a repeated random-token sequence",
+    )
+    tri_parser.add_argument("--length", type=int, default=10, help="random tokens before the repeat (10)")
+    tri_parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens")
+    tri_parser.add_argument("--top", type=int, default=10, help="rows of each top-k table (10)")
+    tri_parser.add_argument("--out", default="triad_out", help="folder for the CSV table")
+    for sub in (rec_parser, sup_parser):
+        sub.add_argument("--adapter", choices=["huggingface", "transformer_lens"], default="huggingface")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             demo(adapter=args.adapter, heads=args.heads, top=args.top, repeats=args.repeats)
+        elif args.command == "receivers":
+            receivers(texts=args.texts, proximity_ignore=args.proximity, top=args.top, out_dir=args.out,
+                      adapter=args.adapter)
+        elif args.command == "suppress":
+            suppress(text=args.text, heads=args.heads, temperature=args.temperature, log=args.log,
+                     out_dir=args.out, adapter=args.adapter)
+        elif args.command == "triad":
+            triad(length=args.length, seed=args.seed, top=args.top, out_dir=args.out)
         else:
             ks = [int(k) for k in args.ks.split(",") if k.strip()]
             chg(task=args.task, seeds=args.seeds, steps=args.steps, reg_steps=args.reg_steps,
@@ -244,6 +280,169 @@ def chg(
         out(mean.round(3).to_string())
         result["curves"] = curves
     out(f"\nwrote {out_dir}/roles.png, ablation_curves.png and CSV tables; total {time.perf_counter() - started:.0f} s")
+    return result
+
+
+def _read_texts(paths: Sequence[str]) -> list[str]:
+    from headkit.tasks import reasoning_traces
+
+    if not paths:
+        return reasoning_traces()
+    texts = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+        except OSError as error:
+            raise hk.HeadkitError(
+                f"could not read text file {path!r} ({error.strerror}); expected a readable UTF-8 text file. "
+                "Fix: check the path"
+            ) from None
+    return texts
+
+
+def _default(adapter: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    if model is None:
+        model, tokenizer = hk.load_default()
+        if adapter == "transformer_lens":
+            model = _bridge(model, tokenizer)
+    return model, tokenizer
+
+
+def receivers(
+    *,
+    texts: Sequence[str] = (),
+    proximity_ignore: int = 4,
+    top: int = 20,
+    out_dir: str = "receivers_out",
+    adapter: str = "huggingface",
+    model: Any = None,
+    tokenizer: Any = None,
+    out: Callable[[str], Any] = print,
+) -> Any:
+    """Receiver-head scan of text files (default: the built-in traces): print the top heads, write figures.
+
+    Writes ``receivers.png`` (kurtosis by layer and the first trace's receiver scores), ``kurtosis.csv``
+    and ``scores.csv`` (receiver score of every sentence of every trace) into ``out_dir``. Returns the scan.
+
+    Example:
+        >>> from headkit.cli import receivers
+        >>> scan = receivers(texts=["trace1.txt", "trace2.txt"])  # doctest: +SKIP
+    """
+    import os
+
+    import pandas as pd
+
+    started = time.perf_counter()
+    model, tokenizer = _default(adapter, model, tokenizer)
+    backend = hk.get_backend(model, tokenizer)
+    traces = [hk.sentences.locate(backend.tokenizer, text) for text in _read_texts(texts)]
+    out(f"headkit receivers: {len(traces)} trace(s), {sum(len(t) for t in traces)} sentences, "
+        f"{sum(t.n_tokens for t in traces)} tokens, {backend.shape.n_layers} layers x {backend.shape.n_heads} heads")
+    scan = hk.receivers.scan(backend, traces, proximity_ignore=proximity_ignore)
+    top = min(top, int(torch.isfinite(scan.kurtosis.mean(0)[1:]).sum()))
+    heads = scan.top_heads(top)
+    table = scan.table()
+    out(f"\ntop {top} receiver heads (mean kurtosis of vertical scores over traces, layer 0 excluded):")
+    out("  " + ", ".join(f"L{l}H{h} {table.loc[(l, h), 'kurtosis']:.2f}" for l, h in heads))
+    if len(traces) >= 2:
+        try:
+            out(f"split-half reliability of head kurtosis (even vs odd traces): r = {scan.reliability():.2f}")
+        except hk.HeadkitError as error:
+            out(f"split-half reliability: not computed ({error})")
+    os.makedirs(out_dir, exist_ok=True)
+    table.to_csv(os.path.join(out_dir, "kurtosis.csv"))
+    scores = pd.concat([scan.scores(t, heads=heads).assign(trace=t) for t in range(len(traces))])
+    scores.to_csv(os.path.join(out_dir, "scores.csv"))
+    first = scan.scores(0, heads=heads)
+    out("\ntrace 0, sentences with the highest receiver scores:")
+    for i, row in first.nlargest(3, "score").iterrows():
+        out(f"  {i:>3}  {row['score']:.3f}  {row['text'][:90]}")
+    scan.plot(os.path.join(out_dir, "receivers.png"), k=top)
+    out(f"\nwrote {out_dir}/receivers.png, kurtosis.csv, scores.csv in {time.perf_counter() - started:.0f} s")
+    return scan
+
+
+def suppress(
+    *,
+    text: str | None = None,
+    heads: str | None = None,
+    temperature: float = 1.0,
+    log: bool = False,
+    out_dir: str = "suppress_out",
+    adapter: str = "huggingface",
+    model: Any = None,
+    tokenizer: Any = None,
+    out: Callable[[str], Any] = print,
+) -> Any:
+    """Sentence-suppression KL matrix of a text file (default: the first built-in trace); print and plot it.
+
+    Writes ``suppression.png`` (rows centred, upper triangle blank) and ``suppression.csv`` (long format).
+
+    Example:
+        >>> from headkit.cli import suppress
+        >>> result = suppress(text="trace.txt", temperature=0.6, log=True)  # doctest: +SKIP
+    """
+    import os
+
+    started = time.perf_counter()
+    model, tokenizer = _default(adapter, model, tokenizer)
+    backend = hk.get_backend(model, tokenizer)
+    sentences = hk.sentences.locate(backend.tokenizer, _read_texts([text] if text else [])[0])
+    out(f"headkit suppress: {len(sentences)} sentences, {sentences.n_tokens} tokens, "
+        f"heads: {heads or 'all'}, temperature {temperature}")
+    result = hk.suppression.kl_matrix(backend, sentences, heads=heads, temperature=temperature, log=log)
+    table = result.table()
+    influence = table.groupby("suppressed")["kl"].mean()
+    out("\nsentences whose suppression moves later sentences most (mean over later sentences):")
+    for j, value in influence.nlargest(4).items():
+        out(f"  {j:>3}  {value:.4f}  {sentences.texts[j][:90]}")
+    os.makedirs(out_dir, exist_ok=True)
+    table.to_csv(os.path.join(out_dir, "suppression.csv"), index=False)
+    result.plot(os.path.join(out_dir, "suppression.png"))
+    out(f"\nwrote {out_dir}/suppression.png and suppression.csv in {time.perf_counter() - started:.0f} s")
+    return result
+
+
+def triad(
+    *,
+    length: int = 10,
+    seed: int = 0,
+    top: int = 10,
+    out_dir: str = "triad_out",
+    model: Any = None,
+    tokenizer: Any = None,
+    out: Callable[[str], Any] = print,
+) -> Any:
+    """The induction triad on the default model: a random token sequence repeated once, the last token predicted.
+
+    Prints the top heads by attention, direct effect and ablation effect, and how far the three agree;
+    writes ``triad.csv``. Returns the :class:`headkit.triad.Triad`.
+
+    Example:
+        >>> from headkit.cli import triad
+        >>> result = triad(length=10, seed=0)  # doctest: +SKIP
+    """
+    import os
+
+    started = time.perf_counter()
+    model, tokenizer = _default("huggingface", model, tokenizer)
+    bos = tokenizer.bos_token_id
+    n_vocab = model.get_output_embeddings().weight.shape[0]
+    low = min(1000, n_vocab // 4)  # skip special and byte tokens at the start of the vocabulary
+    vocab = range(low, min(n_vocab, low + 20000))
+    ids, query, key = hk.triad.induction_sequence(length, vocab, seed=seed, bos=bos)
+    result = hk.triad.triad(model, ids, query=query, key=key)
+    out(f"headkit triad: {length} random tokens repeated; query = position {query}, key = position {key} "
+        f"(the earlier {tokenizer.decode([result.target])!r}); P(target) = {result.p_target:.3f}")
+    for metric in hk.triad.METRICS:
+        out(f"\ntop {top} by {metric}:")
+        out(result.top(metric, top).round(4).to_string())
+    out(f"\noverlap of the top-{top} sets:")
+    out(result.overlap(top).to_string())
+    os.makedirs(out_dir, exist_ok=True)
+    result.table.to_csv(os.path.join(out_dir, "triad.csv"))
+    out(f"\nwrote {out_dir}/triad.csv in {time.perf_counter() - started:.0f} s")
     return result
 
 

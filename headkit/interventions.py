@@ -353,24 +353,34 @@ class MaskAttention(Intervention):
         )
 
     def blocked(
-        self, layer: int, n_heads: int, batch: int, q_len: int, k_len: int, device: torch.device, where: str
+        self,
+        layer: int,
+        n_heads: int,
+        batch: int,
+        q_len: int,
+        k_len: int,
+        device: torch.device,
+        where: str,
+        k_start: int = 0,
     ) -> Bool[torch.Tensor, "batch head query key"]:
         """The requested (head, query, key) cells to block in ``layer``, before the causal mask is considered.
 
-        Query rows are absolute positions ``k_len - q_len ... k_len - 1`` (cached decoding has q_len < k_len).
-        The batch axis is 1 when the same cells are blocked in every row.
+        The key axis holds absolute positions ``k_start ... k_start + k_len - 1`` (``k_start > 0`` when a
+        sliding-window cache keeps only the latest keys); query rows are the last ``q_len`` of them (cached
+        decoding has q_len < k_len). The batch axis is 1 when the same cells are blocked in every row.
         """
         head_sel = torch.zeros(n_heads, dtype=torch.bool, device=device)
         head_sel[list(self.heads.in_layer(layer))] = True
-        keys = _positions(self.keys, "keys", k_len, q_len, batch, device, self, where)  # [b, k]
+        total = k_start + k_len
+        keys = _positions(self.keys, "keys", total, q_len, batch, device, self, where)[:, k_start:]  # [b, k]
         if self.queries is None:
             queries = torch.ones(1, q_len, dtype=torch.bool, device=device)
         else:
-            queries = _positions(self.queries, "queries", k_len, q_len, batch, device, self, where)[:, k_len - q_len :]
+            queries = _positions(self.queries, "queries", total, q_len, batch, device, self, where)[:, total - q_len :]
         return head_sel[None, :, None, None] & queries[:, None, :, None] & keys[:, None, None, :]
 
     def mask_scores(
-        self, layer: int, scores: Float[torch.Tensor, "batch head query key"], where: str
+        self, layer: int, scores: Float[torch.Tensor, "batch head query key"], where: str, k_start: int = 0
     ) -> tuple[Float[torch.Tensor, "batch head query key"], Bool[torch.Tensor, "batch head query"]]:
         """Write -inf into the blocked, causally allowed cells; return the new scores and the dead rows.
 
@@ -381,22 +391,22 @@ class MaskAttention(Intervention):
         """
         self._check("scores", scores, where, self.heads.in_layer(layer))
         b, h, q, k = scores.shape
-        blocked = self.blocked(layer, h, b, q, k, scores.device, where)
+        blocked = self.blocked(layer, h, b, q, k, scores.device, where, k_start)
         allowed = scores > torch.finfo(scores.dtype).min / 2
         hit = blocked & allowed
         dead = allowed.any(-1) & ~(allowed & ~hit).any(-1)
         return scores.masked_fill(hit & ~dead[..., None], float("-inf")), dead
 
-    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str, k_start: int = 0) -> torch.Tensor:
         if not self.heads.in_layer(layer):
             return activation
         if site == "scores":
-            return self.mask_scores(layer, activation, where)[0]
+            return self.mask_scores(layer, activation, where, k_start)[0]
         # pattern: zero rows whose attention went only to blocked keys. After mask_scores that is exactly
         # the dead rows (a live row puts all its mass on unblocked keys), so no state passes between hooks.
         self._check(site, activation, where, self.heads.in_layer(layer))
         b, h, q, k = activation.shape
-        blocked = self.blocked(layer, h, b, q, k, activation.device, where)
+        blocked = self.blocked(layer, h, b, q, k, activation.device, where, k_start)
         attended = activation > 0
         dead = attended.any(-1) & ~(attended & ~blocked).any(-1)
         return activation.masked_fill(dead[..., None], 0)
@@ -407,12 +417,16 @@ class MaskAttention(Intervention):
 
 
 def apply_masks(
-    masks: Sequence[MaskAttention], layer: int, scores: Float[torch.Tensor, "batch head query key"], where: str
+    masks: Sequence[MaskAttention],
+    layer: int,
+    scores: Float[torch.Tensor, "batch head query key"],
+    where: str,
+    k_start: int = 0,
 ) -> tuple[Float[torch.Tensor, "batch head query key"], Bool[torch.Tensor, "batch head query"]]:
     """Apply several masks to one layer's scores in turn; return the scores and the union of their dead rows.
 
     Each mask sees the cells the earlier ones removed as disallowed, so a row becomes dead when the masks
-    together leave it no key. Adapters that see scores (or an additive mask) and the outputs in one place
+    together leave it no key. ``k_start`` is the absolute position of the first key (see ``blocked``). Adapters that see scores (or an additive mask) and the outputs in one place
     use this; the head's output for a dead row is then zeroed.
 
     Example:
@@ -425,7 +439,7 @@ def apply_masks(
     """
     dead = torch.zeros(scores.shape[:-1], dtype=torch.bool, device=scores.device)
     for iv in masks:
-        scores, rows = iv.mask_scores(layer, scores, where)
+        scores, rows = iv.mask_scores(layer, scores, where, k_start)
         dead = dead | rows
     return scores, dead
 

@@ -144,12 +144,14 @@ def receivers(scan: Any, *, path: str | None = None, trace: int = 0, k: int = 20
             if value == value:  # not NaN
                 hit = (layer, head) in top
                 left.scatter(layer, value, s=18 if hit else 10, color="tab:red" if hit else "0.55", zorder=3 if hit else 2)
+    left.set_xticks(range(0, n_layers, max(1, n_layers // 12)))
     left.set_xlabel("layer")
     left.set_ylabel("kurtosis of vertical scores (mean over traces)")
     left.set_title(f"{len(scan.kurtosis)} trace(s); red: top {k} receiver heads")
     table = scan.scores(trace, k)
     right.bar(table.index, table["score"], color="indianred")
     right.axhline(float(table["score"].mean()), color="0.2", ls="--", lw=0.8)
+    right.set_xlim(-0.6, len(table) - 0.4)  # sentences without a vertical score (the last p) stay visible as gaps
     right.set_xlabel("sentence")
     right.set_ylabel("receiver score (mean vertical score)")
     right.set_title(f"trace {trace}: receiver scores per sentence")

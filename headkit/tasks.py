@@ -448,3 +448,40 @@ def antonym_pairs(
             head = "Give the opposite of each word.\n" + f"{demos[0][0]}: {demos[0][1]}\n"
         out.append((f"{head}{query[0]}:", f" {query[1]}"))
     return out
+
+
+# ------------------------------------------------------------------------------------------------- reasoning traces
+_TRACES = (
+    "A shop sells pencils at 3 dollars each and pens at 5 dollars each. Maya buys 4 pencils and 2 pens. "
+    "First, I need the cost of the pencils. 4 pencils at 3 dollars is 12 dollars. Next, the pens. "
+    "2 pens at 5 dollars is 10 dollars. Now I add the two amounts. 12 plus 10 is 22. Wait, let me check "
+    "the pencil price again. Yes, it is 3 dollars each, so 12 is right. So Maya pays 22 dollars in total. "
+    "The answer is 22.",
+    "A train leaves at 9:40 and the trip takes 2 hours and 35 minutes. When does it arrive? Let me add the "
+    "hours first. 9:40 plus 2 hours is 11:40. Then I add the 35 minutes. 11:40 plus 20 minutes is 12:00. "
+    "That leaves 15 more minutes. 12:00 plus 15 minutes is 12:15. Hmm, let me double check by adding "
+    "minutes first. 40 plus 35 is 75 minutes, which is 1 hour and 15 minutes. So 9 plus 2 plus 1 is 12, "
+    "and the time is 12:15. The train arrives at 12:15.",
+    "What is the sum of all even numbers from 2 to 20? The even numbers are 2, 4, 6, 8, 10, 12, 14, 16, "
+    "18 and 20. There are 10 of them. I can pair the first and the last. 2 plus 20 is 22. 4 plus 18 is also "
+    "22. So every pair sums to 22. There are 5 pairs. 5 times 22 is 110. Let me verify with the formula. "
+    "The sum is n times n plus 1 with n equal to 10. That is 10 times 11, which is 110. The answer is 110.",
+    "A rectangle has a perimeter of 30 cm and its length is twice its width. Find its area. Let the width "
+    "be w. Then the length is 2w. The perimeter is 2 times the sum of length and width. So 2 times 3w is 30. "
+    "That means 6w is 30, so w is 5. The length is then 10. Wait, I should check the perimeter. 2 times 15 "
+    "is 30, which matches. The area is length times width. 10 times 5 is 50. The area is 50 square cm.",
+)
+
+
+def reasoning_traces() -> list[str]:
+    """Four short step-by-step solutions (hand-written for examples and tests; not model outputs).
+
+    Each has 12 or more sentences, with plans, checks and a final answer, so that receiver-head and
+    sentence-suppression analyses have something to find on the default model.
+
+    Example:
+        >>> from headkit.tasks import reasoning_traces
+        >>> len(reasoning_traces())
+        4
+    """
+    return list(_TRACES)

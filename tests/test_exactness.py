@@ -414,3 +414,26 @@ def test_mask_during_cached_generation(adapter, arch):
     finally:
         ref.BLOCKED.clear()
     assert torch.equal(generate(runner, ids, [hk.mask_attention("L1H0 L1H3", keys=[(1, 4)])], 5), want)
+
+
+def test_backend_generate_equals_recomputing_every_step_without_cache(runner):
+    """Backend.generate (KV cache) with heads ablated and a key mask = a loop of full forward passes, no cache.
+
+    The loop feeds the whole sequence each step through the same backend and takes the argmax of the last
+    position; the cached generation must produce the same tokens (up to an end-of-sequence stop).
+    """
+    ids = token_ids(batch=1, pos=5, seed=21)
+    interventions = [hk.zero_ablate("L0H1 L1H2"), hk.mask_attention("L1H0", keys=[(1, 3)])]
+    got = runner.backend.generate(ids, *interventions, max_new_tokens=7)
+    seq = ids.clone()
+    with torch.no_grad():
+        for _ in range(7):
+            nxt = runner.backend.logits(seq, *interventions)[0, -1].argmax()
+            seq = torch.cat([seq, nxt.view(1, 1).to(seq.device)], dim=1)
+    got = got.cpu()
+    assert got.shape[1] > ids.shape[1]
+    assert torch.equal(got, seq[:, : got.shape[1]])
+    if got.shape[1] < seq.shape[1]:  # stopped early: only at the end-of-sequence token
+        assert int(got[0, -1]) == 2
+    plain = runner.backend.generate(ids, max_new_tokens=7).cpu()
+    assert not torch.equal(plain[:, : got.shape[1]], got) or got.shape[1] == ids.shape[1] + 1

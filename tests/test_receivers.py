@@ -265,3 +265,31 @@ def test_scan_needs_enough_sentences():
         receivers.scan(model, [tiny_trace(tok, 5)], progress=False)
     with pytest.raises(hk.HeadkitError, match=r"list of headkit.sentences.Sentences"):
         receivers.scan(model, tiny_trace(tok, 9), progress=False)
+
+
+# ------------------------------------------------------------------ command line, on a tiny model
+
+
+def test_cli_receivers_suppress_and_triad_write_their_outputs(tmp_path):
+    pytest.importorskip("matplotlib")
+    from headkit import cli
+
+    model, tok = hk.models.tiny("llama", attn_implementation="eager")
+    files = []
+    for n in (9, 10):
+        path = tmp_path / f"trace{n}.txt"
+        path.write_text(tiny_trace(tok, n).text)
+        files.append(str(path))
+    lines: list[str] = []
+    scan = cli.receivers(texts=files, proximity_ignore=2, top=3, out_dir=str(tmp_path / "r"), model=model,
+                         tokenizer=tok, out=lines.append)
+    assert len(scan.top_heads(3)) == 3 and any("split-half reliability" in line for line in lines)
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"receivers.png", "kurtosis.csv", "scores.csv"}
+    result = cli.suppress(text=files[0], heads="L1H0 L1H3", out_dir=str(tmp_path / "s"), model=model,
+                          tokenizer=tok, out=lines.append)
+    assert result.matrix.shape == (9, 9)
+    assert {p.name for p in (tmp_path / "s").iterdir()} == {"suppression.png", "suppression.csv"}
+    t = cli.triad(length=6, out_dir=str(tmp_path / "t"), model=model, tokenizer=tok, out=lines.append)
+    assert len(t.table) == 8 and (tmp_path / "t" / "triad.csv").exists()
+    with pytest.raises(hk.HeadkitError, match=r"could not read text file.*missing.txt"):
+        cli.receivers(texts=[str(tmp_path / "missing.txt")], model=model, tokenizer=tok, out=lines.append)

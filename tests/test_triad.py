@@ -39,7 +39,7 @@ def unembed_direction(model, ids, q, target):
         logits = model(ids).logits[0, q].double()
     g = -logits.softmax(-1)
     g[target] += 1
-    return g @ model.get_output_embeddings().weight.double()  # W_U^T (e_x - p)
+    return g @ model.get_output_embeddings().weight.detach().double()  # W_U^T (e_x - p)
 
 
 def capture(model, ids, q):
