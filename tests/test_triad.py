@@ -102,7 +102,7 @@ def test_direct_effects_of_a_layer_add_up_to_its_output(arch):
         with torch.no_grad():
             a = proj(z[layer].float()[None])[0].double()  # the layer's attention output at q
         if arch == "gpt2":
-            bias = proj.bias.double()
+            bias = proj.bias.detach().double()
             want = float(through_final(a - bias) @ u)  # heads only; the bias is not a head
         else:
             block = model.model.layers[layer].post_attention_layernorm
