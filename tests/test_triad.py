@@ -14,6 +14,7 @@ ARCHS = ["gpt2", "llama", "gemma3"]
 
 def setup(arch, seed=0):
     model, _ = hk.models.tiny(arch, attn_implementation="eager", seed=seed)
+    model.requires_grad_(False)  # the references below read weights as plain numbers
     ids, q, key = induction_sequence(7, range(4, 100), seed=seed, bos=1)
     return model, ids, q, key
 
