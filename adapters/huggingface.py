@@ -85,7 +85,7 @@ class _LayerRun:
     eager: Callable
     masks: list[MaskAttention] = field(default_factory=list)
     readers: list[Intervention] = field(default_factory=list)  # pattern-site: captures
-    seen: int = 0  # tokens in the layer's KV cache before this call (set by a pre-hook on the attention module)
+    cache: dict[str, Any] = field(default_factory=dict)  # {"kv": the forward's KV cache}, set by a model pre-hook
 
     def __call__(
         self,
@@ -107,7 +107,7 @@ class _LayerRun:
             mask = additive_mask(attention_mask, q_len, k_len, query.dtype, query.device)
         dead = None
         if self.masks:
-            k_start = max(0, self.seen + q_len - k_len)  # a sliding-window cache holds only the latest keys
+            k_start = self._first_key(q_len, k_len)
             mask, dead = apply_masks(
                 self.masks, self.layer, mask.expand(batch, n_heads, q_len, k_len), self.where, k_start
             )
@@ -121,6 +121,17 @@ class _LayerRun:
             for iv in self.readers:
                 weights = iv.edit("pattern", self.layer, weights, self.where)
         return out, weights
+
+    def _first_key(self, q_len: int, k_len: int) -> int:
+        """Absolute position of the first key: > 0 when a sliding-window cache dropped older keys.
+
+        Only cached decoding (q_len < k_len) can see a shortened key axis; the cache has been updated with
+        this call's keys already, so it holds ``total`` tokens and the key axis covers the last ``k_len``.
+        """
+        kv = self.cache.get("kv")
+        if q_len == k_len or kv is None or not hasattr(kv, "get_seq_length"):
+            return 0
+        return max(0, kv.get_seq_length(self.layer) - k_len)
 
     def _pooled(
         self,
@@ -163,12 +174,11 @@ def _pools(iv: Intervention) -> bool:
     return isinstance(iv, CaptureAttention) and iv.pool is not None
 
 
-def _count_cached(run: _LayerRun, layer: int, cache_name: str) -> Callable:
-    """A pre-hook noting how many tokens the layer's KV cache held before this call (absolute key positions)."""
+def _keep_cache(holder: dict[str, Any]) -> Callable:
+    """A forward pre-hook on the model keeping the KV cache of each forward pass (generate passes it)."""
 
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        cache = kwargs.get(cache_name)
-        run.seen = cache.get_seq_length(layer) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        holder["kv"] = kwargs.get("past_key_values")
 
     return hook
 
@@ -254,6 +264,8 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
         else:  # pattern: the mask's own pattern step is done by the run's dead-row zeroing
             run.readers.extend(iv for iv in ivs if not isinstance(iv, MaskAttention))
     undo: list[Callable[[], None]] = []
+    holder: dict[str, Any] = {}  # the current forward pass's KV cache, for masks on sliding-window layers
+    needs_cache = False
     try:
         for (site, layer), ivs in groups.items():
             if site == "z":
@@ -268,10 +280,11 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
                 run = _LayerRun(
                     layer, run.where, outer.base, outer.eager, outer.masks + run.masks, outer.readers + run.readers
                 )
+            run.cache = holder
+            needs_cache = needs_cache or bool(run.masks)
             undo.append(_point_at_headkit(attn, run))
-            if run.masks:
-                hook = attn.register_forward_pre_hook(_count_cached(run, layer, found.arch.cache), with_kwargs=True)
-                undo.append(hook.remove)
+        if needs_cache:
+            undo.append(model.register_forward_pre_hook(_keep_cache(holder), with_kwargs=True).remove)
         yield
     finally:
         for step in reversed(undo):
