@@ -1,0 +1,264 @@
+"""Fused batched Monte Carlo head masking: many keep/ablate masks evaluated in few forward passes.
+
+The prompt batch is repeated once per mask and every batch row carries its own mask through a per-row
+:func:`headkit.gate` (1 keeps a head, 0 zero-ablates it), so one forward pass evaluates many masks.
+Logits are computed at each prompt's last token only. The number of masks per pass is tuned online by
+measured throughput (doubling while evaluations per second improve) and halved on out-of-memory; every
+chunk is real work, so tuning wastes nothing. Results equal one forward pass per mask.
+
+    masks = montecarlo.bernoulli(2000, p_keep=0.3, n_layers=18, n_heads=4, seed=0)
+    scores = montecarlo.evaluate(model, prompts, targets, masks, metric="top1")   # [n_masks, n_prompts]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from itertools import combinations
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from headkit.errors import StaysLocal, describe, fail
+
+if TYPE_CHECKING:
+    from jaxtyping import Bool, Float, Int
+
+__all__ = ["evaluate", "bernoulli", "single_heads", "k_subsets", "METRICS"]
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
+
+METRICS = ("top1", "logprob", "logit_diff")
+"""top1: 1.0 where the target is the most likely next token; logprob: log p(target); logit_diff:
+logit(target) - logit(distractor)."""
+
+
+def bernoulli(n: int, p_keep: float, n_layers: int, n_heads: int, *, seed: int = 0) -> Bool[torch.Tensor, "n layer head"]:
+    """``n`` random masks, each head kept independently with probability ``p_keep`` (seeded, reproducible).
+
+    Example:
+        >>> from headkit.montecarlo import bernoulli
+        >>> m = bernoulli(1000, 0.3, 12, 12, seed=0)
+        >>> m.shape, round(m.float().mean().item(), 1)
+        (torch.Size([1000, 12, 12]), 0.3)
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or not 0.0 <= float(p_keep) <= 1.0:
+        raise fail(
+            f"bernoulli got n={n!r}, p_keep={p_keep!r}",
+            "n >= 1 masks and 0 <= p_keep <= 1",
+            "pass e.g. bernoulli(10000, 0.3, n_layers, n_heads)",
+        )
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, n_layers, n_heads, generator=g) < float(p_keep)
+
+
+def single_heads(n_layers: int, n_heads: int) -> Bool[torch.Tensor, "n layer head"]:
+    """One mask per head with only that head ablated, in (layer, head) order.
+
+    Example:
+        >>> from headkit.montecarlo import single_heads
+        >>> single_heads(2, 3)[4].int().tolist()
+        [[1, 1, 1], [1, 0, 1]]
+    """
+    masks = torch.ones(n_layers * n_heads, n_layers * n_heads, dtype=torch.bool)
+    masks.fill_diagonal_(False)
+    return masks.reshape(-1, n_layers, n_heads)
+
+
+def k_subsets(
+    k: int, n_layers: int, n_heads: int, *, n: int | None = None, seed: int = 0
+) -> Bool[torch.Tensor, "n layer head"]:
+    """Masks ablating ``k`` heads each: every k-subset in order (``n=None``), or ``n`` random distinct ones.
+
+    Example:
+        >>> from headkit.montecarlo import k_subsets
+        >>> k_subsets(2, 1, 3).int()[:, 0].tolist()
+        [[0, 0, 1], [0, 1, 0], [1, 0, 0]]
+    """
+    total = n_layers * n_heads
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
+        raise fail(f"k_subsets got k={k!r}", f"1 <= k <= {total} (the model's heads)", "pass a smaller k")
+    if n is None:
+        subsets = torch.tensor(list(combinations(range(total), k)), dtype=torch.long)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        subsets = torch.rand(n, total, generator=g).argsort(-1)[:, :k]
+    masks = torch.ones(len(subsets), total, dtype=torch.bool)
+    masks.scatter_(1, subsets, False)
+    return masks.reshape(-1, n_layers, n_heads)
+
+
+def evaluate(
+    model: Any,
+    prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"],
+    targets: Sequence[str] | Int[torch.Tensor, "prompt"],
+    masks: Bool[torch.Tensor, "mask layer head"] | Float[torch.Tensor, "mask layer head"],
+    *,
+    metric: str = "top1",
+    distractors: Sequence[str] | Int[torch.Tensor, "prompt"] | None = None,
+    attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
+    tokenizer: Any = None,
+    masks_per_pass: int | None = None,
+    progress: bool = True,
+) -> Float[torch.Tensor, "mask prompt"]:
+    """Evaluate every mask on every prompt, many masks per forward pass; returns ``[n_masks, n_prompts]``.
+
+    ``prompts`` are strings (tokenised here, left-padded) or token ids ``[prompt, pos]`` (left-padded, with
+    ``attention_mask``); ``targets`` (and ``distractors`` for ``logit_diff``) are single-token strings or
+    token ids ``[prompt]``. ``masks`` are ``[n_masks, n_layers, n_heads]``, 1/True = keep, 0/False =
+    zero-ablate (fractions scale the head). ``masks_per_pass=None`` tunes it by measured throughput.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit import montecarlo
+        >>> model, tok = hk.models.tiny("llama")
+        >>> masks = montecarlo.bernoulli(8, 0.5, 2, 4)
+        >>> montecarlo.evaluate(model, ["Tom eats apples . Tom eats"], [" apples"], masks, tokenizer=tok,
+        ...                     progress=False).shape
+        torch.Size([8, 1])
+    """
+    from tqdm.auto import tqdm
+
+    from headkit.backend import get_backend
+    from headkit.interventions import gate
+
+    backend = get_backend(model, tokenizer)
+    shape = backend.shape
+    if metric not in METRICS:
+        raise fail(f"evaluate got metric {metric!r}", f"one of {list(METRICS)}", "pass metric='top1' (or 'logprob')")
+    tok = tokenizer if tokenizer is not None else getattr(backend, "tokenizer", None)
+    ids, attn = _prompt_ids(prompts, attention_mask, tok)
+    target_ids = _token_ids(targets, "targets", prompts, ids.shape[0], tok)
+    other_ids = None
+    if metric == "logit_diff":
+        if distractors is None:
+            raise fail("evaluate got metric='logit_diff' without distractors", "one distractor per prompt",
+                       "pass distractors=[' wrong answer', ...]")
+        other_ids = _token_ids(distractors, "distractors", prompts, ids.shape[0], tok)
+    if not isinstance(masks, torch.Tensor) or masks.ndim != 3 or tuple(masks.shape[1:]) != (shape.n_layers, shape.n_heads):
+        raise fail(
+            f"evaluate got masks {describe(masks)}",
+            f"a tensor [n_masks, {shape.n_layers}, {shape.n_heads}] (1 = keep, 0 = ablate)",
+            f"sample them with montecarlo.bernoulli(n, p_keep, {shape.n_layers}, {shape.n_heads})",
+        )
+    if masks.shape[0] == 0:
+        raise fail("evaluate got 0 masks", "at least one mask", "pass masks [n_masks, n_layers, n_heads] with n >= 1")
+    n_masks, n_prompts = masks.shape[0], ids.shape[0]
+    parts: list[torch.Tensor] = []
+    tuner = _Tuner(masks_per_pass, n_masks)
+    bar = tqdm(total=n_masks, desc="masks", unit="mask", disable=not progress)
+    done = 0
+    with torch.no_grad():
+        while done < n_masks:
+            m = min(tuner.size, n_masks - done)
+            chunk = masks[done : done + m].float()
+            started = time.perf_counter()
+            try:
+                logits = backend.logits(
+                    ids.repeat(m, 1), gate(chunk.repeat_interleave(n_prompts, 0)),
+                    attention_mask=attn.repeat(m, 1), last_only=True,
+                )[:, -1]
+                logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+            except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+                if "out of memory" not in str(error).lower() or m == 1:
+                    raise
+                tuner.out_of_memory()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            parts.append(_score(logits, target_ids, other_ids, metric).reshape(m, n_prompts).cpu())
+            tuner.record(m * n_prompts, time.perf_counter() - started)
+            done += m
+            bar.update(m)
+    bar.close()
+    return torch.cat(parts)
+
+
+class _Tuner:
+    """Masks per forward pass: double while measured evaluations per second improve; halve on OOM."""
+
+    def __init__(self, fixed: int | None, n_masks: int) -> None:
+        if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 1):
+            raise fail(f"evaluate got masks_per_pass={fixed!r}", "a whole number >= 1, or None to tune it",
+                       "pass e.g. masks_per_pass=16")
+        self.size, self.fixed, self.best, self.settled = fixed or 1, fixed is not None, 0.0, fixed is not None
+        self.n_masks = n_masks
+
+    def record(self, evaluations: int, seconds: float) -> None:
+        if self.settled:
+            return
+        rate = evaluations / max(seconds, 1e-9)
+        if rate > self.best * 1.05:  # worth the bigger pass
+            self.best = rate
+            if self.size * 2 <= self.n_masks:
+                self.size *= 2
+                return
+        else:
+            self.size = max(1, self.size // 2)  # the last doubling did not pay
+        self.settled = True
+
+    def out_of_memory(self) -> None:
+        self.size = max(1, self.size // 2)
+        self.settled = True
+
+
+def _score(logits: torch.Tensor, targets: torch.Tensor, others: torch.Tensor | None, metric: str) -> torch.Tensor:
+    rows = logits.shape[0]
+    t = targets.to(logits.device).repeat(rows // targets.shape[0])
+    if metric == "top1":
+        return (logits.argmax(-1) == t).float()
+    if metric == "logprob":
+        return torch.log_softmax(logits, -1).gather(-1, t[:, None])[:, 0]
+    o = others.to(logits.device).repeat(rows // others.shape[0])  # type: ignore[union-attr]
+    return logits.gather(-1, t[:, None])[:, 0] - logits.gather(-1, o[:, None])[:, 0]
+
+
+def _prompt_ids(prompts: Any, attention_mask: Any, tok: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(prompts, torch.Tensor):
+        if prompts.ndim != 2 or prompts.shape[0] == 0:
+            raise fail(f"evaluate got prompts {describe(prompts)}", "token ids [n_prompts, pos], n >= 1",
+                       "tokenise the prompts into one left-padded tensor")
+        mask = torch.ones_like(prompts) if attention_mask is None else attention_mask
+        if not bool(mask[:, -1].all()):
+            raise fail("evaluate got prompts whose last column has padding", "left-padded prompts",
+                       'pad on the left (tokenizer.padding_side = "left")')
+        return prompts, mask
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise fail(f"evaluate got prompts {prompts[:2]!r:.80}", "a non-empty list of non-empty strings",
+                   "pass the prompts as strings (or token ids)")
+    if tok is None:
+        raise fail("evaluate got prompts as strings but no tokenizer", "a tokenizer", "pass tokenizer=")
+    encoded = [tok(p)["input_ids"] for p in prompts]
+    width = max(map(len, encoded))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(encoded), width, dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, width - len(tokens) :] = torch.tensor(tokens)
+        mask[row, width - len(tokens) :] = 1
+    return ids, mask
+
+
+def _token_ids(values: Any, name: str, prompts: Any, n: int, tok: Any) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        ids = values.long().flatten()
+    else:
+        values = list(values)
+        if tok is None:
+            raise fail(f"evaluate got {name} as strings but no tokenizer", "a tokenizer", "pass tokenizer=")
+        ids_list = []
+        for i, value in enumerate(values):
+            tokens = tok(value, add_special_tokens=False)["input_ids"]
+            if len(tokens) != 1:
+                prompt = prompts[i] if not isinstance(prompts, torch.Tensor) and i < len(prompts) else f"#{i}"
+                raise fail(
+                    f"evaluate got {name[:-1]} {value!r} for prompt {i} ({prompt!r:.60}), which is {len(tokens)} tokens",
+                    f"single-token {name} (metrics compare one next token)",
+                    "use the first token of the answer, or a word that is one token (often with a leading space)",
+                )
+            ids_list.append(tokens[0])
+        ids = torch.tensor(ids_list, dtype=torch.long)
+    if ids.shape[0] != n:
+        raise fail(f"evaluate got {ids.shape[0]} {name} for {n} prompts", f"one per prompt ({n})", f"pass {n} {name}")
+    return ids

@@ -1,0 +1,158 @@
+"""The fused Monte Carlo engine against one forward pass per mask (zero_ablate, each prompt run on its own)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import headkit as hk
+from headkit import montecarlo
+from tests.conftest import Runner
+
+PROMPTS = ["Tom eats apples . Tom eats", "the cat saw a dog . the cat saw a", "Sarah wears hats . Sarah"]
+TARGETS = [" apples", " dog", " wears"]
+
+
+def padded(tok):
+    encoded = [tok(p)["input_ids"] for p in PROMPTS]
+    width = max(map(len, encoded))
+    ids = torch.zeros(len(encoded), width, dtype=torch.long)
+    mask = torch.zeros(len(encoded), width, dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, width - len(tokens) :] = torch.tensor(tokens)
+        mask[row, width - len(tokens) :] = 1
+    return ids, mask
+
+
+def loop_reference(model, tok, masks):
+    """Seed-003 style: one forward of the left-padded prompt batch per mask, ablated heads through zero_ablate.
+
+    Returns the last-token logits [n_masks, n_prompts, vocab].
+    """
+    backend = hk.get_backend(model, tok)
+    ids, attn = padded(tok)
+    out = []
+    with torch.no_grad():
+        for mask in masks:
+            off = ~mask.bool()
+            ivs = [hk.zero_ablate(hk.Heads(off))] if off.any() else []
+            out.append(backend.logits(ids, *ivs, attention_mask=attn)[:, -1])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_fused_equals_one_forward_per_mask_on_1000_masks(arch):
+    model, tok = hk.models.tiny(arch)
+    masks = montecarlo.bernoulli(1000, 0.5, *hk.get_backend(model).shape._fields()[:2], seed=1)
+    masks[0] = True  # the unablated model
+    logits = loop_reference(model, tok, masks)
+    targets = logits[0].argmax(-1)  # the full model's own predictions: random weights never say " apples"
+    want_top1 = (logits.argmax(-1) == targets).float()
+    want_logp = torch.log_softmax(logits, -1)[:, torch.arange(3), targets]
+    got_top1 = montecarlo.evaluate(model, PROMPTS, targets, masks, tokenizer=tok, progress=False)
+    got_logp = montecarlo.evaluate(model, PROMPTS, targets, masks, metric="logprob", tokenizer=tok, progress=False)
+    assert torch.equal(got_top1, want_top1)
+    assert (got_logp - want_logp).abs().max() <= 1e-5
+    assert 0 < want_top1.mean() < 1  # masks change decisions, so the comparison has teeth
+
+
+def test_logit_diff_fixed_chunks_and_out_of_memory_halving(monkeypatch):
+    model, tok = hk.models.tiny("llama")
+    masks = montecarlo.k_subsets(2, 2, 4)  # all 28 two-head ablations
+    wrong = [" cat", " apples", " Tom"]
+    ref = montecarlo.evaluate(model, PROMPTS, TARGETS, masks, metric="logit_diff", distractors=wrong, tokenizer=tok,
+                              masks_per_pass=1, progress=False)
+    logits = loop_reference(model, tok, masks)
+    t = torch.tensor([tok(x, add_special_tokens=False)["input_ids"][0] for x in TARGETS])
+    o = torch.tensor([tok(x, add_special_tokens=False)["input_ids"][0] for x in wrong])
+    idx = torch.arange(3)
+    assert (ref - (logits[:, idx, t] - logits[:, idx, o])).abs().max() <= 1e-5
+
+    backend = hk.get_backend(model, tok)
+    real = backend.logits
+    sizes = []
+
+    def small_memory(ids, *ivs, **kw):
+        sizes.append(ids.shape[0])
+        if ids.shape[0] > 4 * len(PROMPTS):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(ids, *ivs, **kw)
+
+    monkeypatch.setattr(backend, "logits", small_memory)
+    got = montecarlo.evaluate(backend, PROMPTS, TARGETS, masks, metric="logit_diff", distractors=wrong,
+                              masks_per_pass=16, progress=False)
+    assert sizes[:3] == [48, 24, 12] and max(sizes[3:]) <= 12  # halved twice, then kept
+    assert (got - ref).abs().max() <= 1e-5
+
+
+def test_tuner_doubles_while_throughput_improves():
+    tuner = montecarlo._Tuner(None, 1000)
+    rates = {1: 10.0, 2: 19.0, 4: 30.0, 8: 29.0}
+    while not tuner.settled:
+        size = tuner.size
+        tuner.record(int(rates[size] * 10), 10.0)
+    assert tuner.size == 4  # 8 did not pay, back to 4
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_padding_does_not_change_results(dtype, tol):
+    """Prompts of different lengths, left-padded together = each prompt evaluated alone, unpadded.
+
+    Exact in float64; in float32 the padded and unpadded passes round differently (different attention
+    kernels and shapes), up to ~3e-5 in log-prob on these tiny models.
+    """
+    model, tok = hk.models.tiny("gemma3", dtype=dtype)
+    masks = montecarlo.bernoulli(50, 0.6, 4, 4, seed=3)
+    together = montecarlo.evaluate(model, PROMPTS, TARGETS, masks, metric="logprob", tokenizer=tok, progress=False)
+    for i in range(3):
+        alone = montecarlo.evaluate(model, PROMPTS[i : i + 1], TARGETS[i : i + 1], masks, metric="logprob",
+                                    tokenizer=tok, progress=False)
+        assert (together[:, i] - alone[:, 0]).abs().max() <= tol
+
+
+@pytest.mark.parametrize("adapter", ["tl", "nnsight-sdpa", "nnsight-remote"])
+def test_every_adapter_agrees(adapter):
+    runner = Runner(adapter, "llama")
+    masks = montecarlo.bernoulli(20, 0.5, 2, 4, seed=5)
+    plain, _ = hk.models.tiny("llama")
+    want = montecarlo.evaluate(plain, PROMPTS, TARGETS, masks, metric="logprob", tokenizer=runner.tokenizer,
+                               progress=False)
+    got = montecarlo.evaluate(runner.backend, PROMPTS, TARGETS, masks, metric="logprob", tokenizer=runner.tokenizer,
+                              masks_per_pass=4, progress=False)
+    assert (got - want).abs().max() <= 1e-5
+
+
+def test_samplers():
+    a, b = montecarlo.bernoulli(100, 0.3, 3, 4, seed=7), montecarlo.bernoulli(100, 0.3, 3, 4, seed=7)
+    assert torch.equal(a, b) and not torch.equal(a, montecarlo.bernoulli(100, 0.3, 3, 4, seed=8))
+    single = montecarlo.single_heads(3, 4)
+    assert single.shape == (12, 3, 4) and ((~single).sum((1, 2)) == 1).all()
+    assert (~single[7])[1, 3]
+    every = montecarlo.k_subsets(3, 2, 4)
+    assert len(every) == math.comb(8, 3) and len({tuple(m.flatten().tolist()) for m in every}) == len(every)
+    assert ((~every).sum((1, 2)) == 3).all()
+    some = montecarlo.k_subsets(2, 3, 4, n=50, seed=1)
+    assert some.shape == (50, 3, 4) and ((~some).sum((1, 2)) == 2).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"masks": torch.ones(5, 3, 4)}, r"masks f32\[5, 3, 4\].*\[n_masks, 2, 4\]"),
+        ({"masks": torch.ones(0, 2, 4)}, r"0 masks"),
+        ({"targets": [" apples", " dog", " big house"]}, r"target ' big house' for prompt 2 \('Sarah wears.*2 tokens"),
+        ({"targets": [" apples"]}, r"1 targets for 3 prompts"),
+        ({"prompts": []}, r"non-empty list"),
+        ({"metric": "accuracy"}, r"metric 'accuracy'.*'top1'"),
+        ({"metric": "logit_diff"}, r"without distractors"),
+        ({"masks_per_pass": 0}, r"masks_per_pass=0"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    model, tok = hk.models.tiny("llama")
+    args = {"prompts": PROMPTS, "targets": TARGETS, "masks": torch.ones(3, 2, 4)} | kwargs
+    with pytest.raises(hk.HeadkitError, match=match):
+        montecarlo.evaluate(model, args.pop("prompts"), args.pop("targets"), args.pop("masks"), tokenizer=tok,
+                            progress=False, **args)
