@@ -181,8 +181,7 @@ class _Tuner:
         if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 1):
             raise fail(f"evaluate got masks_per_pass={fixed!r}", "a whole number >= 1, or None to tune it",
                        "pass e.g. masks_per_pass=16")
-        self.size, self.fixed, self.best, self.settled = fixed or 1, fixed is not None, 0.0, fixed is not None
-        self.n_masks = n_masks
+        self.size, self.best, self.settled, self.n_masks = fixed or 1, 0.0, fixed is not None, n_masks
 
     def record(self, evaluations: int, seconds: float) -> None:
         if self.settled:
