@@ -156,3 +156,63 @@ def test_bad_input(kwargs, match):
     with pytest.raises(hk.HeadkitError, match=match):
         montecarlo.evaluate(model, args.pop("prompts"), args.pop("targets"), args.pop("masks"), tokenizer=tok,
                             progress=False, **args)
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def records(masks, outcomes):
+    """Seed 003's record list: one (mask, success) per (mask, prompt)."""
+    return [(masks[k].flatten().tolist(), float(outcomes[k, p])) for k in range(len(masks)) for p in range(outcomes.shape[1])]
+
+
+def test_counts_stream_equals_python_loops_over_records():
+    masks = montecarlo.bernoulli(60, 0.4, 2, 3, seed=2)
+    outcomes = (torch.rand(60, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    counts = montecarlo.Counts(2, 3)
+    for start in range(0, 60, 7):  # streamed in uneven chunks
+        counts.update(masks[start : start + 7], outcomes[start : start + 7])
+    recs = records(masks, outcomes)
+    h = 6
+    kept = [sum(m[i] for m, _ in recs) for i in range(h)]
+    kept_s = [sum(m[i] * s for m, s in recs) for i in range(h)]
+    pair = [[sum(m[i] * m[j] for m, _ in recs) for j in range(h)] for i in range(h)]
+    pair_s = [[sum(m[i] * m[j] * s for m, s in recs) for j in range(h)] for i in range(h)]
+    assert counts.records == len(recs) and counts.successes == sum(s for _, s in recs)
+    assert counts.kept.flatten().tolist() == kept and counts.kept_success.flatten().tolist() == kept_s
+    assert counts.pair_kept.tolist() == pair and counts.pair_kept_success.tolist() == pair_s
+    # the seed's scores, from the record list by hand
+    imp = [k / sum(kept_s) for k in kept_s]
+    fail_abl = [sum((1 - m[i]) * (1 - s) for m, s in recs) for i in range(h)]
+    exc = [f / sum(fail_abl) for f in fail_abl]
+    assert counts.importance().flatten().tolist() == pytest.approx(imp, abs=1e-12)
+    assert counts.exclusion().flatten().tolist() == pytest.approx(exc, abs=1e-12)
+    p_kept = [kept_s[i] / kept[i] for i in range(h)]
+    p_abl = [sum((1 - m[i]) * s for m, s in recs) / sum(1 - m[i] for m, _ in recs) for i in range(h)]
+    assert counts.effect().flatten().tolist() == pytest.approx([a - b for a, b in zip(p_kept, p_abl)], abs=1e-12)
+
+
+def test_regression_equals_least_squares_and_covers_planted_effects():
+    import numpy as np
+
+    masks = montecarlo.bernoulli(3000, 0.5, 2, 3, seed=4)
+    g = torch.Generator().manual_seed(1)
+    rate = 0.35 + 0.5 * masks[:, 0, 1].double() - 0.3 * masks[:, 1, 2].double()  # two planted heads, in [0.05, 0.85]
+    outcomes = (torch.rand(3000, 8, generator=g, dtype=torch.float64) < rate[:, None]).double()
+    table = montecarlo.regression(masks, outcomes, n_boot=100)
+    x = np.concatenate([np.ones((3000, 1)), masks.reshape(3000, -1).numpy().astype(float)], 1)
+    want = np.linalg.lstsq(x, outcomes.mean(1).numpy(), rcond=None)[0][1:]
+    np.testing.assert_allclose(table["effect"].to_numpy(), want, atol=1e-10)
+    truth = {(0, 1): 0.5, (1, 2): -0.3}
+    for (layer, head), row in table.iterrows():
+        true = truth.get((layer, head), 0.0)
+        assert row["low"] <= row["effect"] <= row["high"]
+        assert row["low"] - 0.01 <= true <= row["high"] + 0.01  # the 95% interval (nearly) covers the truth
+        assert row["high"] - row["low"] < 0.05
+    with pytest.raises(hk.HeadkitError, match=r"3 masks for 6 heads"):
+        montecarlo.regression(masks[:3], outcomes[:3])
+
+
+def test_counts_bad_input():
+    with pytest.raises(hk.HeadkitError, match=r"masks f32\[4, 2, 2\].*\[n, 2, 3\]"):
+        montecarlo.Counts(2, 3).update(torch.ones(4, 2, 2), torch.ones(4, 3))
