@@ -131,9 +131,7 @@ def demo(
         >>> rows = demo(heads="L5H1 L5H3")  # doctest: +SKIP
     """
     started = time.perf_counter()
-    model, tokenizer = hk.load_default()
-    if adapter == "transformer_lens":
-        model = _bridge(model, tokenizer)
+    model, tokenizer = _default(adapter, None, None)
     backend = hk.get_backend(model, tokenizer)
     shape = backend.shape
     out(f"headkit demo: {hk.models.DEFAULT_MODEL} through the {adapter} adapter "
@@ -226,10 +224,7 @@ def chg(
     from headkit import gating, plots, tasks
 
     started = time.perf_counter()
-    if model is None:
-        model, tokenizer = hk.load_default()
-        if adapter == "transformer_lens":
-            model = _bridge(model, tokenizer)
+    model, tokenizer = _default(adapter, model, tokenizer)
     backend = hk.get_backend(model, tokenizer)
     shape = backend.shape
     os.makedirs(out_dir, exist_ok=True)
@@ -352,9 +347,9 @@ def receivers(
             out(f"split-half reliability: not computed ({error})")
     os.makedirs(out_dir, exist_ok=True)
     table.to_csv(os.path.join(out_dir, "kurtosis.csv"))
-    scores = pd.concat([scan.scores(t, heads=heads).assign(trace=t) for t in range(len(traces))])
-    scores.to_csv(os.path.join(out_dir, "scores.csv"))
-    first = scan.scores(0, heads=heads)
+    per_trace = [scan.scores(t, heads=heads) for t in range(len(traces))]
+    pd.concat([table.assign(trace=t) for t, table in enumerate(per_trace)]).to_csv(os.path.join(out_dir, "scores.csv"))
+    first = per_trace[0]
     out("\ntrace 0, sentences with the highest receiver scores:")
     for i, row in first.nlargest(3, "score").iterrows():
         out(f"  {i:>3}  {row['score']:.3f}  {row['text'][:90]}")

@@ -63,12 +63,7 @@ def vertical_scores(
             "a float tensor [..., sentence, sentence] (sentence-pooled attention)",
             "pool attention with hk.capture_attention(heads, pool=sentences.spans)",
         )
-    if isinstance(proximity_ignore, bool) or not isinstance(proximity_ignore, int) or proximity_ignore < 0:
-        raise fail(
-            f"vertical_scores got proximity_ignore={proximity_ignore!r}",
-            "a whole number of sentences >= 0 (Thought Anchors uses 4)",
-            "pass e.g. proximity_ignore=4",
-        )
+    _check_proximity(proximity_ignore, "vertical_scores")
     m = matrix.double()
     s = m.shape[-1]
     rows = torch.arange(s, device=m.device)
@@ -78,6 +73,15 @@ def vertical_scores(
     m = m.masked_fill(~valid, 0.0)
     count = valid.sum(-2)
     return torch.where(count > 0, m.sum(-2) / count.clamp(min=1), torch.nan)
+
+
+def _check_proximity(proximity_ignore: object, owner: str) -> None:
+    if isinstance(proximity_ignore, bool) or not isinstance(proximity_ignore, int) or proximity_ignore < 0:
+        raise fail(
+            f"{owner} got proximity_ignore={proximity_ignore!r}",
+            "a whole number of sentences >= 0 (Thought Anchors uses 4)",
+            "pass e.g. proximity_ignore=4",
+        )
 
 
 def _row_ranks(m: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -307,7 +311,7 @@ def scan(
             "a non-empty list of headkit.sentences.Sentences",
             "build each with hk.sentences.locate(tokenizer, text), and pass them in a list",
         )
-    vertical_scores(torch.zeros(1, 1), proximity_ignore)  # validates proximity_ignore before any forward pass
+    _check_proximity(proximity_ignore, "scan")
     for i, trace in enumerate(traces):
         if len(trace) - proximity_ignore < 4:
             raise fail(

@@ -139,9 +139,6 @@ def kl_matrix(
     n_sent, n_tok = member.shape
     covered = member.any(0)  # positions that belong to a sentence
     first = torch.tensor([a for a, _ in sentences.spans])
-    owner = torch.full((n_tok,), -1, dtype=torch.long)  # sentence of each position
-    for i, (a, b) in enumerate(sentences.spans):
-        owner[a:b] = i
 
     with torch.no_grad():
         base = backend.logits(ids, positions=covered[None])  # [n_covered, vocab]
