@@ -3,6 +3,7 @@
     python benchmarks/montecarlo_speed.py                                  # CPU: Pythia-160M, GPT-2 small shapes
     python benchmarks/montecarlo_speed.py --models gemma --masks 16
     python benchmarks/montecarlo_speed.py --device cuda --dtype bfloat16 --masks 2000
+    python benchmarks/montecarlo_speed.py --device cuda --dtype bfloat16 --models pythia160m --study 10000
 
 Per model, side by side in each round (interleaved, medians over ``--rounds``):
 
@@ -73,6 +74,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--study", type=int, default=0,
+                        help="also time the whole stochastic-ablation study with this many masks per phase")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     cuda = args.device.startswith("cuda")
@@ -94,6 +97,7 @@ def main() -> None:
     print("| model | masks x prompts | naive loop (evals/s) | fused (evals/s) | plain forward (evals/s) "
           "| fused / naive | fused time / plain time | masks per pass |")
     print("|---|---|---|---|---|---|---|---|")
+    studies = []
     for name in args.models.split(","):
         model = build(name, args.device, dtype)
         backend = hk.get_backend(model)
@@ -151,7 +155,24 @@ def main() -> None:
         print(f"| {name} ({shape.n_layers}x{shape.n_heads}) | {args.masks} x {args.prompts} | {rate['naive']:.1f} "
               f"| {rate['fused']:.1f} | {rate['plain']:.1f} | {rate['fused'] / rate['naive']:.2f}x "
               f"| {rate['plain'] / rate['fused']:.2f}x | {chosen['per_pass']} |", flush=True)
+        if args.study:
+            from headkit import stochastic_ablation
+
+            sync()
+            t0 = time.perf_counter()
+            result = stochastic_ablation.study(backend, ids, targets, attention_mask=attn, n_masks=args.study,
+                                               p_keep=(0.3, 0.85), progress=False)
+            sync()
+            studies.append(f"| {name} | 2 x {args.study} masks x {len(result.prompts)} prompts "
+                           f"| {time.perf_counter() - t0:.1f} | {result.throughput:.0f} "
+                           f"| {result.log['masks_per_pass']} |")
         del model, backend
+    if studies:
+        print("\nwhole study (`stochastic_ablation.study`, p_keep 0.3 / 0.85: evaluation, counts, regression with "
+              "200 bootstrap refits per phase, validation), timed once after the rounds above:\n")
+        print("| model | masks x prompts | seconds | evals/s during evaluation | masks per pass |")
+        print("|---|---|---|---|---|")
+        print("\n".join(studies))
 
 
 if __name__ == "__main__":

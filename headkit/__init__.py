@@ -10,7 +10,9 @@
     load_default()               the embedded default model, Gemma 3 270M, offline
     HeadkitError                 raised on bad input (a ValueError)
 
-Analyses: ``headkit.montecarlo`` (many head masks per forward pass: ``evaluate``), ``headkit.gating`` (causal head gating: G, G+, G-, taxonomy, contrastive), ``headkit.receivers``
+Analyses: ``headkit.montecarlo`` (many head masks per forward pass: ``evaluate``, samplers, streaming
+counts, regression), ``headkit.stochastic_ablation`` (seed 003's study: importance, exclusion, outliers,
+effects with intervals, synergy; outcomes on disk, resumable), ``headkit.gating`` (causal head gating: G, G+, G-, taxonomy, contrastive), ``headkit.receivers``
 (receiver heads: vertical scores, kurtosis), ``headkit.suppression`` (sentence-suppression KL matrix),
 ``headkit.triad`` (attention vs direct effect vs ablation effect per head), ``headkit.sentences`` (sentences
 to token spans), ``headkit.tasks`` (prompt sets with answers or target
@@ -21,7 +23,18 @@ Adapters place the same interventions on each framework:
 neither TransformerLens nor nnsight.
 """
 
-from headkit import gating, models, montecarlo, plots, receivers, sentences, suppression, tasks, triad
+from headkit import (
+    gating,
+    models,
+    montecarlo,
+    plots,
+    receivers,
+    sentences,
+    stochastic_ablation,
+    suppression,
+    tasks,
+    triad,
+)
 from headkit.backend import get_backend
 from headkit.errors import HeadkitError, StaysLocal
 from headkit.heads import Heads
@@ -41,6 +54,7 @@ __all__ = [
     "models",
     "gating",
     "montecarlo",
+    "stochastic_ablation",
     "tasks",
     "sentences",
     "receivers",

@@ -2,6 +2,10 @@
 
     headkit demo      every intervention on the copy task, on the embedded default model (Gemma 3 270M)
     headkit chg       causal head gating on a built-in task: roles of every head, Figures 2 and 3b
+    headkit mc        the stochastic-ablation study (seed 003): thousands of random head masks, fused
+    headkit receivers receiver heads (kurtosis of vertical attention scores) over reasoning traces
+    headkit suppress  sentence-suppression KL matrix of one text
+    headkit triad     attention vs direct effect vs ablation effect per head (induction)
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from headkit.interventions import Intervention
 from headkit.metrics import target_logprob, top1_success
 from headkit.tasks import Task, copy_task
 
-__all__ = ["main", "demo", "chg"]
+__all__ = ["main", "demo", "chg", "mc", "receivers", "suppress", "triad"]
 
 _stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
@@ -63,6 +67,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="head counts for the ablation curves (Figure 2), comma separated; empty to skip")
     chg_parser.add_argument("--out", default="chg_out", help="folder for the PNG figures and CSV tables")
     chg_parser.add_argument("--adapter", choices=["huggingface", "transformer_lens"], default="huggingface")
+    mc_parser = commands.add_parser(
+        "mc", help="stochastic-ablation study: random head masks, fused many per forward pass (seed 003)",
+        description="Evaluate random keep/ablate head masks on the seed-003 copy prompts with the default model, "
+        "many masks per forward pass: the seed's importance and exclusion scores, outlier heads (checked by keeping "
+        "or ablating only them), each head's effect on success with bootstrap intervals, and pairwise synergy. "
+        "Every outcome goes to OUT/outcomes: run the same command again to resume or (larger --masks) extend.",
+    )
+    mc_parser.add_argument("--masks", type=int, default=None,
+                           help="masks per phase (default: 10000 as the seed on a GPU, 100 on a CPU)")
+    mc_parser.add_argument("--p-keep", default="auto",
+                           help='"auto" (calibrated to 25%% / 75%% success, default) or the seed\'s "0.3,0.85"')
+    mc_parser.add_argument("--prompts", default=None,
+                           help="a text file of prompt<TAB>target lines (default: the seed-003 copy prompts)")
+    mc_parser.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    mc_parser.add_argument("--top", type=int, default=10, help="heads listed per score (10)")
+    mc_parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    mc_parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    mc_parser.add_argument("--out", default="mc_out", help="folder for figures, CSV tables and the outcome log")
     rec_parser = commands.add_parser(
         "receivers", help="receiver heads (Thought Anchors): kurtosis of vertical attention scores over traces",
         description="Scan every head's sentence-level attention over reasoning traces (one text file per trace, "
@@ -95,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             demo(adapter=args.adapter, heads=args.heads, top=args.top, repeats=args.repeats)
+        elif args.command == "mc":
+            mc(masks=args.masks, p_keep=args.p_keep, prompts=args.prompts, seed=args.seed, top=args.top,
+               device=args.device, dtype=args.dtype, out_dir=args.out)
         elif args.command == "receivers":
             receivers(texts=args.texts, proximity_ignore=args.proximity, top=args.top, out_dir=args.out,
                       adapter=args.adapter)
@@ -276,6 +301,115 @@ def chg(
         result["curves"] = curves
     out(f"\nwrote {out_dir}/roles.png, ablation_curves.png and CSV tables; total {time.perf_counter() - started:.0f} s")
     return result
+
+
+def mc(
+    *,
+    masks: int | None = None,
+    p_keep: str | tuple[float, float] = "auto",
+    prompts: str | None = None,
+    seed: int = 0,
+    top: int = 10,
+    device: str | None = None,
+    dtype: str = "float32",
+    out_dir: str = "mc_out",
+    model: Any = None,
+    tokenizer: Any = None,
+    out: Callable[[str], Any] = print,
+) -> Any:
+    """The stochastic-ablation study on the default model: print the top heads and throughput, write figures.
+
+    ``prompts`` is a text file of ``prompt<TAB>target`` lines (default: the seed-003 copy prompts).
+    Writes ``scores.csv``, ``synergy.csv``, ``validation.csv`` and ``scores.png``, ``outliers.png``,
+    ``synergy.png`` into ``out_dir``; every outcome is logged under ``out_dir/outcomes`` (running again
+    resumes). Returns the :class:`headkit.stochastic_ablation.Study`.
+
+    Example:
+        >>> from headkit.cli import mc
+        >>> result = mc(masks=200, p_keep=(0.3, 0.85))  # doctest: +SKIP
+    """
+    import os
+
+    from headkit import stochastic_ablation
+
+    started = time.perf_counter()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = type(model).__name__
+    if model is None:
+        model, tokenizer = hk.load_default(device=device, dtype=getattr(torch, dtype))
+        name = hk.models.DEFAULT_MODEL
+    if masks is None:
+        masks = 10_000 if device.startswith("cuda") else 100
+    if isinstance(p_keep, str) and p_keep != "auto":
+        try:
+            p_keep = tuple(float(p) for p in p_keep.split(","))  # type: ignore[assignment]
+        except ValueError:
+            raise hk.HeadkitError(f'mc got --p-keep {p_keep!r}; expected "auto" or two numbers like "0.3,0.85". '
+                                  'Fix: pass --p-keep 0.3,0.85') from None
+    shape = hk.get_backend(model, tokenizer).shape
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"{torch.get_num_threads()} CPU threads"
+    out(f"headkit mc: {name}, "
+        f"{shape.n_layers} x {shape.n_heads} heads, {dtype} on {where}; torch {torch.__version__}")
+    out(f"{masks} masks per phase, p_keep {p_keep}" + (" (pass --masks 10000 for the seed's full study)"
+                                                        if masks < 10_000 else ""))
+    texts, targets = _read_pairs(prompts) if prompts else (None, None)
+    result = stochastic_ablation.study(model, texts, targets, tokenizer=tokenizer, n_masks=masks, p_keep=p_keep,
+                                       seed=seed, path=os.path.join(out_dir, "outcomes"))
+    n = len(result.prompts)
+    task = f"prompts of {prompts}" if prompts else "copy task (seed 003)"
+    out(f"\n{task}: the full model completes {n} of {n + len(result.dropped)} prompts; those are used")
+    for phase in result.phases.values():
+        out(f"phase {phase.name:<13} p_keep {phase.p_keep:.3f}: success {100 * phase.success_rate:.1f}% of "
+            f"{len(phase.masks)} masks x {n} prompts")
+    cols = ["importance", "exclusion", "effect_many", "low_many", "high_many", "effect_few", "low_few", "high_few"]
+    out(f"\ntop {top} heads by importance (seed score); effect = change in success rate when the head is kept, "
+        "[95% bootstrap interval]:")
+    table = result.top(top, "importance")
+    text = table[cols].copy()
+    for short in ("many", "few"):
+        text[f"effect_{short}"] = [f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]" for e, lo, hi in
+                                   zip(table[f"effect_{short}"], table[f"low_{short}"], table[f"high_{short}"])]
+    text.index = [f"L{l}H{h}" + (" *" if o else "") for (l, h), o in zip(table.index, table["outlier"])]
+    out(text[["importance", "exclusion", "effect_many", "effect_few"]].round(4).to_string())
+    for by in ("exclusion", "effect_few"):
+        out(f"top {top} by {by}: " + " ".join(f"L{l}H{h}" for l, h in result.top(top, by).index))
+    out(f"\noutlier heads (* above; importance or exclusion above the 88th percentile, as the seed): "
+        f"{len(result.outliers)}: {result.outliers}")
+    out(result.validation.to_string())
+    syn = result.phases["many_ablated"].counts.synergy()
+    flat = syn.nan_to_num(0.0).triu(1)
+    out("\nstrongest pairs (many-ablated phase; + synergy, - redundancy): " + ", ".join(
+        f"L{i // shape.n_heads}H{i % shape.n_heads}+L{j // shape.n_heads}H{j % shape.n_heads} {syn[i, j]:+.3f}"
+        for i, j in (divmod(int(k), syn.shape[0]) for k in flat.abs().flatten().topk(5).indices)))
+    os.makedirs(out_dir, exist_ok=True)
+    result.scores.to_csv(os.path.join(out_dir, "scores.csv"))
+    result.synergy().to_csv(os.path.join(out_dir, "synergy.csv"))
+    result.validation.to_csv(os.path.join(out_dir, "validation.csv"))
+    result.plot(out_dir)
+    if result.evaluations:
+        out(f"\nthroughput: {result.evaluations:,} masked prompt-evaluations in {result.seconds:.1f} s = "
+            f"{result.throughput:,.0f} evaluations/s ({result.throughput / n:,.1f} masks/s; up to "
+            f"{result.log['masks_per_pass']} masks = {result.log['masks_per_pass'] * n} rows per forward pass)")
+    else:
+        out("\nthroughput: nothing evaluated (every outcome read back from the log)")
+    out(f"wrote {out_dir}/scores.png, outliers.png, synergy.png and CSV tables; outcomes in {out_dir}/outcomes; "
+        f"total {time.perf_counter() - started:.0f} s")
+    return result
+
+
+def _read_pairs(path: str) -> tuple[list[str], list[str]]:
+    pairs = []
+    for number, line in enumerate(_read_texts([path])[0].splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise hk.HeadkitError(
+                f"--prompts {path}: line {number} ({line[:60]!r}) is not 'prompt<TAB>target'; expected one prompt, "
+                "a tab and its target per line. Fix: separate them with a tab (the target keeps its leading space)"
+            )
+        pairs.append((parts[0], parts[1]))
+    return [p for p, _ in pairs], [t for _, t in pairs]
 
 
 def _read_texts(paths: Sequence[str]) -> list[str]:

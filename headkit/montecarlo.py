@@ -13,7 +13,7 @@ chunk is real work, so tuning wastes nothing. Results equal one forward pass per
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +24,14 @@ from headkit.errors import StaysLocal, describe, fail
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
-__all__ = ["evaluate", "bernoulli", "single_heads", "k_subsets", "Counts", "regression", "METRICS"]
+__all__ = ["evaluate", "evaluate_chunks", "calibrate", "bernoulli", "single_heads", "k_subsets", "Counts", "regression", "METRICS"]
 
 _stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
-METRICS = ("top1", "logprob", "logit_diff")
+METRICS = ("top1", "logprob", "logit_diff", "margin")
 """top1: 1.0 where the target is the most likely next token; logprob: log p(target); logit_diff:
-logit(target) - logit(distractor)."""
+logit(target) - logit(distractor); margin: logit(target) - the largest other logit (> 0 exactly where
+the target is the unique top-1 token)."""
 
 
 def bernoulli(n: int, p_keep: float, n_layers: int, n_heads: int, *, seed: int = 0) -> Bool[torch.Tensor, "n layer head"]:
@@ -88,6 +89,58 @@ def k_subsets(
     return masks.reshape(-1, n_layers, n_heads)
 
 
+def calibrate(
+    model: Any,
+    prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"],
+    targets: Sequence[str] | Int[torch.Tensor, "prompt"],
+    *,
+    success: float = 0.5,
+    n_masks: int = 8,
+    steps: int = 6,
+    seed: int = 0,
+    attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> float:
+    """The keep probability at which random masks leave a ``success`` fraction of prompts top-1 correct.
+
+    Bisection on ``p_keep`` over ``steps`` halvings of [0, 1], with common random numbers: one set of
+    ``n_masks`` uniform draws ``u [mask, layer, head]`` is reused at every step (mask = ``u < p``), so the
+    measured success rate is a monotone-looking curve rather than fresh noise at each step. Costs
+    ``n_masks * steps`` mask evaluations. Returns the midpoint of the final bracket.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit import montecarlo
+        >>> model, tok = hk.models.tiny("llama")
+        >>> p = montecarlo.calibrate(model, ["Tom eats apples . Tom eats"], [" apples"], tokenizer=tok,
+        ...                          success=0.5, progress=False)
+        >>> 0.0 < p < 1.0
+        True
+    """
+    from tqdm.auto import tqdm
+
+    from headkit.backend import get_backend
+
+    if not 0.0 < float(success) < 1.0 or isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise fail(f"calibrate got success={success!r}, steps={steps!r}", "0 < success < 1 and steps >= 1",
+                   "pass e.g. success=0.5, steps=6")
+    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 1:
+        raise fail(f"calibrate got n_masks={n_masks!r}", "n_masks >= 1", "pass e.g. n_masks=8")
+    shape = get_backend(model, tokenizer).shape
+    u = torch.rand(n_masks, shape.n_layers, shape.n_heads, generator=torch.Generator().manual_seed(seed))
+    low, high = 0.0, 1.0
+    with tqdm(total=steps, desc=f"calibrating p_keep for success {success:g}", disable=not progress) as bar:
+        for _ in range(steps):
+            p = (low + high) / 2
+            rate = float(evaluate(model, prompts, targets, u < p, attention_mask=attention_mask, tokenizer=tokenizer,
+                                  progress=False).mean())
+            low, high = (p, high) if rate < success else (low, p)
+            bar.set_postfix(p_keep=f"{p:.3f}", success=f"{rate:.2f}")
+            bar.update()
+    return (low + high) / 2
+
+
 def evaluate(
     model: Any,
     prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"],
@@ -117,10 +170,41 @@ def evaluate(
         ...                     progress=False).shape
         torch.Size([8, 1])
     """
-    from tqdm.auto import tqdm
+    return torch.cat(list(evaluate_chunks(
+        model, prompts, targets, masks, metric=metric, distractors=distractors, attention_mask=attention_mask,
+        tokenizer=tokenizer, masks_per_pass=masks_per_pass, progress=progress,
+    )))
 
+
+def evaluate_chunks(
+    model: Any,
+    prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"],
+    targets: Sequence[str] | Int[torch.Tensor, "prompt"],
+    masks: Bool[torch.Tensor, "mask layer head"] | Float[torch.Tensor, "mask layer head"],
+    *,
+    metric: str = "top1",
+    distractors: Sequence[str] | Int[torch.Tensor, "prompt"] | None = None,
+    attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
+    tokenizer: Any = None,
+    masks_per_pass: int | None = None,
+    progress: bool = True,
+) -> Iterator[Float[torch.Tensor, "chunk prompt"]]:
+    """:func:`evaluate`, chunk by chunk: yields the scores ``[m, n_prompts]`` of each forward pass's masks, in order.
+
+    Inputs are checked at the call (not at the first ``next``). Use it to stream outcomes into
+    accumulators or to disk while a long run goes on.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit import montecarlo
+        >>> model, tok = hk.models.tiny("llama")
+        >>> masks = montecarlo.bernoulli(8, 0.5, 2, 4)
+        >>> chunks = montecarlo.evaluate_chunks(model, ["Tom eats apples . Tom eats"], [" apples"], masks,
+        ...                                     tokenizer=tok, masks_per_pass=4, progress=False)
+        >>> [c.shape[0] for c in chunks]
+        [4, 4]
+    """
     from headkit.backend import get_backend
-    from headkit.interventions import gate
 
     backend = get_backend(model, tokenizer)
     shape = backend.shape
@@ -143,35 +227,50 @@ def evaluate(
         )
     if masks.shape[0] == 0:
         raise fail("evaluate got 0 masks", "at least one mask", "pass masks [n_masks, n_layers, n_heads] with n >= 1")
+    passes = _passes(backend, ids, attn, target_ids, other_ids, metric, masks, _Tuner(masks_per_pass, masks.shape[0]))
+    return _with_bar(passes, masks.shape[0], progress)
+
+
+def _with_bar(passes: Iterator[torch.Tensor], total: int, progress: bool) -> Iterator[torch.Tensor]:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc="masks", unit="mask", disable=not progress) as bar:
+        for chunk in passes:
+            yield chunk
+            bar.update(chunk.shape[0])
+
+
+def _passes(
+    backend: Any, ids: torch.Tensor, attn: torch.Tensor, target_ids: torch.Tensor, other_ids: torch.Tensor | None,
+    metric: str, masks: torch.Tensor, tuner: _Tuner,
+) -> Iterator[torch.Tensor]:
+    """Scores ``[m, n_prompts]`` of consecutive chunks of ``masks``, one forward pass per chunk."""
+    from headkit.interventions import gate
+
     n_masks, n_prompts = masks.shape[0], ids.shape[0]
-    parts: list[torch.Tensor] = []
-    tuner = _Tuner(masks_per_pass, n_masks)
-    bar = tqdm(total=n_masks, desc="masks", unit="mask", disable=not progress)
     done = 0
-    with torch.no_grad():
-        while done < n_masks:
-            m = min(tuner.size, n_masks - done)
-            chunk = masks[done : done + m].float()
-            started = time.perf_counter()
-            try:
+    while done < n_masks:
+        m = min(tuner.size, n_masks - done)
+        chunk = masks[done : done + m].float()
+        started = time.perf_counter()
+        try:
+            with torch.no_grad():  # not around the yield: grad mode must not leak into the caller's code
                 logits = backend.logits(
                     ids.repeat(m, 1), gate(chunk.repeat_interleave(n_prompts, 0)),
                     attention_mask=attn.repeat(m, 1), last_only=True,
                 )[:, -1]
                 logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-            except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
-                if "out of memory" not in str(error).lower() or m == 1:
-                    raise
-                tuner.out_of_memory()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            parts.append(_score(logits, target_ids, other_ids, metric).reshape(m, n_prompts).cpu())
-            tuner.record(m * n_prompts, time.perf_counter() - started)
-            done += m
-            bar.update(m)
-    bar.close()
-    return torch.cat(parts)
+                scores = _score(logits, target_ids, other_ids, metric).reshape(m, n_prompts).cpu()
+        except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+            if "out of memory" not in str(error).lower() or m == 1:
+                raise
+            tuner.out_of_memory()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        tuner.record(m * n_prompts, time.perf_counter() - started)
+        done += m
+        yield scores
 
 
 class _Tuner:
@@ -208,6 +307,9 @@ def _score(logits: torch.Tensor, targets: torch.Tensor, others: torch.Tensor | N
         return (logits.argmax(-1) == t).float()
     if metric == "logprob":
         return torch.log_softmax(logits, -1).gather(-1, t[:, None])[:, 0]
+    if metric == "margin":
+        target = logits.gather(-1, t[:, None])[:, 0]
+        return target - logits.scatter(-1, t[:, None], float("-inf")).amax(-1)
     o = others.to(logits.device).repeat(rows // others.shape[0])  # type: ignore[union-attr]
     return logits.gather(-1, t[:, None])[:, 0] - logits.gather(-1, o[:, None])[:, 0]
 
@@ -333,6 +435,34 @@ class Counts:
         p_ablated = (self.successes - self._kept_success) / ablated
         return (p_kept - p_ablated).reshape(self.shape)
 
+    def synergy(self) -> Float[torch.Tensor, "pair_i pair_j"]:
+        """How much two heads' effects on success interact, for every pair: ``[n_layers * n_heads] x [...]``.
+
+        For heads i and j (flat index ``layer * n_heads + head``), the records split into four cells by
+        which of the two were kept; the interaction contrast is
+        ``[P(S | i, j kept) - P(S | i kept, j ablated)] - [P(S | j kept, i ablated) - P(S | both ablated)]``:
+        zero when the two heads' effects add up independently, positive when each helps more with the other
+        kept (a chain: both needed), negative when either one suffices (redundancy). The other heads
+        stay random, so each cell averages over them. NaN on the diagonal and where a cell has no records.
+
+        Example:
+            >>> import torch
+            >>> from headkit.montecarlo import Counts
+            >>> m = torch.tensor([[[1, 1]], [[1, 0]], [[0, 1]], [[0, 0]]])
+            >>> c = Counts(1, 2)
+            >>> c.update(m, torch.tensor([[1.0], [0.0], [0.0], [0.0]]))   # success needs both heads
+            >>> c.synergy()[0, 1].item()
+            1.0
+        """
+        k, ks = self._kept, self._kept_success
+        n11, s11 = self.pair_kept, self.pair_kept_success
+        n10, s10 = k[:, None] - n11, ks[:, None] - s11
+        n01, s01 = k[None, :] - n11, ks[None, :] - s11
+        n00 = self.records - k[:, None] - k[None, :] + n11
+        s00 = self.successes - ks[:, None] - ks[None, :] + s11
+        out = s11 / n11 - s10 / n10 - s01 / n01 + s00 / n00
+        return out.fill_diagonal_(float("nan"))
+
 
 def regression(
     masks: Bool[torch.Tensor, "mask layer head"],
@@ -366,8 +496,8 @@ def regression(
             "pass evaluate's masks and its result",
         )
     n, n_layers, n_heads = masks.shape
-    x = torch.cat([torch.ones(n, 1, dtype=torch.float64), masks.reshape(n, -1).double()], 1)
-    y = outcomes.double().mean(1)
+    x = torch.cat([torch.ones(n, 1, dtype=torch.float64), masks.reshape(n, -1).double().cpu()], 1)
+    y = outcomes.double().mean(1).cpu()
     if n <= x.shape[1]:
         raise fail(
             f"regression got {n} masks for {x.shape[1] - 1} heads",
@@ -377,7 +507,9 @@ def regression(
 
     def fit(w: torch.Tensor) -> torch.Tensor:
         xw = x * w[:, None]
-        return torch.linalg.lstsq(xw.T @ x, xw.T @ y[:, None]).solution[1:, 0]
+        # SVD-based: the minimum-norm solution when a resample leaves a head always kept (rank-deficient), and
+        # reproducible there (the default gelsy driver is not: it varied between identical calls)
+        return torch.linalg.lstsq(xw.T @ x, xw.T @ y[:, None], driver="gelsd").solution[1:, 0]
 
     coef = fit(torch.ones(n, dtype=torch.float64))
     g = torch.Generator().manual_seed(seed)

@@ -6,6 +6,7 @@ matplotlib comes with ``pip install "headkit[plot]"``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from jaxtyping import Float
 
-__all__ = ["head_map", "role_maps", "ablation_curves", "receivers", "suppression"]
+__all__ = ["head_map", "head_maps", "role_maps", "ablation_curves", "receivers", "suppression", "importance_exclusion",
+           "synergy"]
 
 _stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
@@ -186,4 +188,87 @@ def suppression(result: Any, *, path: str | None = None, centre: bool = True, ti
     ax.set_xlabel("suppressed sentence j")
     ax.set_ylabel("affected sentence i")
     ax.set_title(title or f"attention to sentence j suppressed in {len(result.heads)} heads")
+    return _save(fig, path)
+
+
+def head_maps(
+    maps: dict[str, Float[torch.Tensor, "layer head"]],
+    *,
+    cmaps: Sequence[str] | None = None,
+    centre: Sequence[bool] | None = None,
+    path: str | None = None,
+    title: str = "",
+) -> Any:
+    """Several layer x head heatmaps side by side, one per named map (``centre``: colour limits symmetric about 0).
+
+    Example:
+        >>> import torch
+        >>> from headkit.plots import head_maps
+        >>> fig = head_maps({"a": torch.rand(4, 8), "b": torch.randn(4, 8)}, centre=[False, True])  # doctest: +SKIP
+    """
+    first = next(iter(maps.values()))
+    n_layers, n_heads = first.shape
+    fig, axes = _figure(len(maps), max(2.6, 0.35 * n_heads + 1.6), max(2.5, 0.25 * n_layers + 1.2))
+    for i, (ax, (name, values)) in enumerate(zip(axes, maps.items())):
+        v = torch.as_tensor(values).detach().double().cpu()
+        symmetric = bool(centre[i]) if centre is not None else False
+        limit = float(v[torch.isfinite(v)].abs().max()) if symmetric and torch.isfinite(v).any() else None
+        image = ax.imshow(v.numpy(), cmap=cmaps[i] if cmaps else "viridis", aspect="auto", interpolation="nearest",
+                          vmin=-limit if limit else None, vmax=limit)
+        fig.colorbar(image, ax=ax)
+        _head_axes(ax, n_layers, n_heads)
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def importance_exclusion(scores: pd.DataFrame, *, path: str | None = None) -> Any:
+    """Seed 003's scatter: importance vs exclusion per head, outliers in red and labelled "LxHy".
+
+    ``scores`` is :attr:`headkit.stochastic_ablation.Study.scores` (columns importance, exclusion, outlier).
+
+    Example:
+        >>> from headkit.plots import importance_exclusion
+        >>> # fig = importance_exclusion(result.scores, path="outliers.png")
+    """
+    fig, (ax,) = _figure(1, 6.5, 5.0)
+    out = scores["outlier"].astype(bool)
+    ax.scatter(scores["importance"][~out], scores["exclusion"][~out], s=14, color="0.55")
+    ax.scatter(scores["importance"][out], scores["exclusion"][out], s=30, color="tab:red")
+    for (layer, head), row in scores[out].iterrows():
+        ax.annotate(f"L{layer}H{head}", (row["importance"], row["exclusion"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("importance (share of kept heads among successes)")
+    ax.set_ylabel("exclusion (share of ablated heads among failures)")
+    ax.set_title(f"{int(out.sum())} outlier heads (red) of {len(scores)}")
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def synergy(
+    matrix: Float[torch.Tensor, "pair_i pair_j"], n_heads: int, *, path: str | None = None, title: str = ""
+) -> Any:
+    """The pairwise synergy matrix (heads in layer-major order; red: synergy, blue: redundancy).
+
+    Example:
+        >>> import torch
+        >>> from headkit.plots import synergy
+        >>> fig = synergy(torch.randn(8, 8), n_heads=4)  # doctest: +SKIP
+    """
+    m = torch.as_tensor(matrix).detach().double().cpu()
+    shown = m[torch.isfinite(m)]
+    limit = float(torch.quantile(shown.abs(), 0.995)) if shown.numel() else 1.0
+    size = min(10.0, 3.0 + 0.07 * m.shape[0])
+    fig, (ax,) = _figure(1, size + 1.3, size)
+    image = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="interaction contrast of P(success)")
+    n_layers = m.shape[0] // n_heads
+    step = max(1, n_layers // 12)
+    ticks = [layer * n_heads for layer in range(0, n_layers, step)]
+    for axis in (ax.set_xticks, ax.set_yticks):
+        axis(ticks)
+    ax.set_xticklabels([f"L{t // n_heads}" for t in ticks], fontsize=7)
+    ax.set_yticklabels([f"L{t // n_heads}" for t in ticks], fontsize=7)
+    ax.set_title(title or "synergy between heads", fontsize=9)
     return _save(fig, path)

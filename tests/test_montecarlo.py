@@ -216,3 +216,70 @@ def test_regression_equals_least_squares_and_covers_planted_effects():
 def test_counts_bad_input():
     with pytest.raises(hk.HeadkitError, match=r"masks f32\[4, 2, 2\].*\[n, 2, 3\]"):
         montecarlo.Counts(2, 3).update(torch.ones(4, 2, 2), torch.ones(4, 3))
+
+
+def test_synergy_equals_the_four_cells_counted_by_hand():
+    masks = montecarlo.bernoulli(80, 0.5, 2, 2, seed=5)
+    g = torch.Generator().manual_seed(3)
+    outcomes = (torch.rand(80, 3, generator=g) < 0.2 + 0.6 * (masks[:, 0, 0] & masks[:, 1, 1]).float()[:, None]).float()
+    counts = montecarlo.Counts(2, 2)
+    counts.update(masks[:50], outcomes[:50])
+    counts.update(masks[50:], outcomes[50:])
+    recs = records(masks, outcomes)
+
+    def rate(i, a, j, b):
+        cell = [s for m, s in recs if m[i] == a and m[j] == b]
+        return sum(cell) / len(cell)
+
+    got = counts.synergy()
+    for i in range(4):
+        assert math.isnan(got[i, i])
+        for j in range(4):
+            if i != j:
+                want = rate(i, 1, j, 1) - rate(i, 1, j, 0) - rate(i, 0, j, 1) + rate(i, 0, j, 0)
+                assert got[i, j].item() == pytest.approx(want, abs=1e-12)
+    assert got[0, 3] > 0.3  # success planted on "L0H0 and L1H1 both kept": strong synergy
+
+
+def test_margin_metric_and_chunks():
+    model, tok = hk.models.tiny("llama")
+    masks = montecarlo.bernoulli(10, 0.5, 2, 4, seed=7)
+    logits = loop_reference(model, tok, masks)
+    targets = logits[0].argmax(-1)
+    target_logit = logits[:, torch.arange(3), targets]
+    others = logits.clone()
+    others[:, torch.arange(3), targets] = -math.inf
+    want = target_logit - others.max(-1).values
+    got = montecarlo.evaluate(model, PROMPTS, targets, masks, metric="margin", tokenizer=tok, progress=False)
+    assert (got - want).abs().max() <= 1e-5
+    assert torch.equal(got > 0, montecarlo.evaluate(model, PROMPTS, targets, masks, tokenizer=tok, progress=False).bool())
+    chunks = list(montecarlo.evaluate_chunks(model, PROMPTS, targets, masks, metric="margin", tokenizer=tok,
+                                             masks_per_pass=4, progress=False))
+    assert [c.shape[0] for c in chunks] == [4, 4, 2]
+    assert (torch.cat(chunks) - want).abs().max() <= 1e-5
+    assert torch.is_grad_enabled()  # the engine's no_grad does not leak out of the generator
+    with pytest.raises(hk.HeadkitError, match="metric 'nope'"):
+        montecarlo.evaluate_chunks(model, PROMPTS, targets, masks, metric="nope", tokenizer=tok)  # at the call
+
+
+def test_calibrate_brackets_the_crossing_of_the_measured_curve():
+    model, tok = hk.models.tiny("gemma3")
+    shape = hk.get_backend(model).shape
+    n_layers, n_heads = shape.n_layers, shape.n_heads
+    logits = loop_reference(model, tok, torch.ones(1, n_layers, n_heads))
+    targets = logits[0].argmax(-1)
+    p = montecarlo.calibrate(model, PROMPTS, targets, success=0.5, n_masks=6, steps=5, seed=3, tokenizer=tok,
+                             progress=False)
+    # the same uniforms on a fine grid, evaluated one mask at a time (naive): the success curve
+    u = torch.rand(6, n_layers, n_heads, generator=torch.Generator().manual_seed(3))
+    grid = [k / 32 for k in range(33)]
+    curve = [float(montecarlo.evaluate(model, PROMPTS, targets, u < q, tokenizer=tok, masks_per_pass=1,
+                                       progress=False).mean()) for q in grid]
+    assert curve[0] < 0.5 <= curve[-1]
+    # bisection ends in a bracket [low, low + 1/32] whose ends lie on either side of 0.5 on the curve
+    low = p - 1 / 64
+    k = round(low * 32)
+    assert abs(low - k / 32) < 1e-12
+    assert curve[k] < 0.5 <= curve[k + 1] or k == 0
+    with pytest.raises(hk.HeadkitError, match="success=1.5"):
+        montecarlo.calibrate(model, PROMPTS, targets, success=1.5, tokenizer=tok)

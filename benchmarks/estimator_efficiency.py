@@ -1,0 +1,151 @@
+"""How many masks each head-score estimator needs before two independent runs agree on the top-k heads.
+
+    python benchmarks/estimator_efficiency.py --masks 400 --cache /tmp/efficiency    # Gemma 3 270M, CPU ~35 min
+
+Real model (Gemma 3 270M), the seed-003 copy prompts the full model completes, top-1 success (read off the
+margin: logit(target) - best other logit > 0). One pool of ``--masks`` random masks per design, evaluated
+with the fused engine and kept in an :class:`~headkit.outcome_log.OutcomeLog` under ``--cache`` (a killed
+run resumes):
+
+- ``seed p=0.30``: the seed's "many ablated" phase (importance);
+- ``auto p=...``: the same phase with ``p_keep`` calibrated to 25% success (``montecarlo.calibrate``);
+- ``seed p=0.85``: the seed's "few ablated" phase (exclusion; it already sits near 75% success).
+
+Two independently seeded runs of N masks are two disjoint random subsets of a pool (masks are i.i.d.).
+For each N, ``--splits`` random disjoint pairs give the mean overlap of the two runs' top-k heads
+(|A & B| / k). "Masks needed" = the smallest N whose mean overlap reaches ``--agree``. Estimators:
+
+- ``importance`` / ``exclusion``: seed 003's sum-normalised scores (importance on the low-p pools,
+  exclusion on the high-p pool);
+- ``kept - ablated``: P(success | head kept) - P(success | head ablated) (``Counts.effect``);
+- ``regression``: least squares of each mask's success rate on its bits (``montecarlo.regression``'s
+  point estimate), defined from N > heads + 1 masks;
+- ``regression (margin)``: the same on the mean margin, a continuous metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import headkit as hk
+from headkit import montecarlo
+from headkit.outcome_log import OutcomeLog
+from headkit.tasks import copy_task
+
+
+def scores_of(masks: torch.Tensor, success: torch.Tensor, margin: torch.Tensor, name: str) -> torch.Tensor:
+    """One score per head (flat), larger = more important, from masks [n, L, H] and outcomes [n, P]."""
+    n = masks.shape[0]
+    if name in ("importance", "exclusion", "kept - ablated"):
+        counts = montecarlo.Counts(*masks.shape[1:])
+        counts.update(masks, success.double())
+        value = {"importance": counts.importance, "exclusion": counts.exclusion, "kept - ablated": counts.effect}[name]()
+        return value.flatten()
+    y = (success.double() if name == "regression" else margin.double()).mean(1)
+    x = torch.cat([torch.ones(n, 1, dtype=torch.float64), masks.reshape(n, -1).double()], 1)
+    return torch.linalg.lstsq(x.T @ x, x.T @ y[:, None], driver="gelsd").solution[1:, 0]
+
+
+def pool(model, task, p: float, n: int, seed: int, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = hk.get_backend(model).shape
+    masks = montecarlo.bernoulli(n, p, shape.n_layers, shape.n_heads, seed=seed)
+    log = OutcomeLog(folder, n_layers=shape.n_layers, n_heads=shape.n_heads, n_prompts=len(task),
+                     meta={"p_keep": p, "seed": seed, "metric": "margin", "prompts": list(task.prompts)})
+    done = min(len(log), n)
+    if done < n:
+        chunks = montecarlo.evaluate_chunks(model, task.input_ids, task.targets, masks[done:], metric="margin",
+                                            attention_mask=task.attention_mask, masks_per_pass=1)
+        for chunk in chunks:
+            log.append(masks[done : done + chunk.shape[0]], chunk)
+            done += chunk.shape[0]
+    stored_masks, margins = log.read()
+    assert torch.equal(stored_masks[:n], masks), "the log holds other masks"
+    return masks, margins[:n]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--masks", type=int, default=400, help="masks per pool (runs of up to half of it)")
+    parser.add_argument("--cache", default="efficiency_pools", help="folder for the outcome logs (resumable)")
+    parser.add_argument("--k", type=int, default=8, help="top-k heads compared")
+    parser.add_argument("--agree", type=float, default=0.8, help="mean top-k overlap that counts as agreement")
+    parser.add_argument("--splits", type=int, default=200, help="random disjoint pairs of runs per N")
+    parser.add_argument("--success", type=float, default=0.25, help="success rate the auto design calibrates to")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, tok = hk.load_default()
+    full = copy_task(tok)
+    margin = montecarlo.evaluate(model, full.input_ids, full.targets, torch.ones(1, 18, 4), metric="margin",
+                                 attention_mask=full.attention_mask, progress=False)[0]
+    task = full.subset(margin > 0)
+    cache = Path(args.cache)
+    started = time.perf_counter()
+    calib = cache / "calibrated_p.txt"
+    if calib.exists():
+        p_auto = float(calib.read_text())
+    else:
+        p_auto = montecarlo.calibrate(model, task.input_ids, task.targets, success=args.success, seed=0,
+                                      attention_mask=task.attention_mask)
+        cache.mkdir(parents=True, exist_ok=True)
+        calib.write_text(repr(p_auto))
+    designs = {"seed p=0.30": (0.3, 300), f"auto p={p_auto:.3f}": (p_auto, 500), "seed p=0.85": (0.85, 850)}
+    pools = {name: pool(model, task, p, args.masks, seed, cache / f"p{p:.4f}_s{seed}")
+             for name, (p, seed) in designs.items()}
+    minutes = (time.perf_counter() - started) / 60
+
+    estimators = {"seed p=0.30": ["importance", "kept - ablated", "regression", "regression (margin)"],
+                  f"auto p={p_auto:.3f}": ["importance", "kept - ablated", "regression", "regression (margin)"],
+                  "seed p=0.85": ["exclusion", "kept - ablated", "regression", "regression (margin)"]}
+    grid = [n for n in (10, 20, 30, 40, 60, 80, 100, 130, 160, 200, 250, 300, 400, 500) if 2 * n <= args.masks]
+    n_heads = 18 * 4
+    g = torch.Generator().manual_seed(1)
+    lines = []
+    needed = {}
+    for design, names in estimators.items():
+        masks, margins = pools[design]
+        success = margins > 0
+        lines.append(f"\n### {design}: success rate {success.float().mean():.3f} over {len(masks)} masks x {len(task)} prompts\n")
+        lines.append("| estimator | " + " | ".join(f"N={n}" for n in grid) + " | masks needed |")
+        lines.append("|---|" + "---|" * (len(grid) + 1))
+        for name in names:
+            row = []
+            for n in grid:
+                if name.startswith("regression") and n <= n_heads + 1:
+                    row.append(float("nan"))
+                    continue
+                overlaps = []
+                for _ in range(args.splits):
+                    perm = torch.randperm(len(masks), generator=g)
+                    a, b = perm[:n], perm[n : 2 * n]
+                    top_a = set(scores_of(masks[a], success[a], margins[a], name).topk(args.k).indices.tolist())
+                    top_b = set(scores_of(masks[b], success[b], margins[b], name).topk(args.k).indices.tolist())
+                    overlaps.append(len(top_a & top_b) / args.k)
+                row.append(sum(overlaps) / len(overlaps))
+            hit = next((n for n, v in zip(grid, row) if v == v and v >= args.agree), None)
+            needed[(design, name)] = hit
+            cells = " | ".join("-" if v != v else f"{v:.2f}" for v in row)
+            lines.append(f"| {name} | {cells} | {hit if hit else f'> {grid[-1]}'} |")
+    header = [
+        "# Estimator efficiency: masks until two independent runs agree on the top-k heads",
+        "",
+        f"- command: `python {' '.join(sys.argv)}`",
+        f"- model: {hk.models.DEFAULT_MODEL}, float32, CPU ({torch.get_num_threads()} threads, {platform.machine()}); "
+        f"torch {torch.__version__}",
+        f"- prompts: the seed-003 copy prompts the full model completes ({len(task)} of {len(full)})",
+        f"- top-{args.k} overlap |A & B| / {args.k}, mean over {args.splits} random disjoint pairs of runs of N masks "
+        f"drawn from one pool of {args.masks} masks per design; agreement = mean overlap >= {args.agree}",
+        f"- auto design: p_keep calibrated to success {args.success} -> {p_auto:.3f}",
+        f"- pools evaluated (or read back) in {minutes:.1f} min",
+    ]
+    text = "\n".join(header + lines) + "\n"
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

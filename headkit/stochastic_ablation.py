@@ -1,0 +1,349 @@
+"""The stochastic-ablation study (seed 003): which heads a task needs, read off thousands of random head masks.
+
+Two phases of random keep/ablate masks, each head kept independently with probability ``p_keep``:
+
+- *many ablated* (the seed keeps 30% of heads): the **importance** score of a head is its share of kept-head
+  events among the successes, so heads that success needs stand out;
+- *few ablated* (the seed keeps 85%): the **exclusion** penalty is a head's share of ablated-head events
+  among the failures, so heads whose loss breaks the task stand out.
+
+Outliers follow the seed's rule (above the 88th percentile of either score), and are checked by running the
+model with only them kept and with only them ablated. On top of the seed's scores, each head's **effect** (the
+change in success rate when it is kept, by least squares on the mask bits, with bootstrap intervals) and
+the pairwise **synergy** (interaction contrast, see :meth:`headkit.montecarlo.Counts.synergy`).
+
+``p_keep="auto"`` calibrates the two phases to 25% and 75% success, so neither score rests on a handful of
+records. ``path=`` logs every outcome to disk (masks bit-packed); running the same call again resumes and
+ends with the same scores.
+
+    result = stochastic_ablation.study(model, n_masks=10_000)    # the seed-003 prompts by default
+    result.scores.sort_values("importance", ascending=False).head(10)
+    result.plot("mc_out")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from headkit.errors import StaysLocal, fail
+from headkit.heads import Heads
+from headkit.montecarlo import Counts, bernoulli, calibrate, evaluate, evaluate_chunks, regression
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
+    from jaxtyping import Bool, Float, Int
+
+__all__ = ["study", "Study", "Phase", "outliers", "SEED_P_KEEP", "AUTO_SUCCESS"]
+
+_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
+
+SEED_P_KEEP = (0.3, 0.85)
+"""The seed's keep probabilities: phase "many ablated", phase "few ablated"."""
+AUTO_SUCCESS = (0.25, 0.75)
+"""Success rates ``p_keep="auto"`` calibrates the two phases to."""
+PHASES = ("many_ablated", "few_ablated")
+
+
+@dataclass
+class Phase:
+    """One phase's masks and outcomes: ``margins`` is logit(target) - the best other logit (> 0: success)."""
+
+    name: str
+    p_keep: float
+    masks: Bool[torch.Tensor, "mask layer head"]
+    margins: Float[torch.Tensor, "mask prompt"]
+    counts: Counts
+
+    @property
+    def success(self) -> Bool[torch.Tensor, "mask prompt"]:
+        """Top-1 success of each (mask, prompt) record."""
+        return self.margins > 0
+
+    @property
+    def success_rate(self) -> float:
+        """Share of successful records."""
+        return float(self.success.float().mean())
+
+
+@dataclass
+class Study:
+    """What :func:`study` found. ``scores`` is a DataFrame indexed by (layer, head).
+
+    Columns of ``scores``: ``importance`` and ``exclusion`` (the seed's scores, each summing to 1),
+    ``effect_many``/``low_many``/``high_many`` and ``effect_few``/``low_few``/``high_few`` (each head's
+    effect on the success rate in each phase, with a bootstrap interval), ``outlier`` (the seed's rule).
+    ``validation``: success with only the outliers kept, with them ablated, and of the full model.
+    """
+
+    prompts: list[str]
+    targets: list[str]
+    dropped: list[str]
+    n_layers: int
+    n_heads: int
+    phases: dict[str, Phase]
+    scores: pd.DataFrame
+    outliers: Heads
+    validation: pd.DataFrame
+    evaluations: int
+    seconds: float
+    log: dict[str, Any] = field(default_factory=dict)
+    """``path`` (the outcome log folder or None) and ``masks_per_pass`` (the largest forward pass this run)."""
+
+    @property
+    def throughput(self) -> float:
+        """Masked prompt-evaluations per second in this run (resumed rows not counted)."""
+        return self.evaluations / self.seconds if self.seconds > 0 else float("nan")
+
+    def synergy(self, phase: str = "many_ablated") -> pd.DataFrame:
+        """The pairwise interaction contrast of one phase, rows and columns indexed by (layer, head).
+
+        Example:
+            >>> result.synergy("many_ablated").loc[(5, 1), (11, 2)]   # doctest: +SKIP
+        """
+        import pandas as pd
+
+        if phase not in self.phases:
+            raise fail(f"Study.synergy got phase {phase!r}", f"one of {list(self.phases)}", "pass phase='many_ablated'")
+        index = pd.MultiIndex.from_product([range(self.n_layers), range(self.n_heads)], names=["layer", "head"])
+        return pd.DataFrame(self.phases[phase].counts.synergy().numpy(), index=index, columns=index)
+
+    def top(self, k: int = 10, by: str = "importance") -> pd.DataFrame:
+        """The ``k`` heads with the largest ``by`` score (a column of ``scores``).
+
+        Example:
+            >>> result.top(5, by="effect_few")   # doctest: +SKIP
+        """
+        if by not in self.scores.columns:
+            raise fail(f"Study.top got by={by!r}", f"one of {list(self.scores.columns)}", "pass by='importance'")
+        return self.scores.sort_values(by, ascending=False).head(k)
+
+    def plot(self, out_dir: str | Path) -> list[Path]:
+        """Write the figures to ``out_dir``: score heatmaps, importance vs exclusion, synergy; returns the paths.
+
+        Example:
+            >>> paths = result.plot("mc_out")   # doctest: +SKIP
+        """
+        from headkit import plots
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        shape = (self.n_layers, self.n_heads)
+        col = lambda name: torch.tensor(self.scores[name].to_numpy()).reshape(shape)  # noqa: E731
+        paths = [out / "scores.png", out / "outliers.png", out / "synergy.png"]
+        p_many, p_few = (self.phases[name].p_keep for name in PHASES)
+        plots.head_maps(
+            {"importance (seed)": col("importance"), "exclusion (seed)": col("exclusion"),
+             f"effect on success, p_keep {p_many:.2f}": col("effect_many"),
+             f"effect on success, p_keep {p_few:.2f}": col("effect_few")},
+            cmaps=["Greens", "Reds", "RdBu_r", "RdBu_r"], centre=[False, False, True, True], path=str(paths[0]),
+        )
+        plots.importance_exclusion(self.scores, path=str(paths[1]))
+        plots.synergy(self.phases["many_ablated"].counts.synergy(), self.n_heads, path=str(paths[2]),
+                      title=f"synergy between heads, p_keep {p_many:.2f} (interaction contrast of success)")
+        return paths
+
+
+def outliers(
+    importance: Float[torch.Tensor, "layer head"], exclusion: Float[torch.Tensor, "layer head"], *, percentile: float = 88.0
+) -> Bool[torch.Tensor, "layer head"]:
+    """The seed's outlier heads: importance or exclusion above its ``percentile``-th percentile over heads.
+
+    Example:
+        >>> import torch
+        >>> from headkit.stochastic_ablation import outliers
+        >>> imp = torch.arange(8.0).reshape(2, 4); exc = imp.flip(-1)
+        >>> outliers(imp, exc, percentile=88).int().tolist()
+        [[0, 0, 0, 0], [1, 0, 0, 1]]
+    """
+    def above(scores: torch.Tensor) -> torch.Tensor:
+        flat = scores.double().flatten().numpy()
+        distance = flat - flat.mean()  # as the seed (does not change the rule)
+        return torch.from_numpy(distance > np.percentile(distance, percentile))
+
+    return (above(importance) | above(exclusion)).reshape(importance.shape)
+
+
+def study(
+    model: Any,
+    prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"] | None = None,
+    targets: Sequence[str] | Int[torch.Tensor, "prompt"] | None = None,
+    *,
+    tokenizer: Any = None,
+    attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
+    n_masks: int = 10_000,
+    p_keep: tuple[float, float] | str = SEED_P_KEEP,
+    success: tuple[float, float] = AUTO_SUCCESS,
+    seed: int = 0,
+    path: str | Path | None = None,
+    percentile: float = 88.0,
+    n_boot: int = 200,
+    masks_per_pass: int | None = None,
+    progress: bool = True,
+) -> Study:
+    """Run the stochastic-ablation study: ``n_masks`` random masks per phase, scores, outliers, synergy.
+
+    ``prompts``/``targets`` default to the seed-003 copy prompts ("Tom eats apples. Tom eats" -> " apples");
+    targets must be single tokens. Token ids work too (prompts left-padded, with ``attention_mask``). Prompts the full model gets wrong are dropped first (as the seed does).
+    ``p_keep`` is the pair (many ablated, few ablated) or ``"auto"`` (calibrated to the ``success`` rates).
+    ``path`` keeps every outcome on disk; calling again with the same arguments resumes (or extends, with a
+    larger ``n_masks``) and gives the same scores.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit import stochastic_ablation
+        >>> model, tok = hk.load_default()                                        # doctest: +SKIP
+        >>> result = stochastic_ablation.study(model, tokenizer=tok, n_masks=500)  # doctest: +SKIP
+        >>> result.top(5)                                                          # doctest: +SKIP
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from headkit.backend import get_backend
+    from headkit.montecarlo import _prompt_ids, _token_ids
+    from headkit.tasks import COPY_PROMPTS
+
+    backend = get_backend(model, tokenizer)
+    n_layers, n_heads = backend.shape.n_layers, backend.shape.n_heads
+    tok = tokenizer if tokenizer is not None else getattr(backend, "tokenizer", None)
+    if prompts is None and targets is None:
+        prompts, targets = [p for p, _ in COPY_PROMPTS], [a for _, a in COPY_PROMPTS]
+    if prompts is None or targets is None or isinstance(prompts, str) or isinstance(targets, str):
+        raise fail("study got prompts without targets (or one string)", "a list of prompts and one target per prompt",
+                   "pass prompts=[...] and targets=[...], or neither for the seed-003 copy prompts")
+    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 2:
+        raise fail(f"study got n_masks={n_masks!r}", "n_masks >= 2 per phase (thousands for stable scores)",
+                   "pass e.g. n_masks=10_000")
+    if isinstance(prompts, torch.Tensor):
+        ids, attn = _prompt_ids(prompts, attention_mask, tok)
+        prompts = [tok.decode(row[mask.bool()]) if tok is not None else f"prompt {i}"
+                   for i, (row, mask) in enumerate(zip(ids, attn))]
+    else:
+        prompts = list(prompts)
+        ids, attn = _prompt_ids(prompts, None, tok)
+    target_ids = _token_ids(targets if isinstance(targets, torch.Tensor) else list(targets), "targets", prompts,
+                            len(prompts), tok)
+    targets = [tok.decode([t]) if tok is not None else str(t) for t in target_ids.tolist()]
+
+    # the full model must get a prompt right for ablations to say anything about it (as the seed)
+    full = evaluate(model, ids, target_ids, torch.ones(1, n_layers, n_heads), metric="margin", attention_mask=attn,
+                    tokenizer=tok, progress=False)[0]
+    solved = full > 0
+    dropped = [p for p, ok in zip(prompts, solved.tolist()) if not ok]
+    if not bool(solved.any()):
+        raise fail(f"study: the full model gets none of the {len(prompts)} prompts right (top-1)",
+                   "prompts the unablated model completes", "check the targets (leading spaces?) and the model")
+    keep = solved.nonzero()[:, 0]
+    ids, attn, target_ids = ids[keep], attn[keep], target_ids[keep]
+    prompts, targets = [prompts[i] for i in keep], [targets[i] for i in keep]
+    # trim columns that are padding in every kept prompt (left padding)
+    first = int((attn.sum(0) > 0).nonzero()[0, 0])
+    ids, attn = ids[:, first:], attn[:, first:]
+
+    common = {"model": type(model).__name__, "n_layers": n_layers, "n_heads": n_heads,
+              "prompts": _digest(ids.tolist(), attn.tolist()), "targets": target_ids.tolist(), "seed": seed}
+    root = Path(path) if path is not None else None
+    p_pair = _p_keep(p_keep, success, model, ids, target_ids, attn, tok, seed, root, common, progress)
+
+    phases: dict[str, Phase] = {}
+    evaluations, seconds, largest = 0, 0.0, 0
+    for i, (name, p) in enumerate(zip(PHASES, p_pair)):
+        masks = bernoulli(n_masks, p, n_layers, n_heads, seed=2 * seed + i)
+        stored_masks, stored = torch.zeros(0, n_layers, n_heads, dtype=torch.bool), torch.zeros(0, len(prompts))
+        log = None
+        if root is not None:
+            from headkit.outcome_log import OutcomeLog
+
+            log = OutcomeLog(root / name, n_layers=n_layers, n_heads=n_heads, n_prompts=len(prompts),
+                             meta={**common, "phase": name, "p_keep": p, "metric": "margin"})
+            stored_masks, stored = log.read()
+            stored_masks, stored = stored_masks[:n_masks], stored[:n_masks]
+            if not torch.equal(stored_masks, masks[: len(stored_masks)]):
+                raise fail(f"the outcome log at {root / name} holds masks this call would not draw",
+                           "a log written by the same call", "pass another path, or delete that folder")
+        parts, done = [stored], stored.shape[0]
+        started = time.perf_counter()
+        with tqdm(total=n_masks, initial=done, desc=f"{name} (p_keep {p:.2f})", unit="mask",
+                  disable=not progress) as bar:
+            if done < n_masks:
+                chunks = evaluate_chunks(model, ids, target_ids, masks[done:], metric="margin", attention_mask=attn,
+                                         tokenizer=tok, masks_per_pass=masks_per_pass, progress=False)
+                for chunk in chunks:
+                    largest = max(largest, chunk.shape[0])
+                    if log is not None:
+                        log.append(masks[done : done + chunk.shape[0]], chunk)
+                    parts.append(chunk)
+                    done += chunk.shape[0]
+                    evaluations += chunk.numel()
+                    bar.update(chunk.shape[0])
+        seconds += time.perf_counter() - started
+        margins = torch.cat(parts).float()
+        counts = Counts(n_layers, n_heads)
+        counts.update(masks, (margins > 0).double())
+        phases[name] = Phase(name, p, masks, margins, counts)
+
+    many, few = phases["many_ablated"], phases["few_ablated"]
+    index = pd.MultiIndex.from_product([range(n_layers), range(n_heads)], names=["layer", "head"])
+    scores = pd.DataFrame({"importance": many.counts.importance().flatten().numpy(),
+                           "exclusion": few.counts.exclusion().flatten().numpy()}, index=index)
+    for short, phase in (("many", many), ("few", few)):
+        fit = regression(phase.masks, phase.success.double(), n_boot=n_boot, seed=seed) if n_masks > n_layers * n_heads + 1 \
+            else pd.DataFrame({"effect": np.nan, "low": np.nan, "high": np.nan}, index=index)
+        scores[f"effect_{short}"], scores[f"low_{short}"], scores[f"high_{short}"] = fit["effect"], fit["low"], fit["high"]
+    chosen = outliers(many.counts.importance(), few.counts.exclusion(), percentile=percentile)
+    scores["outlier"] = chosen.flatten().numpy()
+
+    check = torch.stack([chosen, ~chosen, torch.ones_like(chosen)])
+    correct = evaluate(model, ids, target_ids, check, metric="margin", attention_mask=attn, tokenizer=tok,
+                       masks_per_pass=3, progress=False).gt(0).sum(1)
+    n_out, n_all = int(chosen.sum()), n_layers * n_heads
+    validation = pd.DataFrame({
+        "heads_used": [n_out, n_all - n_out, n_all],
+        "correct": correct.tolist(),
+        "prompts": [len(prompts)] * 3,
+    }, index=pd.Index(["outliers kept only", "outliers ablated", "full model"], name="model"))
+    validation["rate"] = validation["correct"] / validation["prompts"]
+    return Study(prompts, targets, dropped, n_layers, n_heads, phases, scores, Heads(chosen), validation,
+                 evaluations, seconds, {"path": str(root) if root else None, "masks_per_pass": largest})
+
+
+def _p_keep(p_keep: Any, success: Any, model: Any, ids: torch.Tensor, target_ids: torch.Tensor, attn: torch.Tensor,
+            tok: Any, seed: int, root: Path | None, common: dict[str, Any], progress: bool) -> tuple[float, float]:
+    """The two phases' keep probabilities: given, or calibrated (and remembered in the log folder)."""
+    if p_keep != "auto":
+        try:
+            pair = tuple(float(p) for p in p_keep)
+        except (TypeError, ValueError):
+            pair = ()
+        if len(pair) != 2 or not all(0.0 < p <= 1.0 for p in pair):
+            raise fail(f"study got p_keep={p_keep!r}", '(p_many_ablated, p_few_ablated) in (0, 1], or "auto"',
+                       'pass p_keep=(0.3, 0.85) (the seed) or p_keep="auto"')
+        return pair[0], pair[1]
+    rates = tuple(float(s) for s in success)
+    if len(rates) != 2 or not all(0.0 < s < 1.0 for s in rates):
+        raise fail(f"study got success={success!r}", "two target success rates in (0, 1)", "pass success=(0.25, 0.75)")
+    key = {**common, "success": list(rates)}
+    remembered = root / "calibration.json" if root is not None else None
+    if remembered is not None and remembered.exists():
+        stored = json.loads(remembered.read_text())
+        if stored["inputs"] == json.loads(json.dumps(key)):
+            return tuple(stored["p_keep"])  # type: ignore[return-value]
+    pair = tuple(calibrate(model, ids, target_ids, success=s, attention_mask=attn, tokenizer=tok, seed=1000 + seed + i,
+                           progress=progress) for i, s in enumerate(rates))
+    if remembered is not None:
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        remembered.write_text(json.dumps({"inputs": key, "p_keep": pair}, indent=1))
+    return pair[0], pair[1]
+
+
+def _digest(*values: Any) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]

@@ -1,0 +1,246 @@
+"""The stochastic-ablation study against seed 003's pipeline written out naively, and its on-disk log."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import headkit as hk
+from headkit import montecarlo, stochastic_ablation
+from headkit.outcome_log import OutcomeLog
+
+PROMPTS = ["Tom eats apples . Tom eats", "the cat saw a dog . the cat saw a", "Sarah wears hats . Sarah",
+           "the dog saw a cat . the dog", "Alice reads books . Alice reads"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, tok = hk.models.tiny("llama")
+    ids = [torch.tensor([tok(p)["input_ids"]]) for p in PROMPTS]
+    with torch.no_grad():
+        logits = [model(i).logits[0, -1] for i in ids]
+    targets = torch.stack([lg.argmax() for lg in logits])
+    targets[3] = logits[3].topk(2).indices[1]  # the full model gets this one wrong: the study must drop it
+    return model, tok, targets
+
+
+def seed_pipeline(model, tok, prompts, targets, many, few, percentile=88):
+    """Seed 003, cell by cell: one forward per mask and prompt, records, sum-normalised scores, outliers."""
+    backend = hk.get_backend(model, tok)
+    ids = [torch.tensor([tok(p)["input_ids"]]) for p in prompts]
+
+    def run(mask):
+        off = ~mask.bool()
+        ivs = [hk.zero_ablate(hk.Heads(off))] if off.any() else []
+        with torch.no_grad():
+            return [int(backend.logits(i, *ivs)[0, -1].argmax()) == int(t) for i, t in zip(ids, targets)]
+
+    flat = lambda m: m.flatten().numpy().astype(int)  # noqa: E731
+    importance = np.zeros(many.shape[1] * many.shape[2])
+    for mask in many:
+        for success in run(mask):
+            if success:
+                importance += flat(mask)
+    importance /= importance.sum()
+    exclusion = np.zeros_like(importance)
+    for mask in few:
+        for success in run(mask):
+            if not success:
+                exclusion += 1 - flat(mask)
+    exclusion /= exclusion.sum()
+    d_imp, d_exc = importance - importance.mean(), exclusion - exclusion.mean()
+    outlier_indices = np.where((d_imp > np.percentile(d_imp, percentile)) | (d_exc > np.percentile(d_exc, percentile)))[0]
+    retained = torch.tensor(np.isin(np.arange(len(importance)), outlier_indices)).reshape(many.shape[1:])
+    validation = [sum(run(retained)), sum(run(~retained)), sum(run(torch.ones_like(retained)))]
+    return importance, exclusion, retained, validation, run
+
+
+def test_study_equals_the_seed_pipeline(setup):
+    model, tok, targets = setup
+    result = stochastic_ablation.study(model, PROMPTS, targets, tokenizer=tok, n_masks=40, p_keep=(0.5, 0.8),
+                                       seed=1, n_boot=20, progress=False)
+    assert result.dropped == [PROMPTS[3]] and len(result.prompts) == 4
+    kept_targets = targets[[0, 1, 2, 4]]
+    many, few = result.phases["many_ablated"].masks, result.phases["few_ablated"].masks
+    # the masks are the seeded Bernoulli draws with the given keep probabilities
+    assert torch.equal(many, montecarlo.bernoulli(40, 0.5, 2, 4, seed=2))
+    assert torch.equal(few, montecarlo.bernoulli(40, 0.8, 2, 4, seed=3))
+    importance, exclusion, retained, validation, run = seed_pipeline(model, tok, result.prompts, kept_targets, many, few)
+    np.testing.assert_allclose(result.scores["importance"].to_numpy(), importance, atol=1e-12)
+    np.testing.assert_allclose(result.scores["exclusion"].to_numpy(), exclusion, atol=1e-12)
+    assert torch.equal(result.outliers.mask(2, 4), retained)
+    assert result.scores["outlier"].to_numpy().tolist() == retained.flatten().tolist()
+    assert result.validation["correct"].tolist() == validation
+    assert validation[2] == 4  # the full model is right on every kept prompt
+    # outcomes are the per-prompt decisions of the naive loop
+    decisions = torch.tensor([run(m) for m in many])
+    assert torch.equal(result.phases["many_ablated"].success, decisions)
+    assert 0 < decisions.float().mean() < 1
+    # effect columns: least squares of each mask's success rate on its bits (numpy)
+    x = np.concatenate([np.ones((40, 1)), many.reshape(40, -1).numpy()], 1)
+    want = np.linalg.lstsq(x, decisions.double().mean(1).numpy(), rcond=None)[0][1:]
+    np.testing.assert_allclose(result.scores["effect_many"].to_numpy(), want, atol=1e-9)
+    synergy = result.synergy("many_ablated")
+    assert synergy.shape == (8, 8) and synergy.index.names == ["layer", "head"]
+    assert np.isnan(synergy.loc[(0, 1), (0, 1)])
+    assert result.top(3).shape[0] == 3 and result.throughput > 0
+
+
+def test_resume_after_a_kill_gives_identical_scores(setup, tmp_path, monkeypatch):
+    model, tok, targets = setup
+    kw = dict(tokenizer=tok, p_keep=(0.4, 0.8), seed=0, n_boot=10, masks_per_pass=4, progress=False)
+    whole = stochastic_ablation.study(model, PROMPTS, targets, n_masks=30, **kw)
+
+    appended = []
+    original = OutcomeLog.append
+
+    def killed(self, masks, outcomes):
+        if len(appended) == 5:
+            raise KeyboardInterrupt  # the run dies between two forward passes of the second phase
+        appended.append(masks.shape[0])
+        original(self, masks, outcomes)
+
+    monkeypatch.setattr(OutcomeLog, "append", killed)
+    with pytest.raises(KeyboardInterrupt):
+        stochastic_ablation.study(model, PROMPTS, targets, n_masks=30, path=tmp_path, **kw)
+    monkeypatch.setattr(OutcomeLog, "append", original)
+    with open(tmp_path / "many_ablated" / "outcomes.bin", "ab") as f:
+        f.write(b"\x00\x01\x02")  # and left a torn row behind
+    resumed = stochastic_ablation.study(model, PROMPTS, targets, n_masks=30, path=tmp_path, **kw)
+    assert resumed.evaluations < whole.evaluations  # it did not start over
+    for name in ("many_ablated", "few_ablated"):
+        assert torch.equal(resumed.phases[name].masks, whole.phases[name].masks)
+        assert torch.equal(resumed.phases[name].margins, whole.phases[name].margins)
+    assert resumed.scores.equals(whole.scores)
+    assert resumed.validation.equals(whole.validation)
+    # a larger n_masks extends the log and equals a fresh run of that size
+    longer = stochastic_ablation.study(model, PROMPTS, targets, n_masks=36, path=tmp_path, **kw)
+    assert longer.evaluations == 2 * 6 * 4
+    assert longer.scores.equals(stochastic_ablation.study(model, PROMPTS, targets, n_masks=36, **kw).scores)
+    # another run's settings in the same folder: refused, nothing mixed
+    with pytest.raises(hk.HeadkitError, match=r"different run \(differs in: p_keep\)"):
+        stochastic_ablation.study(model, PROMPTS, targets, n_masks=30, path=tmp_path, **{**kw, "p_keep": (0.3, 0.8)})
+
+
+def test_auto_p_keep_calibrates_once_and_remembers(setup, tmp_path, monkeypatch):
+    model, tok, targets = setup
+    calls = []
+    real = montecarlo.calibrate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["success"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stochastic_ablation, "calibrate", counting)
+    kw = dict(tokenizer=tok, n_masks=12, p_keep="auto", success=(0.3, 0.7), n_boot=0, path=tmp_path, progress=False)
+    first = stochastic_ablation.study(model, PROMPTS, targets, **kw)
+    assert calls == [0.3, 0.7]
+    p_many, p_few = first.phases["many_ablated"].p_keep, first.phases["few_ablated"].p_keep
+    assert 0 < p_many <= p_few < 1
+    again = stochastic_ablation.study(model, PROMPTS, targets, **kw)
+    assert calls == [0.3, 0.7]  # read back from the folder
+    assert again.phases["few_ablated"].p_keep == p_few and again.scores.equals(first.scores)
+
+
+def test_outcome_log_packs_bits_and_drops_torn_rows(tmp_path):
+    masks = montecarlo.bernoulli(9, 0.5, 73, 1, seed=0)  # 73 heads: not a whole number of bytes
+    outcomes = torch.randn(9, 3)
+    log = OutcomeLog(tmp_path, n_layers=73, n_heads=1, n_prompts=3, meta={"a": (1, 2)})
+    log.append(masks[:4], outcomes[:4])
+    log.append(masks[4:], outcomes[4:])
+    assert (tmp_path / "masks.bin").stat().st_size == 9 * 10  # ceil(73 / 8) bytes per mask
+    got_masks, got = OutcomeLog(tmp_path, n_layers=73, n_heads=1, n_prompts=3, meta={"a": [1, 2]}).read()
+    assert torch.equal(got_masks, masks) and torch.equal(got, outcomes)
+    with open(tmp_path / "masks.bin", "ab") as f:
+        f.write(b"\xff" * 10)  # a mask whose outcomes never landed
+    with open(tmp_path / "outcomes.bin", "ab") as f:
+        f.write(b"\x00" * 5)
+    again = OutcomeLog(tmp_path, n_layers=73, n_heads=1, n_prompts=3, meta={"a": [1, 2]})
+    assert len(again) == 9 and torch.equal(again.read()[0], masks)
+    with pytest.raises(hk.HeadkitError, match=r"differs in: a\b"):
+        OutcomeLog(tmp_path, n_layers=73, n_heads=1, n_prompts=3, meta={"a": 1})
+    with pytest.raises(hk.HeadkitError, match="n_prompts"):
+        OutcomeLog(tmp_path, n_layers=73, n_heads=1, n_prompts=4, meta={"a": [1, 2]})
+    with pytest.raises(hk.HeadkitError, match="other than 0 and 1"):
+        again.append(torch.full((1, 73, 1), 0.5), torch.zeros(1, 3))
+    with pytest.raises(hk.HeadkitError, match=r"outcomes \[n, 3\]"):
+        again.append(masks[:1], torch.zeros(2, 3))
+
+
+def test_outlier_rule_is_the_seeds():
+    g = torch.Generator().manual_seed(0)
+    imp, exc = torch.rand(12, 12, generator=g), torch.rand(12, 12, generator=g)
+    # the seed's cell 19, verbatim in numpy
+    i, e = imp.flatten().numpy(), exc.flatten().numpy()
+    di, de = i - np.mean(i), e - np.mean(e)
+    idx = np.where((di > np.percentile(di, 88)) | (de > np.percentile(de, 88)))[0]
+    got = stochastic_ablation.outliers(imp, exc)
+    assert got.flatten().nonzero()[:, 0].tolist() == idx.tolist()
+    assert 20 <= len(idx) <= 36  # 12% of 144 per score, a union
+
+
+def test_plots_are_written(setup, tmp_path):
+    pytest.importorskip("matplotlib")
+    model, tok, targets = setup
+    result = stochastic_ablation.study(model, PROMPTS, targets, tokenizer=tok, n_masks=12, p_keep=(0.5, 0.8),
+                                       n_boot=5, progress=False)
+    paths = result.plot(tmp_path / "figs")
+    assert [p.name for p in paths] == ["scores.png", "outliers.png", "synergy.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"prompts": PROMPTS}, "prompts without targets"),
+        ({"n_masks": 1}, r"n_masks=1.*n_masks >= 2"),
+        ({"p_keep": (0.3,)}, r"p_keep=\(0.3,\)"),
+        ({"p_keep": "seed"}, r"p_keep='seed'"),
+        ({"p_keep": "auto", "success": (0.2, 1.0)}, r"success=\(0.2, 1.0\)"),
+        ({"targets": [" w1", " w1 w2", " w3", " w4", " w5"]}, r"target ' w1 w2' for prompt 1 .* 2 tokens"),
+    ],
+)
+def test_bad_input(setup, kwargs, match):
+    model, tok, targets = setup
+    args = {"prompts": PROMPTS, "targets": targets, **kwargs}
+    if "prompts" in kwargs and "targets" not in kwargs:
+        args.pop("targets")
+    with pytest.raises(hk.HeadkitError, match=match):
+        stochastic_ablation.study(model, args.pop("prompts"), args.pop("targets", None), tokenizer=tok, progress=False,
+                                  **args)
+
+
+def test_nothing_solved_is_an_error(setup):
+    model, tok, targets = setup
+    wrong = [" w1"] * len(PROMPTS)
+    with pytest.raises(hk.HeadkitError, match="gets none of the 5 prompts right"):
+        stochastic_ablation.study(model, PROMPTS, wrong, tokenizer=tok, progress=False)
+
+
+def test_cli_mc_writes_everything_and_resumes(setup, tmp_path):
+    from headkit import cli
+
+    model, tok, targets = setup
+    lines_file = tmp_path / "prompts.tsv"
+    lines_file.write_text("\n".join(f"{p}\t{tok.decode([int(t)])}" for p, t in zip(PROMPTS, targets)) + "\n\n")
+    printed = []
+    out_dir = tmp_path / "mc"
+    result = cli.mc(masks=12, p_keep="0.5,0.8", prompts=str(lines_file), out_dir=str(out_dir), model=model,
+                    tokenizer=tok, out=printed.append)
+    text = "\n".join(printed)
+    assert "the full model completes 4 of 5 prompts" in text and "throughput:" in text
+    assert "outlier heads" in text and "outliers kept only" in text
+    for name in ("scores.csv", "synergy.csv", "validation.csv", "scores.png", "outliers.png", "synergy.png"):
+        assert (out_dir / name).exists(), name
+    assert (out_dir / "outcomes" / "many_ablated" / "masks.bin").stat().st_size == 12  # 8 heads: 1 byte per mask
+    again = cli.mc(masks=12, p_keep="0.5,0.8", prompts=str(lines_file), out_dir=str(out_dir), model=model,
+                   tokenizer=tok, out=printed.append)
+    assert again.evaluations == 0 and again.scores.equals(result.scores)
+    assert "nothing evaluated" in printed[-2]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("no tab here\n")
+    with pytest.raises(hk.HeadkitError, match=r"line 1 \('no tab here'\) is not 'prompt<TAB>target'"):
+        cli.mc(masks=12, prompts=str(bad), model=model, tokenizer=tok, out=printed.append)
+    with pytest.raises(hk.HeadkitError, match="--p-keep 'x'"):
+        cli.mc(masks=12, p_keep="x", model=model, tokenizer=tok, out=printed.append)
