@@ -103,34 +103,78 @@ def main() -> None:
                   f"auto p={p_auto:.3f}": ["importance", "kept - ablated", "regression", "regression (margin)"],
                   "seed p=0.85": ["exclusion", "kept - ablated", "regression", "regression (margin)"]}
     grid = [n for n in (10, 20, 30, 40, 60, 80, 100, 130, 160, 200, 250, 300, 400, 500) if 2 * n <= args.masks]
+    ks = sorted({3, 5, args.k})
     n_heads = 18 * 4
     g = torch.Generator().manual_seed(1)
     lines = []
-    needed = {}
+
+    def ranks(v: torch.Tensor) -> torch.Tensor:
+        return v.argsort().argsort().double()
+
     for design, names in estimators.items():
         masks, margins = pools[design]
         success = margins > 0
-        lines.append(f"\n### {design}: success rate {success.float().mean():.3f} over {len(masks)} masks x {len(task)} prompts\n")
-        lines.append("| estimator | " + " | ".join(f"N={n}" for n in grid) + " | masks needed |")
-        lines.append("|---|" + "---|" * (len(grid) + 1))
+        lines.append(f"\n### {design}: success rate {success.float().mean():.3f} over {len(masks)} masks x {len(task)} "
+                     "prompts\n")
+        lines.append("| estimator | agreement | " + " | ".join(f"N={n}" for n in grid) + " | masks needed |")
+        lines.append("|---|---|" + "---|" * (len(grid) + 1))
         for name in names:
-            row = []
+            rows = {f"top-{k}": [] for k in ks} | {"Spearman": []}
             for n in grid:
                 if name.startswith("regression") and n <= n_heads + 1:
-                    row.append(float("nan"))
+                    for row in rows.values():
+                        row.append(float("nan"))
                     continue
-                overlaps = []
+                overlap = {k: 0.0 for k in ks}
+                rho = 0.0
                 for _ in range(args.splits):
                     perm = torch.randperm(len(masks), generator=g)
                     a, b = perm[:n], perm[n : 2 * n]
-                    top_a = set(scores_of(masks[a], success[a], margins[a], name).topk(args.k).indices.tolist())
-                    top_b = set(scores_of(masks[b], success[b], margins[b], name).topk(args.k).indices.tolist())
-                    overlaps.append(len(top_a & top_b) / args.k)
-                row.append(sum(overlaps) / len(overlaps))
-            hit = next((n for n, v in zip(grid, row) if v == v and v >= args.agree), None)
-            needed[(design, name)] = hit
-            cells = " | ".join("-" if v != v else f"{v:.2f}" for v in row)
-            lines.append(f"| {name} | {cells} | {hit if hit else f'> {grid[-1]}'} |")
+                    sa = scores_of(masks[a], success[a], margins[a], name).nan_to_num(-1e9)
+                    sb = scores_of(masks[b], success[b], margins[b], name).nan_to_num(-1e9)
+                    for k in ks:
+                        overlap[k] += len(set(sa.topk(k).indices.tolist()) & set(sb.topk(k).indices.tolist())) / k
+                    rho += float(torch.corrcoef(torch.stack([ranks(sa), ranks(sb)]))[0, 1])
+                for k in ks:
+                    rows[f"top-{k}"].append(overlap[k] / args.splits)
+                rows["Spearman"].append(rho / args.splits)
+            for label, row in rows.items():
+                hit = next((n for n, v in zip(grid, row) if v == v and v >= args.agree), None)
+                cells = " | ".join("-" if v != v else f"{v:.2f}" for v in row)
+                lines.append(f"| {name} | {label} | {cells} | {hit if hit else f'> {grid[-1]}'} |")
+
+    # the study at full pool size: the seed's design (importance at p=0.30, exclusion at p=0.85) and outliers
+    from headkit.stochastic_ablation import outliers
+
+    def counts(design):
+        masks, margins = pools[design]
+        c = montecarlo.Counts(18, 4)
+        c.update(masks, (margins > 0).double())
+        return c
+
+    name = lambda i: f"L{i // 4}H{i % 4}"  # noqa: E731
+    study = ["", f"### The study on the whole pools ({args.masks} masks per design)", ""]
+    for low in ("seed p=0.30", f"auto p={p_auto:.3f}"):
+        importance, exclusion = counts(low).importance(), counts("seed p=0.85").exclusion()
+        chosen = outliers(importance, exclusion)
+        check = torch.stack([chosen, ~chosen, torch.ones_like(chosen)])
+        correct = montecarlo.evaluate(model, task.input_ids, task.targets, check, attention_mask=task.attention_mask,
+                                      progress=False).sum(1).int().tolist()
+        study.append(f"- importance from `{low}`, exclusion from `seed p=0.85`: {int(chosen.sum())} outliers "
+                     f"({hk.Heads(chosen)}); only they kept: {correct[0]}/{len(task)} correct; they ablated: "
+                     f"{correct[1]}/{len(task)}; full model {correct[2]}/{len(task)}")
+    for design in designs:
+        masks, margins = pools[design]
+        table = montecarlo.regression(masks, (margins > 0).double(), n_boot=200, seed=0)
+        top = table.sort_values("effect", ascending=False).head(args.k)
+        study.append(f"- `{design}`, regression, top {args.k} effects on the success rate [95% bootstrap]: " + ", ".join(
+            f"L{l}H{h} {r.effect:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" for (l, h), r in top.iterrows()))
+        syn = counts(design).synergy().nan_to_num(0.0).triu(1)
+        pairs = [divmod(int(i), 72) for i in syn.abs().flatten().topk(4).indices]
+        study.append(f"  strongest pairwise interactions (synergy +, redundancy -): "
+                     + ", ".join(f"{name(i)}+{name(j)} {syn[i, j]:+.3f}" for i, j in pairs))
+    lines += study
+
     header = [
         "# Estimator efficiency: masks until two independent runs agree on the top-k heads",
         "",
@@ -138,8 +182,9 @@ def main() -> None:
         f"- model: {hk.models.DEFAULT_MODEL}, float32, CPU ({torch.get_num_threads()} threads, {platform.machine()}); "
         f"torch {torch.__version__}",
         f"- prompts: the seed-003 copy prompts the full model completes ({len(task)} of {len(full)})",
-        f"- top-{args.k} overlap |A & B| / {args.k}, mean over {args.splits} random disjoint pairs of runs of N masks "
-        f"drawn from one pool of {args.masks} masks per design; agreement = mean overlap >= {args.agree}",
+        f"- top-k overlap |A & B| / k (k = {', '.join(map(str, ks))}) and Spearman rank correlation of all 72 scores, "
+        f"means over {args.splits} random disjoint pairs of runs of N masks drawn from one pool of {args.masks} masks "
+        f"per design; masks needed = smallest N whose mean reaches {args.agree}; chance top-k overlap is k/72",
         f"- auto design: p_keep calibrated to success {args.success} -> {p_auto:.3f}",
         f"- pools evaluated (or read back) in {minutes:.1f} min",
     ]

@@ -361,17 +361,17 @@ def mc(
     for phase in result.phases.values():
         out(f"phase {phase.name:<13} p_keep {phase.p_keep:.3f}: success {100 * phase.success_rate:.1f}% of "
             f"{len(phase.masks)} masks x {n} prompts")
-    cols = ["importance", "exclusion", "effect_many", "low_many", "high_many", "effect_few", "low_few", "high_few"]
-    out(f"\ntop {top} heads by importance (seed score); effect = change in success rate when the head is kept, "
-        "[95% bootstrap interval]:")
+    out(f"\ntop {top} heads by importance (seed score); * = outlier; delta = P(success | kept) - P(success | ablated);\n"
+        "effect = the same by least squares on all mask bits, [95% bootstrap interval]:")
     table = result.top(top, "importance")
-    text = table[cols].copy()
+    text = table[["importance", "exclusion"]].copy()
     for short in ("many", "few"):
         text[f"effect_{short}"] = [f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]" for e, lo, hi in
                                    zip(table[f"effect_{short}"], table[f"low_{short}"], table[f"high_{short}"])]
     text.index = [f"L{l}H{h}" + (" *" if o else "") for (l, h), o in zip(table.index, table["outlier"])]
-    out(text[["importance", "exclusion", "effect_many", "effect_few"]].round(4).to_string())
-    for by in ("exclusion", "effect_few"):
+    text["delta_many"], text["delta_few"] = table["delta_many"].to_numpy(), table["delta_few"].to_numpy()
+    out(text[["importance", "exclusion", "delta_many", "delta_few", "effect_many", "effect_few"]].round(3).to_string())
+    for by in ("exclusion", "delta_many", "delta_few"):
         out(f"top {top} by {by}: " + " ".join(f"L{l}H{h}" for l, h in result.top(top, by).index))
     out(f"\noutlier heads (* above; importance or exclusion above the 88th percentile, as the seed): "
         f"{len(result.outliers)}: {result.outliers}")

@@ -24,7 +24,8 @@ from headkit.errors import StaysLocal, describe, fail
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
-__all__ = ["evaluate", "evaluate_chunks", "calibrate", "bernoulli", "single_heads", "k_subsets", "Counts", "regression", "METRICS"]
+__all__ = ["evaluate", "evaluate_chunks", "calibrate", "bernoulli", "single_heads", "k_subsets", "Counts", "regression",
+           "METRICS"]
 
 _stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
@@ -107,7 +108,10 @@ def calibrate(
     Bisection on ``p_keep`` over ``steps`` halvings of [0, 1], with common random numbers: one set of
     ``n_masks`` uniform draws ``u [mask, layer, head]`` is reused at every step (mask = ``u < p``), so the
     measured success rate is a monotone-looking curve rather than fresh noise at each step. Costs
-    ``n_masks * steps`` mask evaluations. Returns the midpoint of the final bracket.
+    ``n_masks * steps`` mask evaluations. Returns the midpoint of the final bracket. Its precision is set by
+    ``n_masks``, not ``steps``: it finds where *these* masks cross ``success``; where masks differ a lot (on
+    Gemma 3 270M's copy task one mask's success rate spreads with a standard deviation near 0.3), 8 masks
+    land within about 0.1 of the target rate. Raise ``n_masks`` for a closer fit.
 
     Example:
         >>> import headkit as hk

@@ -80,8 +80,10 @@ class Study:
     """What :func:`study` found. ``scores`` is a DataFrame indexed by (layer, head).
 
     Columns of ``scores``: ``importance`` and ``exclusion`` (the seed's scores, each summing to 1),
+    ``delta_many``/``delta_few`` (P(success | head kept) - P(success | head ablated) in each phase),
     ``effect_many``/``low_many``/``high_many`` and ``effect_few``/``low_few``/``high_few`` (each head's
-    effect on the success rate in each phase, with a bootstrap interval), ``outlier`` (the seed's rule).
+    effect on the success rate by least squares on the mask bits, with a bootstrap interval; needs more
+    masks than heads), ``outlier`` (the seed's rule).
     ``validation``: success with only the outliers kept, with them ablated, and of the full model.
     """
 
@@ -193,7 +195,8 @@ def study(
     """Run the stochastic-ablation study: ``n_masks`` random masks per phase, scores, outliers, synergy.
 
     ``prompts``/``targets`` default to the seed-003 copy prompts ("Tom eats apples. Tom eats" -> " apples");
-    targets must be single tokens. Token ids work too (prompts left-padded, with ``attention_mask``). Prompts the full model gets wrong are dropped first (as the seed does).
+    targets must be single tokens. Token ids work too (prompts left-padded, with ``attention_mask``).
+    Prompts the full model gets wrong are dropped first (as the seed does).
     ``p_keep`` is the pair (many ablated, few ablated) or ``"auto"`` (calibrated to the ``success`` rates).
     ``path`` keeps every outcome on disk; calling again with the same arguments resumes (or extends, with a
     larger ``n_masks``) and gives the same scores.
@@ -296,8 +299,11 @@ def study(
     scores = pd.DataFrame({"importance": many.counts.importance().flatten().numpy(),
                            "exclusion": few.counts.exclusion().flatten().numpy()}, index=index)
     for short, phase in (("many", many), ("few", few)):
-        fit = regression(phase.masks, phase.success.double(), n_boot=n_boot, seed=seed) if n_masks > n_layers * n_heads + 1 \
-            else pd.DataFrame({"effect": np.nan, "low": np.nan, "high": np.nan}, index=index)
+        scores[f"delta_{short}"] = phase.counts.effect().flatten().numpy()
+        if n_masks > n_layers * n_heads + 1:  # least squares needs more masks than heads + intercept
+            fit = regression(phase.masks, phase.success.double(), n_boot=n_boot, seed=seed)
+        else:
+            fit = pd.DataFrame({"effect": np.nan, "low": np.nan, "high": np.nan}, index=index)
         scores[f"effect_{short}"], scores[f"low_{short}"], scores[f"high_{short}"] = fit["effect"], fit["low"], fit["high"]
     chosen = outliers(many.counts.importance(), few.counts.exclusion(), percentile=percentile)
     scores["outlier"] = chosen.flatten().numpy()

@@ -169,3 +169,28 @@ def test_suppression_matrix_batched_equals_one_per_pass_on_the_real_model(gemma)
     many = hk.suppression.kl_matrix(model, sentences, rows_per_pass=5, progress=False).matrix
     assert (one - many).nan_to_num(0).abs().max() <= 1e-5
     assert one[2:, 0].nan_to_num(0).max() > 1e-3  # suppressing the first sentence changes later predictions
+
+
+def test_stochastic_ablation_study_on_the_real_model_equals_one_forward_per_mask(gemma, tmp_path):
+    from headkit import stochastic_ablation
+
+    model, tokenizer, task = gemma
+    result = stochastic_ablation.study(model, tokenizer=tokenizer, n_masks=4, p_keep=(0.5, 0.9), n_boot=0,
+                                       path=tmp_path, progress=False)
+    # the seed-003 prompts (all single-token answers under Gemma's tokenizer), those the full model misses dropped
+    assert len(result.prompts) + len(result.dropped) == len(task) and len(result.prompts) >= 0.75 * len(task)
+    backend = hk.get_backend(model, tokenizer)
+    for phase in result.phases.values():
+        naive = []
+        for mask in phase.masks:
+            off = hk.Heads(~mask)
+            with torch.no_grad():  # seed 003: the padded prompt batch, one forward per mask, full logits
+                logits = backend.logits(task.input_ids, *([hk.zero_ablate(off)] if len(off) else []),
+                                        attention_mask=task.attention_mask)[:, -1]
+            target = logits.gather(-1, task.targets[:, None])[:, 0]
+            others = logits.scatter(-1, task.targets[:, None], float("-inf")).amax(-1)
+            naive.append((target - others)[[task.prompts.index(p) for p in result.prompts]])
+        naive = torch.stack(naive)
+        assert torch.equal(phase.success, naive > 0)
+        assert max_diff(phase.margins, naive) <= 1e-3  # fp32, 262k-way logits, padded differently
+    assert result.validation.loc["full model", "correct"] == len(result.prompts)

@@ -81,6 +81,11 @@ def test_study_equals_the_seed_pipeline(setup):
     x = np.concatenate([np.ones((40, 1)), many.reshape(40, -1).numpy()], 1)
     want = np.linalg.lstsq(x, decisions.double().mean(1).numpy(), rcond=None)[0][1:]
     np.testing.assert_allclose(result.scores["effect_many"].to_numpy(), want, atol=1e-9)
+    # delta columns: success rate with the head kept minus with it ablated, over the loop's records
+    kept = many.reshape(40, -1).bool()
+    rate = decisions.double().mean(1)
+    want_delta = [rate[kept[:, h]].mean() - rate[~kept[:, h]].mean() for h in range(8)]
+    np.testing.assert_allclose(result.scores["delta_many"].to_numpy(), want_delta, atol=1e-12)
     synergy = result.synergy("many_ablated")
     assert synergy.shape == (8, 8) and synergy.index.names == ["layer", "head"]
     assert np.isnan(synergy.loc[(0, 1), (0, 1)])
