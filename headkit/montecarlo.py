@@ -12,6 +12,7 @@ chunk is real work, so tuning wastes nothing. Results equal one forward pass per
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from itertools import combinations
@@ -95,54 +96,73 @@ def calibrate(
     prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"],
     targets: Sequence[str] | Int[torch.Tensor, "prompt"],
     *,
-    success: float = 0.5,
-    n_masks: int = 8,
-    steps: int = 6,
+    success: float | Sequence[float] = 0.5,
+    n_masks: int = 64,
     seed: int = 0,
     attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
     tokenizer: Any = None,
     progress: bool = True,
-) -> float:
-    """The keep probability at which random masks leave a ``success`` fraction of prompts top-1 correct.
+) -> float | tuple[float, ...]:
+    """The keep probability at which random masks leave a ``success`` fraction of (mask, prompt) records top-1 correct.
 
-    Bisection on ``p_keep`` over ``steps`` halvings of [0, 1], with common random numbers: one set of
-    ``n_masks`` uniform draws ``u [mask, layer, head]`` is reused at every step (mask = ``u < p``), so the
-    measured success rate is a monotone-looking curve rather than fresh noise at each step. Costs
-    ``n_masks * steps`` mask evaluations. Returns the midpoint of the final bracket. Its precision is set by
-    ``n_masks``, not ``steps``: it finds where *these* masks cross ``success``; where masks differ a lot (on
-    Gemma 3 270M's copy task one mask's success rate spreads with a standard deviation near 0.3), 8 masks
-    land within about 0.1 of the target rate. Raise ``n_masks`` for a closer fit.
+    Evaluates ``n_masks`` masks whose keep probabilities are spread evenly over (0, 1) (mask i keeps each
+    head with probability ``(i + 0.5) / n_masks``), fits a logistic curve ``P(success) = sigmoid(a + b p)``
+    to their successes by maximum likelihood, and inverts it at each requested rate, so one set of masks
+    serves several targets (pass a tuple, get a tuple). On tasks where masks differ a lot, a curve through
+    many keep probabilities is far steadier than a search that re-measures a few masks at each step.
+    Results are clipped to [0.01, 1].
 
     Example:
         >>> import headkit as hk
         >>> from headkit import montecarlo
         >>> model, tok = hk.models.tiny("llama")
-        >>> p = montecarlo.calibrate(model, ["Tom eats apples . Tom eats"], [" apples"], tokenizer=tok,
-        ...                          success=0.5, progress=False)
-        >>> 0.0 < p < 1.0
+        >>> prompt = "Tom eats apples . Tom eats"
+        >>> target = model(**tok(prompt, return_tensors="pt")).logits[0, -1].argmax()  # what the full model says
+        >>> low, high = montecarlo.calibrate(model, [prompt], target[None], tokenizer=tok, success=(0.25, 0.75),
+        ...                                  n_masks=32, progress=False)
+        >>> 0.0 < low <= high <= 1.0
         True
     """
-    from tqdm.auto import tqdm
-
     from headkit.backend import get_backend
 
-    if not 0.0 < float(success) < 1.0 or isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise fail(f"calibrate got success={success!r}, steps={steps!r}", "0 < success < 1 and steps >= 1",
-                   "pass e.g. success=0.5, steps=6")
-    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 1:
-        raise fail(f"calibrate got n_masks={n_masks!r}", "n_masks >= 1", "pass e.g. n_masks=8")
+    rates = (success,) if isinstance(success, (int, float)) else tuple(success)
+    if not rates or not all(isinstance(r, (int, float)) and 0.0 < float(r) < 1.0 for r in rates):
+        raise fail(f"calibrate got success={success!r}", "target rates strictly between 0 and 1",
+                   "pass e.g. success=0.5 or success=(0.25, 0.75)")
+    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 8:
+        raise fail(f"calibrate got n_masks={n_masks!r}", "n_masks >= 8 (a curve needs points)", "pass e.g. n_masks=64")
     shape = get_backend(model, tokenizer).shape
+    p = (torch.arange(n_masks, dtype=torch.float64) + 0.5) / n_masks
     u = torch.rand(n_masks, shape.n_layers, shape.n_heads, generator=torch.Generator().manual_seed(seed))
-    low, high = 0.0, 1.0
-    with tqdm(total=steps, desc=f"calibrating p_keep for success {success:g}", disable=not progress) as bar:
-        for _ in range(steps):
-            p = (low + high) / 2
-            rate = float(evaluate(model, prompts, targets, u < p, attention_mask=attention_mask, tokenizer=tokenizer,
-                                  progress=False).mean())
-            low, high = (p, high) if rate < success else (low, p)
-            bar.set_postfix(p_keep=f"{p:.3f}", success=f"{rate:.2f}")
-            bar.update()
-    return (low + high) / 2
+    outcomes = evaluate(model, prompts, targets, u < p[:, None, None].float(), attention_mask=attention_mask,
+                        tokenizer=tokenizer, progress=progress)
+    a, b = _logistic_fit(p, outcomes.double().sum(1), float(outcomes.shape[1]))
+    if not b > 0:
+        raise fail(
+            f"calibrate found success does not rise with p_keep (fitted slope {b:.3g} over {n_masks} masks)",
+            "a task the model solves more often with more heads kept",
+            "check that the full model solves the prompts (study() filters them), or raise n_masks",
+        )
+    found = tuple(min(1.0, max(0.01, (math.log(r / (1 - r)) - a) / b)) for r in rates)
+    return found[0] if isinstance(success, (int, float)) else found
+
+
+def _logistic_fit(x: torch.Tensor, successes: torch.Tensor, trials: float) -> tuple[float, float]:
+    """(a, b) maximising the Binomial(trials, sigmoid(a + b x)) log-likelihood of ``successes`` minus
+    ``1e-3 * (a^2 + b^2) / 2`` (a ridge too weak to move real fits, which keeps a perfectly separated curve
+    finite), by Newton's method."""
+    design = torch.stack([torch.ones_like(x), x], 1)
+    theta = torch.zeros(2, dtype=torch.float64)
+    ridge = 1e-3
+    for _ in range(200):
+        q = torch.sigmoid(design @ theta)
+        gradient = design.T @ (successes - trials * q) - ridge * theta
+        hessian = design.T @ (design * (trials * q * (1 - q))[:, None]) + ridge * torch.eye(2, dtype=torch.float64)
+        step = torch.linalg.solve(hessian, gradient)
+        theta = theta + step
+        if float(step.abs().max()) < 1e-12:
+            break
+    return float(theta[0]), float(theta[1])
 
 
 def evaluate(

@@ -185,6 +185,7 @@ def study(
     n_masks: int = 10_000,
     p_keep: tuple[float, float] | str = SEED_P_KEEP,
     success: tuple[float, float] = AUTO_SUCCESS,
+    calibration_masks: int = 64,
     seed: int = 0,
     path: str | Path | None = None,
     percentile: float = 88.0,
@@ -197,7 +198,8 @@ def study(
     ``prompts``/``targets`` default to the seed-003 copy prompts ("Tom eats apples. Tom eats" -> " apples");
     targets must be single tokens. Token ids work too (prompts left-padded, with ``attention_mask``).
     Prompts the full model gets wrong are dropped first (as the seed does).
-    ``p_keep`` is the pair (many ablated, few ablated) or ``"auto"`` (calibrated to the ``success`` rates).
+    ``p_keep`` is the pair (many ablated, few ablated) or ``"auto"``: calibrated to the ``success`` rates
+    by :func:`headkit.montecarlo.calibrate` on ``calibration_masks`` extra masks.
     ``path`` keeps every outcome on disk; calling again with the same arguments resumes (or extends, with a
     larger ``n_masks``) and gives the same scores.
 
@@ -255,7 +257,8 @@ def study(
     common = {"model": type(model).__name__, "n_layers": n_layers, "n_heads": n_heads,
               "prompts": _digest(ids.tolist(), attn.tolist()), "targets": target_ids.tolist(), "seed": seed}
     root = Path(path) if path is not None else None
-    p_pair = _p_keep(p_keep, success, model, ids, target_ids, attn, tok, seed, root, common, progress)
+    p_pair = _p_keep(p_keep, success, calibration_masks, model, ids, target_ids, attn, tok, seed, root, common,
+                     progress)
 
     phases: dict[str, Phase] = {}
     evaluations, seconds, largest = 0, 0.0, 0
@@ -322,8 +325,9 @@ def study(
                  evaluations, seconds, {"path": str(root) if root else None, "masks_per_pass": largest})
 
 
-def _p_keep(p_keep: Any, success: Any, model: Any, ids: torch.Tensor, target_ids: torch.Tensor, attn: torch.Tensor,
-            tok: Any, seed: int, root: Path | None, common: dict[str, Any], progress: bool) -> tuple[float, float]:
+def _p_keep(p_keep: Any, success: Any, calibration_masks: int, model: Any, ids: torch.Tensor, target_ids: torch.Tensor,
+            attn: torch.Tensor, tok: Any, seed: int, root: Path | None, common: dict[str, Any],
+            progress: bool) -> tuple[float, float]:
     """The two phases' keep probabilities: given, or calibrated (and remembered in the log folder)."""
     if p_keep != "auto":
         try:
@@ -337,14 +341,14 @@ def _p_keep(p_keep: Any, success: Any, model: Any, ids: torch.Tensor, target_ids
     rates = tuple(float(s) for s in success)
     if len(rates) != 2 or not all(0.0 < s < 1.0 for s in rates):
         raise fail(f"study got success={success!r}", "two target success rates in (0, 1)", "pass success=(0.25, 0.75)")
-    key = {**common, "success": list(rates)}
+    key = {**common, "success": list(rates), "calibration_masks": calibration_masks}
     remembered = root / "calibration.json" if root is not None else None
     if remembered is not None and remembered.exists():
         stored = json.loads(remembered.read_text())
         if stored["inputs"] == json.loads(json.dumps(key)):
             return tuple(stored["p_keep"])  # type: ignore[return-value]
-    pair = tuple(calibrate(model, ids, target_ids, success=s, attention_mask=attn, tokenizer=tok, seed=1000 + seed + i,
-                           progress=progress) for i, s in enumerate(rates))
+    pair = calibrate(model, ids, target_ids, success=rates, n_masks=calibration_masks, attention_mask=attn,
+                     tokenizer=tok, seed=1000 + seed, progress=progress)
     if remembered is not None:
         remembered.parent.mkdir(parents=True, exist_ok=True)
         remembered.write_text(json.dumps({"inputs": key, "p_keep": pair}, indent=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -262,24 +263,33 @@ def test_margin_metric_and_chunks():
         montecarlo.evaluate_chunks(model, PROMPTS, targets, masks, metric="nope", tokenizer=tok)  # at the call
 
 
-def test_calibrate_brackets_the_crossing_of_the_measured_curve():
+def test_calibrate_inverts_a_maximum_likelihood_logistic_fit():
+    from scipy.optimize import minimize
+
     model, tok = hk.models.tiny("gemma3")
     shape = hk.get_backend(model).shape
     n_layers, n_heads = shape.n_layers, shape.n_heads
     logits = loop_reference(model, tok, torch.ones(1, n_layers, n_heads))
     targets = logits[0].argmax(-1)
-    p = montecarlo.calibrate(model, PROMPTS, targets, success=0.5, n_masks=6, steps=5, seed=3, tokenizer=tok,
-                             progress=False)
-    # the same uniforms on a fine grid, evaluated one mask at a time (naive): the success curve
-    u = torch.rand(6, n_layers, n_heads, generator=torch.Generator().manual_seed(3))
-    grid = [k / 32 for k in range(33)]
-    curve = [float(montecarlo.evaluate(model, PROMPTS, targets, u < q, tokenizer=tok, masks_per_pass=1,
-                                       progress=False).mean()) for q in grid]
-    assert curve[0] < 0.5 <= curve[-1]
-    # bisection ends in a bracket [low, low + 1/32] whose ends lie on either side of 0.5 on the curve
-    low = p - 1 / 64
-    k = round(low * 32)
-    assert abs(low - k / 32) < 1e-12
-    assert curve[k] < 0.5 <= curve[k + 1] or k == 0
+    low, high = montecarlo.calibrate(model, PROMPTS, targets, success=(0.3, 0.7), n_masks=40, seed=3, tokenizer=tok,
+                                     progress=False)
+    # the same masks, one forward pass each (naive), and a logistic fit by scipy on the binomial likelihood
+    p = (torch.arange(40, dtype=torch.float64) + 0.5) / 40
+    u = torch.rand(40, n_layers, n_heads, generator=torch.Generator().manual_seed(3))
+    decisions = (loop_reference(model, tok, u < p[:, None, None].float()).argmax(-1) == targets).double()
+    k, n, x = decisions.sum(1).numpy(), 3.0, p.numpy()
+
+    def nll(theta):
+        z = theta[0] + theta[1] * x
+        return -(k * z - n * np.logaddexp(0, z)).sum() + 1e-3 * (theta ** 2).sum() / 2
+
+    a, b = minimize(nll, [0.0, 0.0], method="BFGS", options={"gtol": 1e-10}).x
+    assert 0 < decisions.mean() < 1 and b > 0
+    assert low == pytest.approx((math.log(0.3 / 0.7) - a) / b, abs=1e-4)
+    assert high == pytest.approx(min(1.0, (math.log(0.7 / 0.3) - a) / b), abs=1e-4)  # clipped to 1 here
+    assert montecarlo.calibrate(model, PROMPTS, targets, success=0.3, n_masks=40, seed=3, tokenizer=tok,
+                                progress=False) == low
     with pytest.raises(hk.HeadkitError, match="success=1.5"):
         montecarlo.calibrate(model, PROMPTS, targets, success=1.5, tokenizer=tok)
+    with pytest.raises(hk.HeadkitError, match="does not rise with p_keep"):  # targets no mask ever predicts
+        montecarlo.calibrate(model, PROMPTS, torch.tensor([5, 6, 7]), n_masks=8, tokenizer=tok, progress=False)

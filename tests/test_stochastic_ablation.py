@@ -138,13 +138,14 @@ def test_auto_p_keep_calibrates_once_and_remembers(setup, tmp_path, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(stochastic_ablation, "calibrate", counting)
-    kw = dict(tokenizer=tok, n_masks=12, p_keep="auto", success=(0.3, 0.7), n_boot=0, path=tmp_path, progress=False)
+    kw = dict(tokenizer=tok, n_masks=12, p_keep="auto", success=(0.3, 0.7), calibration_masks=24, n_boot=0,
+              path=tmp_path, progress=False)
     first = stochastic_ablation.study(model, PROMPTS, targets, **kw)
-    assert calls == [0.3, 0.7]
+    assert calls == [(0.3, 0.7)]
     p_many, p_few = first.phases["many_ablated"].p_keep, first.phases["few_ablated"].p_keep
     assert 0 < p_many <= p_few < 1
     again = stochastic_ablation.study(model, PROMPTS, targets, **kw)
-    assert calls == [0.3, 0.7]  # read back from the folder
+    assert calls == [(0.3, 0.7)]  # read back from the folder
     assert again.phases["few_ablated"].p_keep == p_few and again.scores.equals(first.scores)
 
 
