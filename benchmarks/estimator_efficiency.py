@@ -41,15 +41,13 @@ from headkit.tasks import copy_task
 
 def scores_of(masks: torch.Tensor, success: torch.Tensor, margin: torch.Tensor, name: str) -> torch.Tensor:
     """One score per head (flat), larger = more important, from masks [n, L, H] and outcomes [n, P]."""
-    n = masks.shape[0]
     if name in ("importance", "exclusion", "kept - ablated"):
         counts = montecarlo.Counts(*masks.shape[1:])
         counts.update(masks, success.double())
         value = {"importance": counts.importance, "exclusion": counts.exclusion, "kept - ablated": counts.effect}[name]()
         return value.flatten()
-    y = (success.double() if name == "regression" else margin.double()).mean(1)
-    x = torch.cat([torch.ones(n, 1, dtype=torch.float64), masks.reshape(n, -1).double()], 1)
-    return torch.linalg.lstsq(x.T @ x, x.T @ y[:, None], driver="gelsd").solution[1:, 0]
+    outcomes = success.double() if name == "regression" else margin.double()
+    return torch.tensor(montecarlo.regression(masks, outcomes, n_boot=0)["effect"].to_numpy())
 
 
 def pool(model, task, p: float, n: int, seed: int, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
