@@ -291,5 +291,7 @@ def test_calibrate_inverts_a_maximum_likelihood_logistic_fit():
                                 progress=False) == low
     with pytest.raises(hk.HeadkitError, match="success=1.5"):
         montecarlo.calibrate(model, PROMPTS, targets, success=1.5, tokenizer=tok)
+    with pytest.raises(hk.HeadkitError, match=r"n_masks=4.*n_masks >= 8"):
+        montecarlo.calibrate(model, PROMPTS, targets, n_masks=4, tokenizer=tok)
     with pytest.raises(hk.HeadkitError, match="does not rise with p_keep"):  # targets no mask ever predicts
         montecarlo.calibrate(model, PROMPTS, torch.tensor([5, 6, 7]), n_masks=8, tokenizer=tok, progress=False)

@@ -191,6 +191,10 @@ def test_plots_are_written(setup, tmp_path):
     model, tok, targets = setup
     result = stochastic_ablation.study(model, PROMPTS, targets, tokenizer=tok, n_masks=12, p_keep=(0.5, 0.8),
                                        n_boot=5, progress=False)
+    with pytest.raises(hk.HeadkitError, match=r"phase 'middle'.*\['many_ablated', 'few_ablated'\]"):
+        result.synergy("middle")
+    with pytest.raises(hk.HeadkitError, match=r"by='rank'.*importance"):
+        result.top(3, by="rank")
     paths = result.plot(tmp_path / "figs")
     assert [p.name for p in paths] == ["scores.png", "outliers.png", "synergy.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
