@@ -169,7 +169,7 @@ def main() -> None:
             f"L{l}H{h} {r.effect:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" for (l, h), r in top.iterrows()))
         syn = counts(design).synergy().nan_to_num(0.0).triu(1)
         pairs = [divmod(int(i), 72) for i in syn.abs().flatten().topk(4).indices]
-        study.append(f"  strongest pairwise interactions (synergy +, redundancy -): "
+        study.append("  strongest pairwise interactions (synergy +, redundancy -): "
                      + ", ".join(f"{name(i)}+{name(j)} {syn[i, j]:+.3f}" for i, j in pairs))
     lines += study
 
