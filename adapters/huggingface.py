@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.architectures import additive_mask, check_maskable, layout
+from headkit.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
 from headkit.backend import check_last_only, check_positions, plan, real_token_positions, unembedding_only_at
 from headkit.errors import StaysLocal, fail
 from headkit.interventions import CaptureAttention, Intervention, MaskAttention, apply_masks
@@ -129,9 +129,9 @@ class _LayerRun:
         this call's keys already, so it holds ``total`` tokens and the key axis covers the last ``k_len``.
         """
         kv = self.cache.get("kv")
-        if q_len == k_len or kv is None or not hasattr(kv, "get_seq_length"):
+        if q_len == k_len or kv is None:
             return 0
-        return max(0, kv.get_seq_length(self.layer) - k_len)
+        return max(0, cached_tokens(kv, self.layer) - k_len)
 
     def _pooled(
         self,
@@ -175,10 +175,14 @@ def _pools(iv: Intervention) -> bool:
 
 
 def _keep_cache(holder: dict[str, Any]) -> Callable:
-    """A forward pre-hook on the model keeping the KV cache of each forward pass (generate passes it)."""
+    """A forward pre-hook on the model keeping the KV cache of each forward pass (generate passes it).
+
+    The cache is found by what it is, not by the keyword it came under (``past_key_values`` before
+    transformers 5.24, ``cache`` since).
+    """
 
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        holder["kv"] = kwargs.get("past_key_values")
+        holder["kv"] = find_cache(args, kwargs)
 
     return hook
 

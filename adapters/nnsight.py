@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import nnsight
 import torch
 
-from headkit.architectures import additive_mask, check_maskable, layout
+from headkit.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
 from headkit.backend import check_last_only, check_positions, plan, real_token_positions
 from headkit.errors import HeadkitError, fail
 from headkit.interventions import Intervention, MaskAttention, apply_masks
@@ -160,8 +160,7 @@ def _mask(
     hidden = args[0] if args else kwargs["hidden_states"]
     batch, q_len = hidden.shape[0], hidden.shape[1]
     base = kwargs.get("attention_mask")
-    cache = kwargs.get(found.arch.cache)
-    past = cache.get_seq_length(layer) if cache is not None and hasattr(cache, "get_seq_length") else 0
+    past = cached_tokens(find_cache(args, kwargs), layer)  # before this step's keys are added
     k_len = base.shape[-1] if base is not None else past + q_len
     mask = additive_mask(base, q_len, k_len, hidden.dtype, hidden.device)
     k_start = max(0, past + q_len - k_len)  # a sliding-window cache holds only the latest keys
@@ -300,11 +299,20 @@ class NNsightBackend:
 def check_remote(model: Any) -> None:
     """Check that a remote NDIF run can start: an API key is configured, NDIF answers, the model is served.
 
-    Raises HeadkitError naming what is missing and how to fix it; never prints or logs the key.
+    ``model`` is an nnsight model or its Hub id (a string: check before building the model, whose
+    constructor already needs the network). Raises HeadkitError naming what is missing and how to fix
+    it; never prints or logs the key.
 
     Example:
+        >>> from nnsight import CONFIG
         >>> from headkit.adapters import nnsight as hk_nn
-        >>> # hk_nn.check_remote(TransformersModel("meta-llama/Llama-3.1-8B"))  (needs network access)
+        >>> saved, CONFIG.API.APIKEY = CONFIG.API.APIKEY, None
+        >>> try:
+        ...     hk_nn.check_remote("meta-llama/Llama-3.1-8B")
+        ... except hk_nn.HeadkitError as error:
+        ...     print(str(error).split(";")[0])
+        no NDIF API key is configured
+        >>> CONFIG.API.APIKEY = saved
     """
     from nnsight import CONFIG
 
@@ -314,7 +322,10 @@ def check_remote(model: Any) -> None:
             "an API key from https://login.ndif.us",
             "set the NDIF_API_KEY environment variable or call nnsight.login() (the key is never printed)",
         )
-    repo = getattr(getattr(getattr(model, "_module", None), "config", None), "_name_or_path", "") or ""
+    if isinstance(model, str):
+        repo = model
+    else:
+        repo = getattr(getattr(getattr(model, "_module", None), "config", None), "_name_or_path", "") or ""
     if not repo:
         raise fail(
             "the model has no Hub repository id (its config has an empty name_or_path)",

@@ -18,7 +18,7 @@ from headkit.sites import ModelShape
 if TYPE_CHECKING:
     from jaxtyping import Float
 
-__all__ = ["Arch", "ARCHITECTURES", "MASKABLE_IMPLEMENTATIONS", "Layout", "layout", "additive_mask"]
+__all__ = ["Arch", "ARCHITECTURES", "MASKABLE_IMPLEMENTATIONS", "Layout", "layout", "additive_mask", "find_cache", "cached_tokens"]
 
 
 class Arch:
@@ -27,30 +27,26 @@ class Arch:
     Example:
         >>> from headkit.architectures import ARCHITECTURES
         >>> ARCHITECTURES["llama"]
-        Arch(layers='model.layers', attention='self_attn', out_proj='o_proj', cache='past_key_values')
+        Arch(layers='model.layers', attention='self_attn', out_proj='o_proj')
     """
 
-    __slots__ = ("layers", "attention", "out_proj", "cache")
+    __slots__ = ("layers", "attention", "out_proj")
 
-    def __init__(self, layers: str, attention: str, out_proj: str, cache: str) -> None:
+    def __init__(self, layers: str, attention: str, out_proj: str) -> None:
         self.layers = layers  # from the *ForCausalLM model to the list of blocks
         self.attention = attention  # attribute of a block: the attention module
         self.out_proj = out_proj  # attribute of the attention module: W_O, whose input is z
-        self.cache = cache  # keyword under which the attention module receives the KV cache
 
     def __repr__(self) -> str:
-        return (
-            f"Arch(layers={self.layers!r}, attention={self.attention!r}, out_proj={self.out_proj!r}, "
-            f"cache={self.cache!r})"
-        )
+        return f"Arch(layers={self.layers!r}, attention={self.attention!r}, out_proj={self.out_proj!r})"
 
 
 ARCHITECTURES: dict[str, Arch] = {
-    "gpt2": Arch("transformer.h", "attn", "c_proj", "past_key_values"),
-    "gpt_neox": Arch("gpt_neox.layers", "attention", "dense", "layer_past"),
-    "llama": Arch("model.layers", "self_attn", "o_proj", "past_key_values"),
-    "qwen2": Arch("model.layers", "self_attn", "o_proj", "past_key_values"),
-    "gemma3_text": Arch("model.layers", "self_attn", "o_proj", "past_key_values"),
+    "gpt2": Arch("transformer.h", "attn", "c_proj"),
+    "gpt_neox": Arch("gpt_neox.layers", "attention", "dense"),
+    "llama": Arch("model.layers", "self_attn", "o_proj"),
+    "qwen2": Arch("model.layers", "self_attn", "o_proj"),
+    "gemma3_text": Arch("model.layers", "self_attn", "o_proj"),
 }
 """model_type -> module layout (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Gemma 3 text)."""
 
@@ -183,3 +179,42 @@ def additive_mask(
     if mask.dtype == torch.bool:
         return torch.zeros((), dtype=dtype, device=device).masked_fill(~mask[..., :k_len], neg)
     return mask[..., :k_len].to(dtype)
+
+
+def find_cache(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The KV cache among a module call's arguments, whatever keyword carries it (or None).
+
+    transformers has passed it as ``past_key_values``, ``layer_past`` (GPT-NeoX) and, since 5.24, ``cache``;
+    callers may pass it positionally. A cache is recognised by what it does (``get_seq_length`` and
+    ``update``), so this module needs no transformers import and runs on a remote server too.
+
+    Example:
+        >>> from transformers import DynamicCache
+        >>> from headkit.architectures import find_cache
+        >>> cache = DynamicCache()
+        >>> find_cache((), {"cache": cache}) is cache, find_cache((), {"past_key_values": None})
+        (True, None)
+    """
+    for value in (*kwargs.values(), *args):
+        if callable(getattr(value, "get_seq_length", None)) and callable(getattr(value, "update", None)):
+            return value
+    return None
+
+
+def cached_tokens(cache: Any, layer: int) -> int:
+    """How many tokens a KV cache has seen in a layer (0 without a cache).
+
+    A sliding-window layer counts every token it was given, also those it no longer keeps, so the key axis
+    of a cached decoding step starts at ``cached_tokens(...) + q_len - k_len`` (before this step's update).
+
+    Example:
+        >>> from headkit.architectures import cached_tokens
+        >>> cached_tokens(None, 0)
+        0
+    """
+    if cache is None:
+        return 0
+    try:
+        return int(cache.get_seq_length(layer))
+    except TypeError:  # a cache whose get_seq_length takes no layer
+        return int(cache.get_seq_length())
