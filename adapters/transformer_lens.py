@@ -1,77 +1,120 @@
-"""headkit on TransformerLens 4.x ``TransformerBridge`` models.
+"""headkit on TransformerLens: the 3.x/4.x ``TransformerBridge`` and the 2.x/3.x ``HookedTransformer``.
 
     import headkit as hk
     from headkit.adapters import transformer_lens as hk_tl
 
     logits = model.run_with_hooks(tokens, fwd_hooks=hk_tl.fwd_hooks(model, hk.zero_ablate("L5H1")))
     with hk_tl.applied(model, hk.gate(G), hk.mask_attention("L9H9", keys=[(10, 20)])):
-        logits = model(tokens)                     # model.generate(...) too
+        logits = model(tokens)
 
-Sites map to ``blocks.{l}.attn.hook_z``, ``hook_attn_scores`` and ``hook_pattern``; the adapter uses each
-hook point's live name, so it works with and without ``enable_compatibility_mode``.
+Sites map to ``blocks.{l}.attn.hook_z``, ``hook_attn_scores`` and ``hook_pattern``, which every
+TransformerLens model since 2.0 has; the adapter uses each hook point's live name, so a bridge works with
+and without ``enable_compatibility_mode``. Nothing here imports a particular TransformerLens version: a
+model is recognised by its class names, and this module imports on TransformerLens 2, 3 and 4 alike.
 
-**Pre-softmax masks need a bridge that computes attention itself.** The Llama/Qwen/Gemma/Mistral
-(``PositionEmbeddingsAttentionBridge``), GPT-2 and GPT-NeoX (``JointQKV...``) bridges do; others (OPT,
-GPT-J, GPT-Neo, ...) hand attention to transformers and fire ``hook_attn_scores`` after the fact, where
-TransformerLens discards edits. headkit refuses a mask there instead of silently doing nothing.
+**Pre-softmax masks need attention that TransformerLens computes itself.** ``HookedTransformer`` always
+does; of the bridges, the Llama/Qwen/Gemma/Mistral (``PositionEmbeddingsAttentionBridge``), GPT-2 and
+GPT-NeoX (``JointQKV...``) ones do. Others (OPT, GPT-J, GPT-Neo, ...) hand attention to transformers and
+fire ``hook_attn_scores`` after the fact, where TransformerLens discards edits: headkit refuses a mask
+there instead of silently doing nothing.
 
 **Exact ablation and the value-bias trap.** Zeroing ``hook_z`` equals removing the head (zeroing its W_O
-rows) in the default bridge and after ``enable_compatibility_mode(no_processing=True)``. With the default
-weight processing of ``enable_compatibility_mode()`` (``fold_value_biases=True``) each head's value bias
-b_V is folded into the shared output bias b_O, so zeroing ``z`` leaves ``W_O b_V`` in the output: the
-head is not fully removed on models with value biases (GPT-2, Pythia, Qwen2). For exact ablation use the
-default mode, ``enable_compatibility_mode(no_processing=True)`` or ``enable_compatibility_mode(
-fold_value_biases=False)``; headkit warns when it ablates on a bridge whose weights were processed.
+rows) unless each head's value bias b_V was folded into the shared output bias b_O: then ``W_O b_V`` stays
+in the output on models with value biases (GPT-2, Pythia, Qwen2). ``HookedTransformer.from_pretrained``
+folds by default (``fold_value_biases=True``), and so does a bridge's ``enable_compatibility_mode()``.
+For exact ablation use ``HookedTransformer.from_pretrained_no_processing`` (or ``fold_value_biases=False``),
+the default bridge, or ``enable_compatibility_mode(no_processing=True)``. headkit warns, once per model,
+when an ablation or gate acts on such a model through this adapter (a plain hook cannot see its model).
 
 **A query whose every allowed key is masked** gets an all-zero pattern row (so the head outputs zero
-there): ``hook_attn_scores`` leaves such rows unmasked and ``hook_pattern`` zeroes them. Both hook points
-are returned by :func:`fwd_hooks`; pass both when wiring interventions by hand.
+there): through this adapter ``hook_attn_scores`` leaves such rows unmasked and ``hook_pattern`` zeroes
+them. :func:`fwd_hooks` returns both hook points; pass both when wiring a mask by hand.
+
+**Cached generation on a bridge.** Since transformers 5.24 models hand the KV cache to attention as
+``cache=``, while the TransformerLens 3.9 and 4.3 bridges read only ``past_key_values`` (or ``layer_past``),
+so ``bridge.generate`` with its KV cache ignores earlier tokens there, with or without headkit.
+:meth:`TLBackend.generate` passes the cache under both names and is exact; for your own
+``bridge.generate`` calls use ``use_past_kv_cache=False`` on those versions.
 """
 
 from __future__ import annotations
 
 import difflib
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from headkit.architectures import cached_tokens, find_cache
 from headkit.backend import check_last_only, check_positions, plan, unembedding_only_at
 from headkit.errors import StaysLocal, fail
-from headkit.interventions import Intervention, MaskAttention, MeanAblate, ZeroAblate
+from headkit.interventions import Gate, Intervention, MaskAttention, MeanAblate, ZeroAblate
 from headkit.sites import ModelShape, Site, tl_hook_name
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
-__all__ = ["fwd_hooks", "applied", "model_shape", "is_bridge", "TLBackend"]
+__all__ = [
+    "fwd_hooks", "applied", "model_shape", "is_bridge", "is_hooked_transformer", "is_tl_model", "value_biases_folded",
+    "TLBackend",
+]
 
 _stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 
+# ------------------------------------------------------------------------------------------------- models
+def _has_class(model: Any, name: str, module_prefix: str) -> bool:
+    """Whether the model's class is (or derives from) TransformerLens's class ``name``, imported or not."""
+    return any(
+        cls.__name__ == name and (cls.__module__ or "").startswith(module_prefix) for cls in type(model).__mro__
+    )
+
+
 def is_bridge(model: Any) -> bool:
-    """Whether ``model`` is a TransformerLens ``TransformerBridge``.
+    """Whether ``model`` is a TransformerLens ``TransformerBridge`` (3.x or 4.x).
 
     Example:
         >>> from headkit.adapters import transformer_lens as hk_tl
         >>> hk_tl.is_bridge(object())
         False
     """
-    from transformer_lens.model_bridge import TransformerBridge
+    return _has_class(model, "TransformerBridge", "transformer_lens.model_bridge")
 
-    return isinstance(model, TransformerBridge)
+
+def is_hooked_transformer(model: Any) -> bool:
+    """Whether ``model`` is a TransformerLens 2.x/3.x ``HookedTransformer``.
+
+    Example:
+        >>> from headkit.adapters import transformer_lens as hk_tl
+        >>> hk_tl.is_hooked_transformer(object())
+        False
+    """
+    return _has_class(model, "HookedTransformer", "transformer_lens")
+
+
+def is_tl_model(model: Any) -> bool:
+    """Whether this adapter can run ``model``: a ``TransformerBridge`` or a ``HookedTransformer``.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.adapters import transformer_lens as hk_tl
+        >>> hk_tl.is_tl_model(hk.models.tiny("gpt2")[0])
+        False
+    """
+    return is_bridge(model) or is_hooked_transformer(model)
 
 
 def model_shape(model: Any) -> ModelShape:
-    """The head geometry of a TransformerBridge.
+    """The head geometry of a TransformerBridge or HookedTransformer (from its ``cfg``).
 
     Example:
         >>> from headkit.adapters import transformer_lens as hk_tl
         >>> # hk_tl.model_shape(bridge) -> ModelShape(n_layers=18, n_heads=4, d_head=256, n_kv_heads=1)
     """
-    _require_bridge(model, "model_shape")
+    _require_tl_model(model, "model_shape")
     cfg = model.cfg
     return ModelShape(
         n_layers=cfg.n_layers,
@@ -81,6 +124,7 @@ def model_shape(model: Any) -> ModelShape:
     )
 
 
+# ------------------------------------------------------------------------------------------------- hooks
 class _SiteHook:
     """One TransformerLens hook function running a site's interventions in order."""
 
@@ -98,9 +142,12 @@ class _SiteHook:
         return activation
 
     def count_cached(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Forward pre-hook on the layer's attention: note how many tokens its KV cache already holds."""
-        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
-        self.seen = cache.get_seq_length(self.layer) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        """Forward pre-hook on the layer's attention: note how many tokens its KV cache already holds.
+
+        A bridge's attention receives the transformers cache (under whichever keyword); a HookedTransformer's
+        receives its own cache entry, which never drops keys, so nothing is found and the offset stays 0.
+        """
+        self.seen = cached_tokens(find_cache(args, kwargs), self.layer)
 
     def __repr__(self) -> str:  # TransformerLens names the torch hook after this
         return f"headkit[{', '.join(map(repr, self.interventions))}]"
@@ -109,14 +156,14 @@ class _SiteHook:
 def fwd_hooks(model: Any, *interventions: Intervention) -> list[tuple[str, Any]]:
     """TransformerLens ``fwd_hooks`` for ``run_with_hooks`` / ``model.hooks``: ``[(hook_name, fn), ...]``.
 
-    Validates every intervention against the model first. Names are the bridge's live hook names.
+    Validates every intervention against the model first. Names are the model's live hook names.
 
     Example:
         >>> import headkit as hk
         >>> from headkit.adapters import transformer_lens as hk_tl
-        >>> # logits = bridge.run_with_hooks(tokens, fwd_hooks=hk_tl.fwd_hooks(bridge, hk.zero_ablate("L1H0")))
+        >>> # logits = model.run_with_hooks(tokens, fwd_hooks=hk_tl.fwd_hooks(model, hk.zero_ablate("L1H0")))
     """
-    _require_bridge(model, "fwd_hooks")
+    _require_tl_model(model, "fwd_hooks")
     shape = model_shape(model)
     groups = plan(interventions, shape, "transformer_lens.fwd_hooks")
     _refuse_delegated_masks(model, groups)
@@ -125,27 +172,40 @@ def fwd_hooks(model: Any, *interventions: Intervention) -> list[tuple[str, Any]]
     return [(_live_name(hook_dict, site, layer), _SiteHook(site, layer, ivs)) for (site, layer), ivs in groups.items()]
 
 
+def _add_hook(point: Any, fn: Any) -> Any:
+    """Add a forward hook to a HookPoint; return its LensHandle (``add_hook`` returns it only since TL 4)."""
+    before = {id(handle) for handle in point.fwd_hooks}
+    point.add_hook(fn, dir="fwd")
+    return next(handle for handle in reversed(point.fwd_hooks) if id(handle) not in before)
+
+
+def _remove_hook(point: Any, handle: Any) -> None:
+    handle.hook.remove()
+    point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
+
+
 @contextmanager
 def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
-    """Apply interventions to every forward pass of a TransformerBridge inside the ``with`` block.
+    """Apply interventions to every forward pass of a TransformerLens model inside the ``with`` block.
 
-    Works with ``model(...)``, ``run_with_cache`` and ``generate``. Everything it attached is removed on
-    exit, also after an exception; hooks you attached yourself are left alone.
+    Works with ``model(...)``, ``run_with_cache`` and ``generate`` (see the module notes on a bridge's cached
+    generation). Everything it attached is removed on exit, also after an exception; hooks you attached
+    yourself are left alone.
 
     Example:
         >>> import headkit as hk
         >>> from headkit.adapters import transformer_lens as hk_tl
-        >>> # with hk_tl.applied(bridge, hk.zero_ablate("L1H0")):
-        >>> #     logits = bridge(tokens)
+        >>> # with hk_tl.applied(model, hk.zero_ablate("L1H0")):
+        >>> #     logits = model(tokens)
     """
     hooks = fwd_hooks(model, *interventions)
     hook_dict = model.hook_dict
-    attached = []
+    attached: list[tuple[Any, Any]] = []
     counters: list[Any] = []  # pre-hooks telling mask hooks how many keys a sliding-window cache dropped
     try:
         for name, fn in hooks:
             point = hook_dict[name]
-            attached.append((point, point.add_hook(fn, dir="fwd")))
+            attached.append((point, _add_hook(point, fn)))
             if fn.site != "z" and any(isinstance(iv, MaskAttention) for iv in fn.interventions):
                 handle = model.blocks[fn.layer].attn.register_forward_pre_hook(fn.count_cached, with_kwargs=True)
                 counters.append(handle)
@@ -154,22 +214,37 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
         for counter in counters:
             counter.remove()
         for point, handle in reversed(attached):
-            handle.hook.remove()
-            point.fwd_hooks.remove(handle)
+            _remove_hook(point, handle)
+
+
+def _cache_under_legacy_name(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Forward pre-hook on a bridge's attention: hand it the KV cache as ``past_key_values`` too.
+
+    transformers >= 5.24 passes the cache as ``cache=``; the TransformerLens 3.9/4.3 bridges read only
+    ``past_key_values`` / ``layer_past`` and would otherwise attend to the new token alone.
+    """
+    if kwargs.get("past_key_values") is not None or kwargs.get("layer_past") is not None:
+        return None
+    cache = find_cache((), kwargs)
+    if cache is None:
+        return None
+    return args, {**kwargs, "past_key_values": cache}
 
 
 class TLBackend:
-    """The headkit backend for a TransformerBridge (see :class:`headkit.backend.Backend`).
+    """The headkit backend for a TransformerBridge or HookedTransformer (see :class:`headkit.backend.Backend`).
+
+    ``tokenizer`` defaults to the model's own (a HookedTransformer built from a config has none).
 
     Example:
         >>> from headkit.adapters.transformer_lens import TLBackend
-        >>> # TLBackend(bridge).logits(tokens, hk.zero_ablate("L1H0"))
+        >>> # TLBackend(model).logits(tokens, hk.zero_ablate("L1H0"))
     """
 
-    def __init__(self, model: Any) -> None:
-        _require_bridge(model, "TLBackend")
+    def __init__(self, model: Any, tokenizer: Any = None) -> None:
+        _require_tl_model(model, "TLBackend")
         self.model = model
-        self.tokenizer = model.tokenizer
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         self.shape = model_shape(model)
 
     def applied(self, *interventions: Intervention) -> Any:
@@ -187,7 +262,8 @@ class TLBackend:
         """One forward pass with interventions applied; returns the logits.
 
         ``[batch, 1, vocab]`` if last_only; ``[n, vocab]`` for the True cells of ``positions`` (row-major),
-        the unembedding then running on those hidden states only.
+        the unembedding then running on those hidden states only. With an ``attention_mask`` TransformerLens
+        counts positions over real tokens, as the other backends do.
         """
         check_last_only(last_only, attention_mask)
         check_positions(positions, input_ids, last_only)
@@ -202,30 +278,79 @@ class TLBackend:
     def generate(
         self, input_ids: Int[torch.Tensor, "batch pos"], *interventions: Intervention, max_new_tokens: int = 20, **kwargs: Any
     ) -> Int[torch.Tensor, "batch total"]:
-        """The bridge's ``generate`` with interventions applied at every step; returns the token ids.
+        """The model's ``generate`` (KV cache on) with interventions applied at every step; returns the token ids.
 
         ``kwargs`` go to ``generate`` (``do_sample``, ``temperature``, ``top_p`` ...); greedy by default and
-        never stopping early at the end-of-sequence token (as the other backends).
+        never stopping early at the end-of-sequence token (as the other backends). On a bridge the KV cache
+        is also passed under the name TransformerLens reads, so generation is exact on every supported
+        transformers version (see the module notes). A model without a tokenizer (a HookedTransformer built
+        from a config) borrows the backend's for the call.
         """
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("stop_at_eos", False)
         kwargs.setdefault("verbose", False)
-        device = next(self.model.parameters()).device
-        with applied(self.model, *interventions):
-            return self.model.generate(input_ids.to(device), max_new_tokens=max_new_tokens, **kwargs)
+        model = self.model
+        device = next(model.parameters()).device
+        lend_tokenizer = getattr(model, "tokenizer", None) is None  # HookedTransformer.generate asserts one
+        if lend_tokenizer and self.tokenizer is None:
+            raise fail(
+                f"TLBackend.generate got a {type(model).__name__} without a tokenizer",
+                "a tokenizer: TransformerLens's generate requires one even for token ids",
+                "pass it: hk.get_backend(model, tokenizer), or call model.set_tokenizer(tokenizer)",
+            )
+        _refuse_positionless_generation(model, self.tokenizer if lend_tokenizer else model.tokenizer)
+        aliases = []
+        try:
+            if lend_tokenizer:
+                model.tokenizer = self.tokenizer
+            if is_bridge(model):
+                for block in model.blocks:
+                    hook = block.attn.register_forward_pre_hook(_cache_under_legacy_name, with_kwargs=True)
+                    aliases.append(hook)
+            with applied(model, *interventions):
+                return model.generate(input_ids.to(device), max_new_tokens=max_new_tokens, **kwargs)
+        finally:
+            for hook in aliases:
+                hook.remove()
+            if lend_tokenizer:
+                model.tokenizer = None
 
     def __repr__(self) -> str:
-        return f"TLBackend({self.shape})"
+        return f"TLBackend({type(self.model).__name__}, {self.shape})"
 
 
 # ------------------------------------------------------------------------------------------------- checks
-def _require_bridge(model: Any, owner: str) -> None:
-    if not is_bridge(model):
+def _refuse_positionless_generation(model: Any, tokenizer: Any) -> None:
+    """HeadkitError where TransformerLens 2.x's ``HookedTransformer.generate`` is known to be wrong.
+
+    Its generate builds a padding mask from a tensor of zeros, so when the tokenizer pads with id 0 every
+    token counts as padding and a model with learned positions (``standard`` / ``shortformer``) sees every
+    token at position 0 (2.16.1 and 2.18.0; fixed in 3.x, which has ``transformer_lens.model_bridge``).
+    """
+    import importlib.util
+
+    learned = getattr(model.cfg, "positional_embedding_type", None) in ("standard", "shortformer")
+    if not (is_hooked_transformer(model) and learned and getattr(tokenizer, "pad_token_id", None) == 0):
+        return
+    if importlib.util.find_spec("transformer_lens.model_bridge") is not None:
+        return
+    raise fail(
+        "TLBackend.generate got a HookedTransformer with learned positions and a tokenizer that pads with id 0, "
+        "on TransformerLens 2.x, whose generate then counts every token as padding and puts it at position 0",
+        "a tokenizer whose pad id is not 0, or TransformerLens 3.x",
+        "set tokenizer.pad_token = tokenizer.eos_token (or another token) before generating, or upgrade "
+        "TransformerLens to 3.x",
+    )
+
+
+def _require_tl_model(model: Any, owner: str) -> None:
+    if not is_tl_model(model):
         raise fail(
             f"transformer_lens.{owner} got a {type(model).__name__}",
-            "a TransformerLens 4.x TransformerBridge (HookedTransformer was removed in TransformerLens 4)",
-            "boot one with TransformerBridge.boot_transformers(...), or use headkit.adapters.huggingface "
-            "for a plain transformers model",
+            "a TransformerLens model: a TransformerBridge (TransformerLens 3.x/4.x) or a HookedTransformer "
+            "(2.x/3.x)",
+            "boot one with TransformerBridge.boot_transformers(...) or HookedTransformer.from_pretrained(...), "
+            "or use headkit.adapters.huggingface for a plain transformers model",
         )
 
 
@@ -235,24 +360,25 @@ def _live_name(hook_dict: dict[str, Any], site: Site, layer: int) -> str:
     if point is None:
         close = difflib.get_close_matches(name, list(hook_dict), n=3, cutoff=0.6)
         raise fail(
-            f"this TransformerBridge has no hook point {name!r}",
+            f"this TransformerLens model has no hook point {name!r}",
             f"the standard attention hook points (closest here: {close})",
-            "use a bridge whose attention exposes hook_z, hook_attn_scores and hook_pattern",
+            "use a model whose attention exposes hook_z, hook_attn_scores and hook_pattern",
         )
     return point.name or name
 
 
-def _refuse_delegated_masks(model: Any, groups: dict[tuple[Site, int], list[Intervention]]) -> None:
-    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
-    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
-        PositionEmbeddingsAttentionBridge,
-    )
+_SELF_COMPUTED_ATTENTION = ("PositionEmbeddingsAttentionBridge", "JointQKVAttentionBridge")
+"""Bridge attention classes (and their subclasses) that compute attention themselves, so scores edits count."""
 
+
+def _refuse_delegated_masks(model: Any, groups: dict[tuple[Site, int], list[Intervention]]) -> None:
+    if not is_bridge(model):  # a HookedTransformer computes every attention itself
+        return
     for (site, layer), ivs in groups.items():
         if site != "scores" or not any(isinstance(iv, MaskAttention) for iv in ivs):
             continue
         attn = model.blocks[layer].attn
-        if not isinstance(attn, (PositionEmbeddingsAttentionBridge, JointQKVAttentionBridge)):
+        if not any(cls.__name__ in _SELF_COMPUTED_ATTENTION for cls in type(attn).__mro__):
             raise fail(
                 f"mask_attention got layer {layer} of a bridge whose attention ({type(attn).__name__}) is "
                 f"computed by transformers, where TransformerLens discards edits to hook_attn_scores",
@@ -261,15 +387,54 @@ def _refuse_delegated_masks(model: Any, groups: dict[tuple[Site, int], list[Inte
             )
 
 
+_WARNED: weakref.WeakSet[Any] = weakref.WeakSet()  # models already warned about folded value biases
+
+
+def value_biases_folded(model: Any) -> bool:
+    """Whether a TransformerLens model may have its value biases folded into the output biases.
+
+    A bridge says so itself (its weights were processed, as ``enable_compatibility_mode()`` does). A
+    HookedTransformer keeps no record, so this reads the weights: every value bias exactly 0 while some
+    output bias is not, which is what ``fold_value_biases=True`` leaves (a model without biases, or one
+    loaded without processing, has both zero or a non-zero b_V).
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.adapters import transformer_lens as hk_tl
+        >>> hk_tl.value_biases_folded(hk.models.tiny("gpt2")[0])  # no TransformerLens b_V: nothing folded
+        False
+        >>> # hk_tl.value_biases_folded(HookedTransformer.from_pretrained("gpt2"))  -> True
+    """
+    if is_bridge(model):
+        return bool(getattr(model, "_weights_processed", False))
+    values, outputs = [], []
+    for name, param in model.named_parameters():
+        if name.endswith(("attn.b_V", "attn._b_V")):
+            values.append(param)
+        elif name.endswith("attn.b_O"):
+            outputs.append(param)
+    if not values or not outputs:
+        return False
+    with torch.no_grad():
+        return all(not v.any() for v in values) and any(o.any() for o in outputs)
+
+
 def _warn_folded_value_biases(model: Any, interventions: tuple[Intervention, ...]) -> None:
-    if getattr(model, "_weights_processed", False) and any(
-        isinstance(iv, (ZeroAblate, MeanAblate)) for iv in interventions
-    ):
-        warnings.warn(
-            "headkit: this bridge's weights were processed (enable_compatibility_mode). If value biases were "
-            "folded into b_O (fold_value_biases=True, the default), ablating hook_z leaves each head's value "
-            "bias in the output. For exact ablation use enable_compatibility_mode(no_processing=True) or "
-            "fold_value_biases=False.",
-            UserWarning,
-            stacklevel=3,
-        )
+    if model in _WARNED or not any(isinstance(iv, (ZeroAblate, MeanAblate, Gate)) for iv in interventions):
+        return
+    if not value_biases_folded(model):
+        return
+    _WARNED.add(model)
+    how = (
+        "enable_compatibility_mode(no_processing=True) or fold_value_biases=False"
+        if is_bridge(model)
+        else "HookedTransformer.from_pretrained_no_processing(...) or from_pretrained(..., fold_value_biases=False)"
+    )
+    warnings.warn(
+        f"headkit: this {type(model).__name__}'s value biases look folded into b_O (fold_value_biases=True, "
+        "TransformerLens's default weight processing), so ablating or gating hook_z leaves each head's "
+        f"W_O b_V in the output: the head is not fully removed. For exact ablation load it with {how}. "
+        "(Warned once per model.)",
+        UserWarning,
+        stacklevel=4,
+    )

@@ -169,7 +169,7 @@ def plan(
 
 
 def get_backend(model: Any, tokenizer: Any = None) -> Backend:
-    """The headkit backend for a model: a transformers model, a TransformerLens bridge, an nnsight model.
+    """The headkit backend for a model: transformers, a TransformerLens bridge or HookedTransformer, nnsight.
 
     Only frameworks that are already imported are considered, so headkit never imports one you do not use.
 
@@ -191,8 +191,8 @@ def get_backend(model: Any, tokenizer: Any = None) -> Backend:
     if "transformer_lens" in sys.modules:
         from headkit.adapters import transformer_lens as tl
 
-        if tl.is_bridge(model):
-            return tl.TLBackend(model)
+        if tl.is_tl_model(model):  # recognised by class name: imports nothing from TransformerLens
+            return tl.TLBackend(model, tokenizer)
     if "transformers" in sys.modules:
         import transformers
 
@@ -203,6 +203,6 @@ def get_backend(model: Any, tokenizer: Any = None) -> Backend:
     raise fail(
         f"get_backend got a {type(model).__module__}.{type(model).__name__}",
         "a transformers PreTrainedModel (GPT-2, GPT-NeoX, Llama, Qwen2, Gemma 3), a TransformerLens "
-        "TransformerBridge, an nnsight model, or a headkit backend",
+        "TransformerBridge or HookedTransformer, an nnsight model, or a headkit backend",
         "load the model with transformers or TransformerLens, or wrap it in an adapter's backend",
     )

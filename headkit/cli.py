@@ -599,8 +599,10 @@ def _bridge(model: Any, tokenizer: Any) -> Any:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError:
         raise hk.HeadkitError(
-            "demo --adapter transformer_lens could not import transformer_lens; expected TransformerLens 4.x. "
-            "Fix: pip install 'headkit[transformer-lens]'"
+            "--adapter transformer_lens found no transformer_lens.model_bridge (TransformerLens is not installed, "
+            "or it is 2.x, which has no TransformerBridge); expected TransformerLens 3.x or 4.x, which can wrap "
+            "the default model. Fix: pip install 'headkit[transformer-lens]' in a fresh environment, or drop "
+            "--adapter (a 2.x HookedTransformer works through the Python API: hk.get_backend(model, tokenizer))"
         ) from None
     return TransformerBridge.boot_transformers("gemma-3-270m", hf_model=model, tokenizer=tokenizer, device="cpu")
 

@@ -21,7 +21,7 @@ import torch
 
 from headkit.errors import describe, fail
 from headkit.heads import Heads, coerce
-from headkit.sites import LAYOUTS, parse_hook_name
+from headkit.sites import LAYOUTS, parse_hook_name, tl_hook_name
 
 if TYPE_CHECKING:  # jaxtyping is for readers and type checkers; nothing here needs it at run time
     from jaxtyping import Bool, Float
@@ -86,7 +86,23 @@ class Intervention:
         TransformerLens passes ``hook`` by keyword (its wrappers sometimes positionally; both work).
         """
         site, layer = parse_hook_name(getattr(hook, "name", None), repr(self), self.sites)
-        return self.edit(site, layer, activation, where=hook.name)
+        if not self.acts_on(layer):
+            layers = list(self.heads.layers)  # type: ignore[attr-defined]
+            raise fail(
+                f"{self!r} was called at hook point {hook.name!r}, in layer {layer}",
+                f"a hook point in one of its layers {layers} (elsewhere it would silently do nothing)",
+                f"attach it at {tl_hook_name(site, layers[0])!r} (one entry per layer), or let an adapter place "
+                "it: fwd_hooks=headkit.adapters.transformer_lens.fwd_hooks(model, ...)",
+            )
+        return self.hook_edit(site, layer, activation, hook.name)
+
+    def acts_on(self, layer: int) -> bool:
+        """Whether this intervention edits (or reads) anything in ``layer``."""
+        return layer in self.heads.layers  # type: ignore[attr-defined]
+
+    def hook_edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+        """The edit made when called as a plain TransformerLens hook (the same as :meth:`edit` unless overridden)."""
+        return self.edit(site, layer, activation, where)
 
     def _check(self, site: Site, act: torch.Tensor, where: str, heads: Sequence[int]) -> None:
         """Check an activation's layout at run time, naming the hook point."""
@@ -283,6 +299,9 @@ class Gate(Intervention):
     def layers(self, n_layers: int) -> tuple[int, ...]:
         return tuple(range(n_layers))
 
+    def acts_on(self, layer: int) -> bool:
+        return True  # every layer; edit() names a layer beyond the values
+
     def validate(self, shape: ModelShape) -> None:
         if tuple(self.values.shape[-2:]) != (shape.n_layers, shape.n_heads):
             lead = "[batch, " if self.per_row else "["
@@ -404,12 +423,28 @@ class MaskAttention(Intervention):
             return self.mask_scores(layer, activation, where, k_start)[0]
         # pattern: zero rows whose attention went only to blocked keys. After mask_scores that is exactly
         # the dead rows (a live row puts all its mass on unblocked keys), so no state passes between hooks.
+        # A NaN row in the chosen heads and queries is one a plain scores hook blocked entirely (hook_edit).
         self._check(site, activation, where, self.heads.in_layer(layer))
         b, h, q, k = activation.shape
         blocked = self.blocked(layer, h, b, q, k, activation.device, where, k_start)
         attended = activation > 0
         dead = attended.any(-1) & ~(attended & ~blocked).any(-1)
+        dead = dead | (activation.isnan().any(-1) & blocked.any(-1))
         return activation.masked_fill(dead[..., None], 0)
+
+    def hook_edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+        """As a plain ``hook_attn_scores`` hook, a query left with no key gets -inf on every key.
+
+        That is what a hand-written -inf hook does: TransformerLens 2.x/3.x ``HookedTransformer`` and
+        bridges in compatibility mode turn such a row into zero attention; a default-mode bridge (whose
+        causal mask holds ``finfo.min``) gives NaN there unless the mask is also attached at
+        ``hook_pattern``, where :meth:`edit` zeroes the row. (Through an adapter the row is left unmasked
+        and zeroed after softmax instead, so no NaN arises, also in gradients.)
+        """
+        if site != "scores" or not self.heads.in_layer(layer):
+            return self.edit(site, layer, activation, where)
+        scores, dead = self.mask_scores(layer, activation, where)
+        return scores.masked_fill(dead[..., None], float("-inf"))
 
     def __repr__(self) -> str:
         queries = "" if self.queries is None else f", queries={_spec_repr(self.queries)}"
@@ -596,6 +631,9 @@ class _SumZ(Intervention):
 
     def layers(self, n_layers: int) -> tuple[int, ...]:
         return tuple(range(n_layers))
+
+    def acts_on(self, layer: int) -> bool:
+        return True
 
     def validate(self, shape: ModelShape) -> None:
         pass

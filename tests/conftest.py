@@ -12,11 +12,34 @@ import pytest
 import torch
 
 import headkit as hk
+from tests.hooked import HOOKED_ARCHS, hooked_from, hooked_transformer_available
 
 ARCHS = ["gpt2", "neox", "llama", "qwen2", "gemma3"]
 ADAPTERS = ["hf-eager", "hf-sdpa", "tl", "tl-compat", "nnsight-eager", "nnsight-sdpa", "nnsight-remote"]
-"""nnsight-remote: traces serialised and rebuilt without headkit or jaxtyping, as on NDIF (tests/ndif.py)."""
+"""nnsight-remote: traces serialised and rebuilt without headkit or jaxtyping, as on NDIF (tests/ndif.py).
+tl / tl-compat: a TransformerBridge (TransformerLens 3.x/4.x), default and compatibility mode.
+tl-hooked: a HookedTransformer (TransformerLens 2.x/3.x) with the tiny model's weights (tests/hooked.py).
+
+HEADKIT_TEST_ADAPTERS (comma-separated) replaces the list: CI's legacy-TransformerLens virtualenvs run
+``tl-hooked`` (and the 3.x bridge); the full install runs the seven above, each required to import.
+"""
+if os.environ.get("HEADKIT_TEST_ADAPTERS"):
+    ADAPTERS = [name.strip() for name in os.environ["HEADKIT_TEST_ADAPTERS"].split(",") if name.strip()]
 EAGER = ("hf-eager", "nnsight-eager", "nnsight-remote")
+
+
+def require_framework(adapter: str) -> None:
+    """Skip a test pinned to an adapter whose framework this virtualenv lacks (CI's legacy virtualenvs).
+
+    TransformerLens 2.x has no TransformerBridge, 4.x no HookedTransformer; nnsight is not installed there.
+    """
+    if adapter.startswith("nnsight"):
+        pytest.importorskip("nnsight")
+    elif adapter == "tl-hooked":
+        if not hooked_transformer_available():
+            pytest.skip("this TransformerLens has no HookedTransformer (removed in 4.0)")
+    elif adapter.startswith("tl"):
+        pytest.importorskip("transformer_lens.model_bridge", reason="this TransformerLens has no TransformerBridge")
 
 
 class Runner:
@@ -24,8 +47,20 @@ class Runner:
 
     def __init__(self, adapter: str, arch: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> None:
         self.adapter, self.arch = adapter, arch
+        require_framework(adapter)
         impl = "eager" if adapter in EAGER else "sdpa"
         self.plain, self.tokenizer = hk.models.tiny(arch, dtype=dtype, seed=seed, attn_implementation=impl)
+        if adapter == "tl-hooked":
+            if arch not in HOOKED_ARCHS:
+                pytest.skip(f"no HookedTransformer conversion of the tiny {arch} here (tests/hooked.py: {HOOKED_ARCHS})")
+            from headkit.adapters import transformer_lens as module
+
+            self.model = hooked_from(self.plain, arch)
+            self.tokenizer = hk.models.tiny_tokenizer()
+            self.tokenizer.pad_token = self.tokenizer.eos_token  # TL 2.x generate mistakes id 0 for padding
+            self.module, self.backend = module, hk.get_backend(self.model, self.tokenizer)
+            self.shape = self.backend.shape
+            return
         if adapter.startswith("nnsight"):
             from nnsight import TransformersModel
 
@@ -55,6 +90,9 @@ class Runner:
 
     def same_path(self, model):
         """Logits of another transformers model through this runner's framework path (a reference)."""
+        if self.adapter == "tl-hooked":
+            hooked = hooked_from(model, self.arch)
+            return lambda ids, **kw: hooked(ids, **kw)
         if self.adapter.startswith("tl"):
             from transformer_lens.model_bridge import TransformerBridge
 
@@ -76,6 +114,18 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"Runner({self.adapter}, {self.arch})"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave out the (tl-hooked, architecture) pairs that tests/hooked.py cannot convert, instead of skipping."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        unsupported = params.get("adapter") == "tl-hooked" and params.get("arch", HOOKED_ARCHS[0]) not in HOOKED_ARCHS
+        (drop if unsupported else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(params=ADAPTERS)

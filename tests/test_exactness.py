@@ -41,9 +41,9 @@ def generate(runner, ids, interventions, max_new_tokens):
                 hk_nn.apply(model, *interventions)
             tokens = tracer.result.save()
         return tokens
+    if runner.adapter.startswith("tl"):  # headkit's path: the bridge's own cached generate is broken upstream
+        return runner.backend.generate(ids, *interventions, max_new_tokens=max_new_tokens)  # on transformers >= 5.24
     with runner.applied(*interventions):
-        if runner.adapter.startswith("tl"):
-            return runner.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=False, verbose=False)
         return runner.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
 
 
@@ -435,5 +435,5 @@ def test_backend_generate_equals_recomputing_every_step_without_cache(runner):
     assert torch.equal(got, seq[:, : got.shape[1]])
     if got.shape[1] < seq.shape[1]:  # stopped early: only at the end-of-sequence token
         assert int(got[0, -1]) == 2
-    plain = runner.backend.generate(ids, max_new_tokens=7).cpu()
-    assert not torch.equal(plain[:, : got.shape[1]], got) or got.shape[1] == ids.shape[1] + 1
+    with torch.no_grad():  # the interventions act on this sequence (the tokens may still coincide)
+        assert max_diff(runner.backend.logits(seq, *interventions), runner.backend.logits(seq)) > 1e-3

@@ -30,8 +30,16 @@ def test_zero_ablate_zeroes_exactly_the_chosen_heads_and_leaves_the_input_alone(
     want = before.clone()
     want[:, :, [0, 2]] = 0
     assert torch.equal(out, want) and torch.equal(z, before)
-    # other layers pass through unchanged; the canonical TransformerBridge name works too
-    assert torch.equal(hk.zero_ablate("L1H0")(z, hook=hook("blocks.0.attn.o.hook_in")), before)
+    # the canonical TransformerBridge name works too; a hook of a layer it does not act on is refused
+    only_h0 = before.clone()
+    only_h0[:, :, 0] = 0
+    assert torch.equal(hk.zero_ablate("L1H0")(z, hook=hook("blocks.1.attn.o.hook_in")), only_h0)
+    for name in ("blocks.0.attn.o.hook_in", "blocks.0.attn.hook_z"):
+        with pytest.raises(hk.HeadkitError, match=r"in layer 0; expected a hook point in one of its layers \[1\].*blocks\.1\.attn\.hook_z"):
+            hk.zero_ablate("L1H0")(z, hook=hook(name))
+    for iv in (hk.mask_attention("L1H0", keys=[(0, 1)]), hk.capture_attention("L2H1")):  # every kind of intervention
+        with pytest.raises(hk.HeadkitError, match="in layer 0"):
+            iv(torch.zeros(1, 4, 3, 3), hook=hook("blocks.0.attn.hook_pattern"))
 
 
 def test_inplace_writes_into_the_activation():

@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 import headkit as hk
 from headkit.adapters import transformer_lens as hk_tl
@@ -16,21 +15,37 @@ from tests import reference as ref
 from tests.conftest import Runner, max_diff, token_ids
 
 
-def test_interventions_are_transformer_lens_hooks_themselves():
-    runner = Runner("tl", "llama")
+@pytest.fixture(params=["tl", "tl-compat", "tl-hooked"])
+def tl_runner(request):
+    """A tiny Llama behind every kind of TransformerLens model this virtualenv has (bridge 3.x/4.x, HookedTransformer)."""
+    return Runner(request.param, "llama")
+
+
+def test_interventions_are_transformer_lens_hooks_themselves(tl_runner):
+    runner = tl_runner
     ids = token_ids()
     ablate = hk.zero_ablate("L1H2")
     direct = runner.model.run_with_hooks(ids, fwd_hooks=[("blocks.1.attn.hook_z", ablate)])
     assert torch.equal(direct, runner.logits(ids, ablate))
-    # a filter over every hook_z: the object ignores layers it does not act on
-    swept = runner.model.run_with_hooks(ids, fwd_hooks=[(lambda name: name.endswith("hook_z"), ablate)])
-    assert torch.equal(swept, direct)
+    assert max_diff(direct, runner.logits(ids)) > 1e-3
+    # a hook point of a layer it does not act on: refused (it would silently do nothing), model untouched
+    for where in ["blocks.0.attn.hook_z", lambda name: name.endswith("hook_z")]:
+        with pytest.raises(hk.HeadkitError, match=r"ZeroAblate\(heads='L1H2'\) was called at hook point "
+                           r"'blocks\.0\.attn\.(hook_z|o\.hook_in)', in layer 0.*Fix: attach it at 'blocks\.1\.attn\.hook_z'"):
+            runner.model.run_with_hooks(ids, fwd_hooks=[(where, ablate)])
+    assert torch.equal(runner.model(ids), runner.logits(ids))
+    # a gate covers every layer, so a filter over every hook_z is fine for it
+    g = torch.ones(2, 4)
+    g[1, 2] = 0
+    swept = runner.model.run_with_hooks(ids, fwd_hooks=[(lambda name: name.endswith("hook_z"), hk.gate(g))])
+    assert max_diff(swept, direct) <= 1e-6
     # hook passed positionally (as some TransformerLens wrappers do) works too
     z, point = torch.randn(2, 3, 4, 16), runner.model.hook_dict["blocks.1.attn.hook_z"]
     assert torch.equal(ablate(z, point), ablate(z, hook=point))
-    # remove_batch_dim squeezes the batch axis away: refused with the layout it expects
-    with pytest.raises(hk.HeadkitError, match=r"got activation f32\[9, 4, 16\]; expected the z layout \[batch, pos"):
-        runner.model.run_with_hooks(ids[:1], fwd_hooks=[("blocks.1.attn.hook_z", ablate)], remove_batch_dim=True)
+    # remove_batch_dim squeezes the batch axis away: refused with the layout it expects (bridges' run_with_hooks)
+    if hk_tl.is_bridge(runner.model):
+        with pytest.raises(hk.HeadkitError, match=r"got activation f32\[9, 4, 16\]; expected the z layout \[batch, pos"):
+            runner.model.run_with_hooks(ids[:1], fwd_hooks=[("blocks.1.attn.hook_z", ablate)], remove_batch_dim=True)
     mask = hk.mask_attention("L0H1", keys=[(0, 3)])
     by_hand = runner.model.run_with_hooks(
         ids, fwd_hooks=[("blocks.0.attn.hook_attn_scores", mask), ("blocks.0.attn.hook_pattern", mask)]
@@ -68,6 +83,7 @@ def opt_bridge():
     hf = OPTForCausalLM(config).eval()
     hf.set_attn_implementation("eager")
     plain = copy.deepcopy(hf)
+    TransformerBridge = pytest.importorskip("transformer_lens.model_bridge").TransformerBridge
     bridge = TransformerBridge.boot_transformers("tiny/opt", hf_model=hf, tokenizer=hk.models.tiny_tokenizer(), device="cpu")
     return bridge, plain
 
