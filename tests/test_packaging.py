@@ -113,5 +113,7 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, commands  # exactly two: install + the main job, install + tests
     assert commands[0].endswith("&& headkit mc")
     assert "plot" in commands[0].split("&&")[0]  # the main job writes figures: matplotlib must be installed
-    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
-    assert ci[-1] == commands[1]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci  # the README's test command, as a line of its own
+    assert ci[1 + ci.index(commands[1]) :], "CI goes on to the oldest and legacy versions"
+    assert "set -euo pipefail" in ci  # any failing step fails CI
