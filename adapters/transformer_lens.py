@@ -174,9 +174,18 @@ def fwd_hooks(model: Any, *interventions: Intervention) -> list[tuple[str, Any]]
 
 def _add_hook(point: Any, fn: Any) -> Any:
     """Add a forward hook to a HookPoint; return its LensHandle (``add_hook`` returns it only since TL 4)."""
-    before = {id(handle) for handle in point.fwd_hooks}
-    point.add_hook(fn, dir="fwd")
-    return next(handle for handle in reversed(point.fwd_hooks) if id(handle) not in before)
+    before = list(point.fwd_hooks)  # held, so no id is reused while we look
+    returned = point.add_hook(fn, dir="fwd")
+    added = [handle for handle in point.fwd_hooks if not any(handle is old for old in before)]
+    if len(added) == 1:
+        return added[0]
+    if returned is not None:
+        return returned
+    raise fail(  # unreachable with TransformerLens 2-4; never leave a hook we cannot remove unreported
+        f"headkit added a hook at {point.name!r} but found {len(added)} new handles there",
+        "exactly one new LensHandle per add_hook call",
+        "report this with your TransformerLens version; meanwhile call model.reset_hooks() after the block",
+    )
 
 
 def _remove_hook(point: Any, handle: Any) -> None:
@@ -303,10 +312,11 @@ class TLBackend:
         try:
             if lend_tokenizer:
                 model.tokenizer = self.tokenizer
-            if is_bridge(model):
+            if is_bridge(model):  # only attention TransformerLens computes reads the cache itself
                 for block in model.blocks:
-                    hook = block.attn.register_forward_pre_hook(_cache_under_legacy_name, with_kwargs=True)
-                    aliases.append(hook)
+                    if _computes_attention(block.attn):
+                        hook = block.attn.register_forward_pre_hook(_cache_under_legacy_name, with_kwargs=True)
+                        aliases.append(hook)
             with applied(model, *interventions):
                 return model.generate(input_ids.to(device), max_new_tokens=max_new_tokens, **kwargs)
         finally:
@@ -371,6 +381,10 @@ _SELF_COMPUTED_ATTENTION = ("PositionEmbeddingsAttentionBridge", "JointQKVAttent
 """Bridge attention classes (and their subclasses) that compute attention themselves, so scores edits count."""
 
 
+def _computes_attention(attn: Any) -> bool:
+    return any(cls.__name__ in _SELF_COMPUTED_ATTENTION for cls in type(attn).__mro__)
+
+
 def _refuse_delegated_masks(model: Any, groups: dict[tuple[Site, int], list[Intervention]]) -> None:
     if not is_bridge(model):  # a HookedTransformer computes every attention itself
         return
@@ -378,7 +392,7 @@ def _refuse_delegated_masks(model: Any, groups: dict[tuple[Site, int], list[Inte
         if site != "scores" or not any(isinstance(iv, MaskAttention) for iv in ivs):
             continue
         attn = model.blocks[layer].attn
-        if not any(cls.__name__ in _SELF_COMPUTED_ATTENTION for cls in type(attn).__mro__):
+        if not _computes_attention(attn):
             raise fail(
                 f"mask_attention got layer {layer} of a bridge whose attention ({type(attn).__name__}) is "
                 f"computed by transformers, where TransformerLens discards edits to hook_attn_scores",
@@ -415,8 +429,8 @@ def value_biases_folded(model: Any) -> bool:
             outputs.append(param)
     if not values or not outputs:
         return False
-    with torch.no_grad():
-        return all(not v.any() for v in values) and any(o.any() for o in outputs)
+    with torch.no_grad():  # two device syncs, whatever the depth
+        return not torch.cat([v.flatten() for v in values]).any() and bool(torch.cat([o.flatten() for o in outputs]).any())
 
 
 def _warn_folded_value_biases(model: Any, interventions: tuple[Intervention, ...]) -> None:
@@ -430,11 +444,25 @@ def _warn_folded_value_biases(model: Any, interventions: tuple[Intervention, ...
         if is_bridge(model)
         else "HookedTransformer.from_pretrained_no_processing(...) or from_pretrained(..., fold_value_biases=False)"
     )
-    warnings.warn(
-        f"headkit: this {type(model).__name__}'s value biases look folded into b_O (fold_value_biases=True, "
+    name = getattr(model.cfg, "model_name", None) or type(model).__name__
+    warnings.warn(  # model-specific text, so Python's once-per-location filter does not hide a second model
+        f"headkit: {name} (model at {id(model):#x})'s value biases look folded into b_O (fold_value_biases=True, "
         "TransformerLens's default weight processing), so ablating or gating hook_z leaves each head's "
         f"W_O b_V in the output: the head is not fully removed. For exact ablation load it with {how}. "
         "(Warned once per model.)",
         UserWarning,
-        stacklevel=4,
+        stacklevel=_caller_level(),
     )
+
+
+def _caller_level() -> int:
+    """The stacklevel of the first frame outside headkit and contextlib (where the warning belongs)."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not (module == "headkit" or module.startswith(("headkit.", "contextlib"))):
+            return level
+        frame, level = frame.f_back, level + 1
+    return level

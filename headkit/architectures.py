@@ -185,8 +185,9 @@ def find_cache(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The KV cache among a module call's arguments, whatever keyword carries it (or None).
 
     transformers has passed it as ``past_key_values``, ``layer_past`` (GPT-NeoX) and, since 5.24, ``cache``;
-    callers may pass it positionally. A cache is recognised by what it does (``get_seq_length`` and
-    ``update``), so this module needs no transformers import and runs on a remote server too.
+    those keywords are tried first, then any other argument (callers may pass it positionally). A cache is
+    recognised by what it does (``get_seq_length`` and ``update``), so this module needs no transformers
+    import and runs on a remote server too.
 
     Example:
         >>> from transformers import DynamicCache
@@ -195,7 +196,8 @@ def find_cache(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         >>> find_cache((), {"cache": cache}) is cache, find_cache((), {"past_key_values": None})
         (True, None)
     """
-    for value in (*kwargs.values(), *args):
+    known = [kwargs.get(name) for name in ("cache", "past_key_values", "layer_past")]
+    for value in (*known, *kwargs.values(), *args):
         if callable(getattr(value, "get_seq_length", None)) and callable(getattr(value, "update", None)):
             return value
     return None
@@ -212,9 +214,4 @@ def cached_tokens(cache: Any, layer: int) -> int:
         >>> cached_tokens(None, 0)
         0
     """
-    if cache is None:
-        return 0
-    try:
-        return int(cache.get_seq_length(layer))
-    except TypeError:  # a cache whose get_seq_length takes no layer
-        return int(cache.get_seq_length())
+    return 0 if cache is None else int(cache.get_seq_length(layer))

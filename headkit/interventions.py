@@ -423,13 +423,11 @@ class MaskAttention(Intervention):
             return self.mask_scores(layer, activation, where, k_start)[0]
         # pattern: zero rows whose attention went only to blocked keys. After mask_scores that is exactly
         # the dead rows (a live row puts all its mass on unblocked keys), so no state passes between hooks.
-        # A NaN row in the chosen heads and queries is one a plain scores hook blocked entirely (hook_edit).
         self._check(site, activation, where, self.heads.in_layer(layer))
         b, h, q, k = activation.shape
         blocked = self.blocked(layer, h, b, q, k, activation.device, where, k_start)
         attended = activation > 0
         dead = attended.any(-1) & ~(attended & ~blocked).any(-1)
-        dead = dead | (activation.isnan().any(-1) & blocked.any(-1))
         return activation.masked_fill(dead[..., None], 0)
 
     def hook_edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
@@ -441,10 +439,16 @@ class MaskAttention(Intervention):
         ``hook_pattern``, where :meth:`edit` zeroes the row. (Through an adapter the row is left unmasked
         and zeroed after softmax instead, so no NaN arises, also in gradients.)
         """
-        if site != "scores" or not self.heads.in_layer(layer):
-            return self.edit(site, layer, activation, where)
-        scores, dead = self.mask_scores(layer, activation, where)
-        return scores.masked_fill(dead[..., None], float("-inf"))
+        if not self.heads.in_layer(layer):
+            return activation
+        if site == "scores":
+            scores, dead = self.mask_scores(layer, activation, where)
+            return scores.masked_fill(dead[..., None], float("-inf"))
+        # pattern: also zero the all-NaN rows that such a fully -inf row becomes in a default-mode bridge
+        pattern = self.edit(site, layer, activation, where)
+        b, h, q, k = pattern.shape
+        blocked = self.blocked(layer, h, b, q, k, pattern.device, where).any(-1)  # the mask's heads and queries
+        return pattern.masked_fill((pattern.isnan().all(-1) & blocked)[..., None], 0)
 
     def __repr__(self) -> str:
         queries = "" if self.queries is None else f", queries={_spec_repr(self.queries)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach a model hub
@@ -23,23 +24,42 @@ tl-hooked: a HookedTransformer (TransformerLens 2.x/3.x) with the tiny model's w
 HEADKIT_TEST_ADAPTERS (comma-separated) replaces the list: CI's legacy-TransformerLens virtualenvs run
 ``tl-hooked`` (and the 3.x bridge); the full install runs the seven above, each required to import.
 """
-if os.environ.get("HEADKIT_TEST_ADAPTERS"):
-    ADAPTERS = [name.strip() for name in os.environ["HEADKIT_TEST_ADAPTERS"].split(",") if name.strip()]
+PARTIAL_INSTALL = bool(os.environ.get("HEADKIT_TEST_ADAPTERS"))
+"""Set in CI's legacy virtualenvs: only there may a missing framework skip a test instead of failing it."""
+if PARTIAL_INSTALL:
+    _chosen = [name.strip() for name in os.environ["HEADKIT_TEST_ADAPTERS"].split(",") if name.strip()]
+    _unknown = sorted(set(_chosen) - {*ADAPTERS, "tl-hooked"})
+    if _unknown:
+        raise pytest.UsageError(f"HEADKIT_TEST_ADAPTERS names unknown adapters {_unknown}; known: {ADAPTERS + ['tl-hooked']}")
+    ADAPTERS = _chosen
 EAGER = ("hf-eager", "nnsight-eager", "nnsight-remote")
+
+
+def require(module: str, reason: str = "") -> None:
+    """Import a framework module; skip the test if it is missing in a partial install, else fail loudly.
+
+    A full install (no HEADKIT_TEST_ADAPTERS) has every framework: a broken import there (say, a new
+    transformers release breaking nnsight) must fail the suite, not turn into skips.
+    """
+    if PARTIAL_INSTALL:
+        pytest.importorskip(module, reason=reason or None)
+    else:
+        importlib.import_module(module)
 
 
 def require_framework(adapter: str) -> None:
     """Skip a test pinned to an adapter whose framework this virtualenv lacks (CI's legacy virtualenvs).
 
-    TransformerLens 2.x has no TransformerBridge, 4.x no HookedTransformer; nnsight is not installed there.
+    TransformerLens 2.x has no TransformerBridge, 4.x no HookedTransformer (a skip in every install);
+    nnsight is not installed in the legacy virtualenvs.
     """
     if adapter.startswith("nnsight"):
-        pytest.importorskip("nnsight")
+        require("nnsight")
     elif adapter == "tl-hooked":
         if not hooked_transformer_available():
             pytest.skip("this TransformerLens has no HookedTransformer (removed in 4.0)")
     elif adapter.startswith("tl"):
-        pytest.importorskip("transformer_lens.model_bridge", reason="this TransformerLens has no TransformerBridge")
+        require("transformer_lens.model_bridge", "this TransformerLens has no TransformerBridge")
 
 
 class Runner:

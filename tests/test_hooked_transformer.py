@@ -180,6 +180,9 @@ def test_a_query_left_without_keys_gets_a_zero_row_through_the_adapter_and_plain
 def test_upstream_generate_baselines_without_headkit(kind):
     """What TransformerLens's own cached generate gives with no intervention, against recomputing each step.
 
+    A canary: it asserts the upstream bugs are there, so it fails the day a release fixes one (then the
+    workaround in TLBackend.generate, or the refusal, can go).
+
     Bridges (3.9, 4.3) read the KV cache only as past_key_values, which transformers stopped passing in 5.24;
     HookedTransformer 2.x builds its padding mask from zeros, so a tokenizer padding with 0 loses positions.
     headkit's TLBackend.generate is exact in both cases (test_exactness.py); these show the upstream part.
@@ -214,6 +217,9 @@ def test_generate_lends_the_backend_tokenizer_and_takes_it_back():
     runner = Runner("tl-hooked", "llama")
     assert runner.model.tokenizer is None
     runner.backend.generate(token_ids(batch=1, pos=4), max_new_tokens=2)
+    assert runner.model.tokenizer is None
+    with pytest.raises(hk.HeadkitError, match="L7H0"):  # taken back after an error too
+        runner.backend.generate(token_ids(batch=1, pos=4), hk.zero_ablate("L7H0"), max_new_tokens=2)
     assert runner.model.tokenizer is None
     with pytest.raises(hk.HeadkitError, match=r"without a tokenizer.*get_backend\(model, tokenizer\)"):
         hk_tl.TLBackend(runner.model).generate(token_ids(batch=1, pos=4), max_new_tokens=2)

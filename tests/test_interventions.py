@@ -37,7 +37,7 @@ def test_zero_ablate_zeroes_exactly_the_chosen_heads_and_leaves_the_input_alone(
     for name in ("blocks.0.attn.o.hook_in", "blocks.0.attn.hook_z"):
         with pytest.raises(hk.HeadkitError, match=r"in layer 0; expected a hook point in one of its layers \[1\].*blocks\.1\.attn\.hook_z"):
             hk.zero_ablate("L1H0")(z, hook=hook(name))
-    for iv in (hk.mask_attention("L1H0", keys=[(0, 1)]), hk.capture_attention("L2H1")):  # every kind of intervention
+    for iv in (hk.mask_attention("L1H0", keys=[(0, 1)]), hk.capture_attention("L2H1")):  # attention sites too
         with pytest.raises(hk.HeadkitError, match="in layer 0"):
             iv(torch.zeros(1, 4, 3, 3), hook=hook("blocks.0.attn.hook_pattern"))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import headkit as hk
+from tests.conftest import require
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -21,7 +22,7 @@ def python_blocks(section: str) -> list[str]:
 
 @pytest.fixture
 def nnsight_blocks():
-    pytest.importorskip("nnsight")
+    require("nnsight")
     blocks = python_blocks("nnsight (local, and remote on NDIF)")
     assert len(blocks) == 2, "the nnsight section has a local and a remote example"
     return blocks

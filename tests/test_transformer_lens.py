@@ -12,7 +12,7 @@ import torch
 import headkit as hk
 from headkit.adapters import transformer_lens as hk_tl
 from tests import reference as ref
-from tests.conftest import Runner, max_diff, token_ids
+from tests.conftest import Runner, max_diff, require, token_ids
 
 
 @pytest.fixture(params=["tl", "tl-compat", "tl-hooked"])
@@ -83,7 +83,9 @@ def opt_bridge():
     hf = OPTForCausalLM(config).eval()
     hf.set_attn_implementation("eager")
     plain = copy.deepcopy(hf)
-    TransformerBridge = pytest.importorskip("transformer_lens.model_bridge").TransformerBridge
+    require("transformer_lens.model_bridge", "this TransformerLens has no TransformerBridge")
+    from transformer_lens.model_bridge import TransformerBridge
+
     bridge = TransformerBridge.boot_transformers("tiny/opt", hf_model=hf, tokenizer=hk.models.tiny_tokenizer(), device="cpu")
     return bridge, plain
 
