@@ -254,6 +254,9 @@ def study(
     first = int((attn.sum(0) > 0).nonzero()[0, 0])
     ids, attn = ids[:, first:], attn[:, first:]
 
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise fail(f"study got path={str(path)!r}, which is a file", "a folder for the outcome log (created if missing)",
+                   "pass a folder path, e.g. path='runs/copy'")
     common = {"model": type(model).__name__, "n_layers": n_layers, "n_heads": n_heads,
               "prompts": _digest(ids.tolist(), attn.tolist()), "targets": target_ids.tolist(), "seed": seed}
     root = Path(path) if path is not None else None
@@ -274,23 +277,29 @@ def study(
             stored_masks, stored = log.read()
             stored_masks, stored = stored_masks[:n_masks], stored[:n_masks]
             if not torch.equal(stored_masks, masks[: len(stored_masks)]):
+                log.close()
                 raise fail(f"the outcome log at {root / name} holds masks this call would not draw",
                            "a log written by the same call", "pass another path, or delete that folder")
         parts, done = [stored], stored.shape[0]
         started = time.perf_counter()
         with tqdm(total=n_masks, initial=done, desc=f"{name} (p_keep {p:.2f})", unit="mask",
                   disable=not progress) as bar:
-            if done < n_masks:
-                chunks = evaluate_chunks(model, ids, target_ids, masks[done:], metric="margin", attention_mask=attn,
-                                         tokenizer=tok, masks_per_pass=masks_per_pass, progress=False)
-                for chunk in chunks:
-                    largest = max(largest, chunk.shape[0])
-                    if log is not None:
-                        log.append(masks[done : done + chunk.shape[0]], chunk)
-                    parts.append(chunk)
-                    done += chunk.shape[0]
-                    evaluations += chunk.numel()
-                    bar.update(chunk.shape[0])
+            try:
+                if done < n_masks:
+                    chunks = evaluate_chunks(model, ids, target_ids, masks[done:], metric="margin",
+                                             attention_mask=attn, tokenizer=tok, masks_per_pass=masks_per_pass,
+                                             progress=False)
+                    for chunk in chunks:
+                        largest = max(largest, chunk.shape[0])
+                        if log is not None:
+                            log.append(masks[done : done + chunk.shape[0]], chunk)
+                        parts.append(chunk)
+                        done += chunk.shape[0]
+                        evaluations += chunk.numel()
+                        bar.update(chunk.shape[0])
+            finally:
+                if log is not None:
+                    log.close()  # release the folder's writer lock
         seconds += time.perf_counter() - started
         margins = torch.cat(parts).float()
         counts = Counts(n_layers, n_heads)
@@ -344,14 +353,23 @@ def _p_keep(p_keep: Any, success: Any, calibration_masks: int, model: Any, ids: 
     key = {**common, "success": list(rates), "calibration_masks": calibration_masks}
     remembered = root / "calibration.json" if root is not None else None
     if remembered is not None and remembered.exists():
-        stored = json.loads(remembered.read_text())
-        if stored["inputs"] == json.loads(json.dumps(key)):
-            return tuple(stored["p_keep"])  # type: ignore[return-value]
+        from headkit.outcome_log import read_json
+
+        try:
+            stored = read_json(remembered)
+        except ValueError:  # damaged: it only caches a calibration, which is recomputed below
+            stored = None
+        if isinstance(stored, dict) and stored.get("inputs") == json.loads(json.dumps(key)):
+            p = stored.get("p_keep")
+            if isinstance(p, list) and len(p) == 2 and all(isinstance(x, float) and 0 < x <= 1 for x in p):
+                return p[0], p[1]
     pair = calibrate(model, ids, target_ids, success=rates, n_masks=calibration_masks, attention_mask=attn,
                      tokenizer=tok, seed=1000 + seed, progress=progress)
     if remembered is not None:
+        from headkit.outcome_log import write_json_atomic
+
         remembered.parent.mkdir(parents=True, exist_ok=True)
-        remembered.write_text(json.dumps({"inputs": key, "p_keep": pair}, indent=1))
+        write_json_atomic(remembered, {"inputs": key, "p_keep": list(pair)})
     return pair[0], pair[1]
 
 
