@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -213,16 +214,48 @@ def _register() -> None:
         AttentionInterface.register(_ATTENTION_NAME, _attention_function)
 
 
+class _Attached:
+    """The headkit state of one attention module: its own config, and every active block's run, in entry order.
+
+    The module's config is swapped for a copy selecting the headkit attention function while any block is
+    active; each block removes only its own run, and the last one out restores the original config, so
+    blocks may be exited in any order (generators, manual ``__exit__``, exceptions).
+    """
+
+    def __init__(self, attn: torch.nn.Module) -> None:
+        self.original = attn.config
+        self.runs: list[_LayerRun] = []
+
+    def __call__(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple:
+        runs = self.runs
+        run = runs[0] if len(runs) == 1 else _LayerRun(
+            runs[0].layer, runs[0].where, runs[0].base, runs[0].eager,
+            [m for r in runs for m in r.masks], [iv for r in runs for iv in r.readers],
+            next((r.cache for r in runs if r.cache.get("kv") is not None), runs[0].cache),
+        )
+        return run(module, *args, **kwargs)
+
+
+_ATTACHED: weakref.WeakKeyDictionary[torch.nn.Module, _Attached] = weakref.WeakKeyDictionary()
+
+
 def _point_at_headkit(attn: torch.nn.Module, run: _LayerRun) -> Callable[[], None]:
-    """Give one attention module a config copy that selects the headkit attention function; return the undo."""
-    original = attn.config
-    view = copy.copy(original)
-    view._attn_implementation_internal = _ATTENTION_NAME
-    view.headkit_run = run
-    attn.config = view
+    """Route one attention module's attention through headkit with ``run`` added; return the undo."""
+    state = _ATTACHED.get(attn)
+    if state is None:
+        state = _ATTACHED[attn] = _Attached(attn)
+        view = copy.copy(state.original)
+        view._attn_implementation_internal = _ATTENTION_NAME
+        view.headkit_run = state
+        attn.config = view
+    state.runs.append(run)
 
     def undo() -> None:
-        attn.config = original
+        if any(r is run for r in state.runs):
+            state.runs[:] = [r for r in state.runs if r is not run]
+        if not state.runs and _ATTACHED.get(attn) is state:
+            attn.config = state.original
+            del _ATTACHED[attn]
 
     return undo
 
@@ -279,11 +312,6 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
             _register()
         for layer, run in runs.items():
             attn = found.attention(layer)
-            outer = getattr(attn.config, "headkit_run", None)
-            if outer is not None:  # nested applied(): keep the outer block's attention interventions too
-                run = _LayerRun(
-                    layer, run.where, outer.base, outer.eager, outer.masks + run.masks, outer.readers + run.readers
-                )
             run.cache = holder
             needs_cache = needs_cache or bool(run.masks)
             undo.append(_point_at_headkit(attn, run))
