@@ -285,8 +285,8 @@ def _passes(
                 )[:, -1]
                 logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
                 scores = _score(logits, target_ids, other_ids, metric).reshape(m, n_prompts).cpu()
-        except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
-            if "out of memory" not in str(error).lower() or m == 1:
+        except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(error) or m == 1:
                 raise
             tuner.out_of_memory()
             if torch.cuda.is_available():
@@ -295,6 +295,32 @@ def _passes(
         tuner.record(m * n_prompts, time.perf_counter() - started)
         done += m
         yield scores
+
+
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "alloc_failed", "failed to allocate")
+"""Fallback for allocation failures raised as plain RuntimeErrors (CPU allocator, MPS, cuBLAS/cuDNN workspaces)."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether an exception is an allocation failure on any device: by type first, by message as a fallback.
+
+    ``torch.OutOfMemoryError`` (CUDA; also ``torch.cuda.OutOfMemoryError``) and Python's ``MemoryError`` are
+    recognised by type; the CPU allocator ("can't allocate memory"), MPS ("MPS backend out of memory") and
+    cuBLAS/cuDNN workspace failures ("..._ALLOC_FAILED") raise plain RuntimeErrors, recognised by text.
+
+    Example:
+        >>> from headkit.montecarlo import is_out_of_memory
+        >>> is_out_of_memory(MemoryError()), is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+        (True, True)
+        >>> is_out_of_memory(RuntimeError("shape mismatch"))
+        False
+    """
+    types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+                  if isinstance(t, type))
+    if isinstance(error, (MemoryError, *types)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(t in text for t in _OOM_TEXTS)
 
 
 class _Tuner:

@@ -88,6 +88,41 @@ def test_logit_diff_fixed_chunks_and_out_of_memory_halving(monkeypatch):
     assert (got - ref).abs().max() <= 1e-5
 
 
+def cuda_oom():
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("failure", [
+    cuda_oom,                                                                      # CUDA, by type
+    lambda: torch.cuda.OutOfMemoryError("Tried to allocate 20.00 MiB"),            # by type, odd text
+    lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                         "you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)"),  # CPU
+    lambda: MemoryError(),                                                         # Python allocations
+    lambda: RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)"),   # Apple MPS
+    lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+], ids=["cuda-type", "cuda-type-only", "cpu-allocator", "memoryerror", "mps", "cublas"])
+def test_every_kind_of_allocation_failure_halves_the_pass(monkeypatch, failure):
+    model, tok = hk.models.tiny("llama")
+    masks = montecarlo.bernoulli(12, 0.5, 2, 4, seed=2)
+    want = montecarlo.evaluate(model, PROMPTS, TARGETS, masks, metric="margin", tokenizer=tok, masks_per_pass=1,
+                               progress=False)
+    backend = hk.get_backend(model, tok)
+    real, sizes = backend.logits, []
+
+    def small_memory(ids, *ivs, **kw):
+        sizes.append(ids.shape[0] // len(PROMPTS))
+        if ids.shape[0] > 2 * len(PROMPTS):
+            raise failure()
+        return real(ids, *ivs, **kw)
+
+    monkeypatch.setattr(backend, "logits", small_memory)
+    got = montecarlo.evaluate(backend, PROMPTS, TARGETS, masks, metric="margin", masks_per_pass=8, progress=False)
+    assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) <= 2 and (got - want).abs().max() <= 1e-5
+    monkeypatch.setattr(backend, "logits", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a shape bug")))
+    with pytest.raises(RuntimeError, match="a shape bug"):  # anything else is not swallowed
+        montecarlo.evaluate(backend, PROMPTS, TARGETS, masks, masks_per_pass=8, progress=False)
+
+
 def test_tuner_doubles_while_throughput_improves():
     tuner = montecarlo._Tuner(None, 1000)
     rates = {1: 10.0, 2: 19.0, 4: 30.0, 8: 29.0}
