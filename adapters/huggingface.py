@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
-from headkit.backend import check_last_only, check_positions, plan, real_token_positions, unembedding_only_at
+from headkit.backend import (
+    check_inputs, check_last_only, check_positions, plan, real_token_positions, unembedding_only_at,
+)
 from headkit.errors import StaysLocal, fail
 from headkit.interventions import CaptureAttention, Intervention, MaskAttention, apply_masks
 from headkit.sites import ModelShape
@@ -188,6 +190,13 @@ def _keep_cache(holder: dict[str, Any]) -> Callable:
     return hook
 
 
+def _vocab_size(model: Any) -> int:
+    """Logits per position of a transformers causal LM (its unembedding's rows, else the config's vocabulary)."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(out, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
+
+
 def _pad_id(config: Any) -> int:
     """The id generate() pads with: the model's pad token, else its (first) end-of-sequence token, else 0."""
     pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
@@ -339,6 +348,7 @@ class HFBackend:
         self.model = model
         self.tokenizer = tokenizer
         self.shape = layout(model, "HFBackend").shape
+        self.vocab_size = _vocab_size(model)
 
     def applied(self, *interventions: Intervention) -> Any:
         """Apply interventions inside a ``with`` block (see :func:`applied`)."""
@@ -359,6 +369,7 @@ class HFBackend:
         ``last_only=True`` computes the logits of the last position only (``[batch, 1, vocab]``);
         ``positions`` (bool ``[batch, pos]``) those of the True cells only (``[n, vocab]``, row-major).
         """
+        check_inputs(input_ids, attention_mask, self.vocab_size, "HFBackend.logits")
         check_last_only(last_only, attention_mask)
         check_positions(positions, input_ids, last_only)
         device = next(self.model.parameters()).device
@@ -380,6 +391,7 @@ class HFBackend:
         ``kwargs`` go to ``generate`` (``do_sample``, ``temperature``, ``top_p``, ``attention_mask`` ...);
         greedy by default.
         """
+        check_inputs(input_ids, kwargs.get("attention_mask"), self.vocab_size, "HFBackend.generate")
         device = next(self.model.parameters()).device
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("pad_token_id", _pad_id(self.model.config))

@@ -39,7 +39,7 @@ import nnsight
 import torch
 
 from headkit.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
-from headkit.backend import check_last_only, check_positions, plan, real_token_positions
+from headkit.backend import check_inputs, check_last_only, check_positions, plan, real_token_positions
 from headkit.errors import HeadkitError, fail
 from headkit.interventions import Intervention, MaskAttention, apply_masks
 
@@ -202,6 +202,7 @@ class NNsightBackend:
         self.shape = layout(module, "NNsightBackend").shape
         self.remote = remote
         unembed = module.get_output_embeddings()
+        self.vocab_size = int(unembed.weight.shape[0])
         self._unembed_name = next(n for n, m in module.named_modules() if m is unembed)  # for logits(positions=)
 
     def applied(self, *interventions: Intervention) -> Any:
@@ -234,6 +235,7 @@ class NNsightBackend:
         positions count real tokens only, as in the other backends. ``positions`` (bool ``[batch, pos]``)
         unembeds only its True cells and returns ``[n, vocab]`` (row-major), also remotely.
         """
+        check_inputs(input_ids, attention_mask, self.vocab_size, "NNsightBackend.logits")
         check_last_only(last_only, attention_mask)
         check_positions(positions, input_ids, last_only)
         model, remote = self.model, self.remote
@@ -278,6 +280,7 @@ class NNsightBackend:
 
         ``kwargs`` go to ``generate``; greedy by default. Returns the token ids.
         """
+        check_inputs(input_ids, kwargs.get("attention_mask"), self.vocab_size, "NNsightBackend.generate")
         model, remote = self.model, self.remote
         kwargs.setdefault("do_sample", False)
         config = model._module.config

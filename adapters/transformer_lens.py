@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.architectures import cached_tokens, find_cache
-from headkit.backend import check_last_only, check_positions, plan, unembedding_only_at
+from headkit.backend import check_inputs, check_last_only, check_positions, plan, unembedding_only_at
 from headkit.errors import StaysLocal, fail
 from headkit.interventions import Gate, Intervention, MaskAttention, MeanAblate, ZeroAblate
 from headkit.sites import ModelShape, Site, tl_hook_name
@@ -255,6 +255,7 @@ class TLBackend:
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         self.shape = model_shape(model)
+        self.vocab_size = int(model.cfg.d_vocab_out if getattr(model.cfg, "d_vocab_out", -1) > 0 else model.cfg.d_vocab)
 
     def applied(self, *interventions: Intervention) -> Any:
         """Apply interventions inside a ``with`` block (see :func:`applied`)."""
@@ -274,6 +275,7 @@ class TLBackend:
         the unembedding then running on those hidden states only. With an ``attention_mask`` TransformerLens
         counts positions over real tokens, as the other backends do.
         """
+        check_inputs(input_ids, attention_mask, self.vocab_size, "TLBackend.logits")
         check_last_only(last_only, attention_mask)
         check_positions(positions, input_ids, last_only)
         device = next(self.model.parameters()).device
@@ -295,6 +297,7 @@ class TLBackend:
         transformers version (see the module notes). A model without a tokenizer (a HookedTransformer built
         from a config) borrows the backend's for the call.
         """
+        check_inputs(input_ids, None, self.vocab_size, "TLBackend.generate")
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("stop_at_eos", False)
         kwargs.setdefault("verbose", False)

@@ -103,6 +103,12 @@ def layout(model: Any, owner: str = "headkit") -> Layout:
         >>> found.path, found.shape
         ('transformer.h', ModelShape(n_layers=2, n_heads=4, d_head=16, n_kv_heads=4))
     """
+    if any((cls.__module__ or "").startswith("transformer_lens") for cls in type(model).__mro__):
+        raise fail(
+            f"{owner} got a TransformerLens {type(model).__name__}",
+            "a plain transformers model here (a bridge rewires its modules, a HookedTransformer has none of them)",
+            "use headkit.adapters.transformer_lens (hk_tl.applied / hk_tl.fwd_hooks), or hk.get_backend(model)",
+        )
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     arch = ARCHITECTURES.get(model_type)  # type: ignore[arg-type]

@@ -39,6 +39,8 @@ class Backend(Protocol):
 
     shape: ModelShape
     tokenizer: Any
+    vocab_size: int
+    """Logits per position (ids must lie below it)."""
 
     def applied(self, *interventions: Intervention) -> AbstractContextManager[None]:
         """Apply interventions to every forward pass inside the ``with`` block."""
@@ -78,6 +80,51 @@ def real_token_positions(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[
         [[0, 0, 0, 1, 2]]
     """
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def check_inputs(
+    input_ids: object, attention_mask: object, vocab_size: int | None, owner: str
+) -> None:
+    """HeadkitError unless ``input_ids`` are token ids ``[batch, pos]`` in the vocabulary and the mask fits them.
+
+    Every backend calls this before a forward pass, so a wrong dtype, an id beyond the vocabulary or a mask
+    of another shape is named here instead of surfacing as a raw torch error (or as logits that match
+    neither input).
+
+    Example:
+        >>> import torch
+        >>> from headkit.backend import check_inputs
+        >>> check_inputs(torch.tensor([[1, 5, 6]]), None, 100, "example")   # fine: returns None
+        >>> try:
+        ...     check_inputs(torch.tensor([[1, 500]]), None, 100, "example")
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        example got token id 500 in input_ids i64[1, 2]
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.numel() == 0:
+        raise fail(f"{owner} got input_ids {describe(input_ids)}", "token ids [batch, pos] with batch, pos >= 1",
+                   "tokenize into a tensor, e.g. tokenizer(texts, return_tensors='pt').input_ids")
+    if input_ids.device.type == "meta":
+        raise fail(f"{owner} got input_ids on the meta device", "token ids with data (cpu or cuda)",
+                   "build the ids on a real device (torch.tensor(...) or .to('cpu'))")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise fail(f"{owner} got input_ids {describe(input_ids)} of dtype {input_ids.dtype}", "integer token ids",
+                   "convert with input_ids.long() (and check they are ids, not embeddings or probabilities)")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        bad = low if low < 0 else high
+        raise fail(f"{owner} got token id {bad} in input_ids {describe(input_ids)}",
+                   f"ids in 0..{vocab_size - 1 if vocab_size else 'vocab - 1'} (this model's vocabulary)",
+                   "tokenize with this model's own tokenizer")
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise fail(f"{owner} got attention_mask {describe(attention_mask)} for input_ids {describe(input_ids)}",
+                   f"a 0/1 tensor of the same shape {list(input_ids.shape)}",
+                   "pass the tokenizer's attention_mask for these same ids")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise fail(f"{owner} got attention_mask {describe(attention_mask)} with values other than 0 and 1",
+                   "1 for real tokens, 0 for padding", "pass the tokenizer's attention_mask")
 
 
 def check_last_only(last_only: bool, attention_mask: torch.Tensor | None) -> None:

@@ -115,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_argument("--adapter", choices=["huggingface", "transformer_lens"], default="huggingface")
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "out", None) is not None:
+            _out_folder(args.out)
         if args.command == "demo":
             demo(adapter=args.adapter, heads=args.heads, top=args.top, repeats=args.repeats)
         elif args.command == "mc":
@@ -129,7 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "triad":
             triad(length=args.length, seed=args.seed, top=args.top, out_dir=args.out)
         else:
-            ks = [int(k) for k in args.ks.split(",") if k.strip()]
+            try:
+                ks = [int(k) for k in args.ks.split(",") if k.strip()]
+            except ValueError:
+                raise hk.HeadkitError(f"chg got --ks {args.ks!r}; expected head counts like 1,2,4,8. "
+                                      "Fix: pass whole numbers separated by commas (empty to skip the curves)") from None
             chg(task=args.task, seeds=args.seeds, steps=args.steps, reg_steps=args.reg_steps,
                 batch_size=args.batch_size, lam=args.lam, ks=ks, out_dir=args.out, adapter=args.adapter)
     except hk.HeadkitError as e:
@@ -333,26 +339,36 @@ def mc(
     from headkit import stochastic_ablation
 
     started = time.perf_counter()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    name = type(model).__name__
-    if model is None:
-        model, tokenizer = hk.load_default(device=device, dtype=getattr(torch, dtype))
-        name = hk.models.DEFAULT_MODEL
-    if masks is None:
-        masks = 10_000 if device.startswith("cuda") else 100
+    device = _device(device)  # everything a user typed is checked before the model loads
+    _out_folder(out_dir)
     if isinstance(p_keep, str) and p_keep != "auto":
         try:
             p_keep = tuple(float(p) for p in p_keep.split(","))  # type: ignore[assignment]
         except ValueError:
             raise hk.HeadkitError(f'mc got --p-keep {p_keep!r}; expected "auto" or two numbers like "0.3,0.85". '
                                   'Fix: pass --p-keep 0.3,0.85') from None
+        if len(p_keep) != 2 or not all(0 < p <= 1 for p in p_keep):
+            raise hk.HeadkitError(f"mc got --p-keep {','.join(map(str, p_keep))}; expected two keep probabilities "
+                                  "in (0, 1]. Fix: pass --p-keep 0.3,0.85 (many ablated, few ablated)")
+    if masks is not None and (isinstance(masks, bool) or not isinstance(masks, int) or masks < 2):
+        raise hk.HeadkitError(f"mc got --masks {masks!r}; expected at least 2 masks per phase. "
+                              "Fix: pass --masks 100 (the seed: 10000)")
+    texts, targets = _read_pairs(prompts) if prompts else (None, None)
+    if prompts and not texts:
+        raise hk.HeadkitError(f"--prompts {prompts!r} holds no prompt<TAB>target lines; expected at least one. "
+                              "Fix: write one prompt, a tab and its target per line")
+    name = type(model).__name__
+    if model is None:
+        model, tokenizer = hk.load_default(device=device, dtype=getattr(torch, dtype))
+        name = hk.models.DEFAULT_MODEL
+    if masks is None:
+        masks = 10_000 if device.startswith("cuda") else 100
     shape = hk.get_backend(model, tokenizer).shape
     where = torch.cuda.get_device_name() if device.startswith("cuda") else f"{torch.get_num_threads()} CPU threads"
     out(f"headkit mc: {name}, "
         f"{shape.n_layers} x {shape.n_heads} heads, {dtype} on {where}; torch {torch.__version__}")
     out(f"{masks} masks per phase, p_keep {p_keep}" + (" (pass --masks 10000 for the seed's full study)"
                                                         if masks < 10_000 else ""))
-    texts, targets = _read_pairs(prompts) if prompts else (None, None)
     result = stochastic_ablation.study(model, texts, targets, tokenizer=tokenizer, n_masks=masks, p_keep=p_keep,
                                        seed=seed, path=os.path.join(out_dir, "outcomes"))
     n = len(result.prompts)
@@ -427,7 +443,45 @@ def _read_texts(paths: Sequence[str]) -> list[str]:
                 f"could not read text file {path!r} ({error.strerror}); expected a readable UTF-8 text file. "
                 "Fix: check the path"
             ) from None
+        except UnicodeDecodeError as error:
+            raise hk.HeadkitError(
+                f"text file {path!r} is not UTF-8 (byte {error.start}: {error.reason}); expected a UTF-8 text file. "
+                f"Fix: convert it, e.g. iconv -f latin1 -t utf-8 {path} > fixed.txt"
+            ) from None
     return texts
+
+
+def _out_folder(path: str, flag: str = "--out") -> str:
+    """The output folder, refusing a path that is a file (before any work is done)."""
+    import os
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise hk.HeadkitError(f"{flag} {path!r} is a file; expected a folder for the outputs (created if missing). "
+                              f"Fix: pass a folder path, e.g. {flag} {os.path.splitext(path)[0] or 'out'}_dir")
+    return path
+
+
+def _device(device: str | None) -> str:
+    """A torch device string that exists here, or a HeadkitError naming what is available."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise hk.HeadkitError(f"--device {device!r} is not a torch device; expected cpu, cuda, cuda:N or mps. "
+                              "Fix: pass --device cpu (or leave it out for cuda when available)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise hk.HeadkitError(f"--device {device!r}, but this torch sees no CUDA device (torch {torch.__version__}); "
+                              "expected a visible GPU. Fix: pass --device cpu, or install a CUDA build of torch")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise hk.HeadkitError(f"--device {device!r}, but only {torch.cuda.device_count()} CUDA devices are visible; "
+                              "expected an index below that. Fix: pass --device cuda:0")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise hk.HeadkitError(f"--device {device!r}, but MPS is not available here; expected an Apple GPU. "
+                              "Fix: pass --device cpu")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise hk.HeadkitError(f"--device {device!r} is not supported; expected cpu, cuda or mps. Fix: pass --device cpu")
+    return device
 
 
 def _default(adapter: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
@@ -463,9 +517,11 @@ def receivers(
     import pandas as pd
 
     started = time.perf_counter()
+    _out_folder(out_dir)
+    contents = _read_texts(texts)  # bad files are named before the model loads
     model, tokenizer = _default(adapter, model, tokenizer)
     backend = hk.get_backend(model, tokenizer)
-    traces = [hk.sentences.locate(backend.tokenizer, text) for text in _read_texts(texts)]
+    traces = [hk.sentences.locate(backend.tokenizer, text) for text in contents]
     out(f"headkit receivers: {len(traces)} trace(s), {sum(len(t) for t in traces)} sentences, "
         f"{sum(t.n_tokens for t in traces)} tokens, {backend.shape.n_layers} layers x {backend.shape.n_heads} heads")
     scan = hk.receivers.scan(backend, traces, proximity_ignore=proximity_ignore)
@@ -515,9 +571,13 @@ def suppress(
     import os
 
     started = time.perf_counter()
+    _out_folder(out_dir)
+    content = _read_texts([text] if text else [])[0]  # a bad file is named before the model loads
+    if heads is not None:
+        heads = hk.Heads.parse(heads)  # so is a misspelt --heads
     model, tokenizer = _default(adapter, model, tokenizer)
     backend = hk.get_backend(model, tokenizer)
-    sentences = hk.sentences.locate(backend.tokenizer, _read_texts([text] if text else [])[0])
+    sentences = hk.sentences.locate(backend.tokenizer, content)
     out(f"headkit suppress: {len(sentences)} sentences, {sentences.n_tokens} tokens, "
         f"heads: {heads or 'all'}, temperature {temperature}")
     result = hk.suppression.kl_matrix(backend, sentences, heads=heads, temperature=temperature, log=log)

@@ -258,7 +258,17 @@ def sequence_logprob(
             "a float tensor [n_layers, n_heads] or [n_masks, n_layers, n_heads]",
             "pass e.g. torch.ones(n_layers, n_heads)",
         )
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise fail(f"sequence_logprob got max_rows={max_rows!r}", "rows per forward pass >= 1", "pass max_rows=256")
     backend = _backend(model, tokenizer, "sequence_logprob", local=gates is not None and gates.requires_grad)
+    shape = backend.shape
+    if gates is not None and tuple(gates.shape[-2:]) != (shape.n_layers, shape.n_heads):
+        raise fail(
+            f"sequence_logprob got gates {describe(gates)} for a model with {shape.n_layers} layers of "
+            f"{shape.n_heads} heads",
+            f"gates [{shape.n_layers}, {shape.n_heads}] or [n_masks, {shape.n_layers}, {shape.n_heads}]",
+            f"build them with torch.ones({shape.n_layers}, {shape.n_heads}) (and a leading mask axis for many)",
+        )
     ex = _examples(backend, data, "sequence_logprob")
     if gates is None:
         with torch.no_grad():

@@ -96,6 +96,9 @@ class Heads:
             >>> hk.Heads.from_mask(torch.tensor([[False, True], [False, False]]))
             Heads('L0H1')
         """
+        if isinstance(mask, torch.Tensor) and mask.device.type == "meta":
+            raise fail("Heads.from_mask got a tensor on the meta device", "a bool tensor with data",
+                       "build the mask on the cpu (or move it there with .cpu())")
         if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or mask.dtype != torch.bool:
             raise fail(
                 f"Heads.from_mask got {describe(mask)}",
@@ -241,6 +244,12 @@ def _check_pair(pair: object) -> tuple[int, int]:
 def _pairs_from_mapping(mapping: Mapping) -> list[tuple[int, int]]:
     pairs = []
     for layer, heads in mapping.items():
+        if isinstance(heads, (str, bytes)) or not isinstance(heads, (int, Iterable)):
+            raise fail(
+                f"Heads got {{{layer!r}: {heads!r}}}",
+                "a dict {layer: head} or {layer: [heads]} of non-negative ints",
+                "write it as e.g. {5: [1, 3]}",
+            )
         for head in [heads] if isinstance(heads, int) else heads:
             pairs.append((layer, head))
     return pairs

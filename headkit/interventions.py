@@ -181,6 +181,7 @@ class MeanAblate(Intervention):
                 "a float tensor [n_layers, n_heads, d_head] (position-pooled) or [n_layers, pos, n_heads, d_head]",
                 "compute them with headkit.compute_means(model, reference_ids)",
             )
+        _real_data(means, "mean_ablate means")
         if not torch.isfinite(means).all():
             raise fail(
                 f"mean_ablate got means {describe(means)} containing NaN or inf",
@@ -283,6 +284,13 @@ class Gate(Intervention):
                 f"gate got values {describe(v)} of a non-float dtype",
                 "a floating-point tensor (any float dtype; gradients flow to it)",
                 "convert with `values.float()`",
+            )
+        _real_data(v, "gate values")
+        if not bool(torch.isfinite(v.detach()).all()):
+            raise fail(
+                f"gate got values {describe(v)} containing NaN or inf",
+                "finite gate values (1 keeps a head, 0 ablates it)",
+                "check where the values came from (a diverged fit?); torch.nan_to_num or torch.clamp them",
             )
         self._set(values=values, inplace=bool(inplace))
 
@@ -684,7 +692,11 @@ def compute_means(
             "token ids [n_examples, pos] with at least one example",
             "tokenize the reference set into one padded tensor",
         )
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise fail(f"compute_means got batch_size={batch_size!r}", "a whole number of rows per forward pass, >= 1",
+                   "pass batch_size=32 (smaller if memory is short)")
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                       or attention_mask.shape != input_ids.shape):
         raise fail(
             f"compute_means got attention_mask {describe(attention_mask)} for input_ids {describe(input_ids)}",
             "an attention mask of the same shape as input_ids",
@@ -704,10 +716,16 @@ def compute_means(
                 sums[layer] = sums[layer] + total if layer in sums else total
     counts = weights_all.sum(0) if per_position else weights_all.sum()  # [pos] or scalar
     if (counts == 0).any():
+        if per_position:
+            raise fail(
+                "compute_means found positions where every reference row is padding",
+                "at least one real token at every position (per_position=True)",
+                "use position-pooled means (per_position=False) or a reference set without padding",
+            )
         raise fail(
-            "compute_means found positions where every reference row is padding",
-            "at least one real token at every position (per_position=True)",
-            "use position-pooled means (per_position=False) or a reference set without padding",
+            f"compute_means got an attention_mask {describe(attention_mask)} that is all padding",
+            "at least one real token (1) in the reference set",
+            "pass the tokenizer's attention_mask (1 for real tokens, 0 for padding)",
         )
     counts = counts[:, None, None] if per_position else counts
     dtype = next(iter(sums.values())).dtype
@@ -753,8 +771,25 @@ def _spans(spans: object, name: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def _real_data(tensor: torch.Tensor, name: str) -> None:
+    """HeadkitError for a tensor on the meta device (shapes only, no values to compute with)."""
+    if tensor.device.type == "meta":
+        raise fail(
+            f"{name} got a tensor on the meta device ({describe(tensor)})",
+            "a tensor with data (cpu or cuda)",
+            "build it on a real device, or load the model's weights before computing from them",
+        )
+
+
 def _position_spec(spec: object, name: str) -> PositionSpec:
+    if hasattr(spec, "__array__") and not isinstance(spec, torch.Tensor):  # numpy and friends
+        raise fail(
+            f"{name} got a {type(spec).__name__} {describe(spec)}",
+            "a bool torch tensor [pos] or [batch, pos], or ranges [(start, end)]",
+            f"convert with torch.as_tensor({name}).bool()",
+        )
     if isinstance(spec, torch.Tensor):
+        _real_data(spec, name)
         if spec.dtype != torch.bool or spec.ndim not in (1, 2):
             raise fail(
                 f"{name} got {describe(spec)}",

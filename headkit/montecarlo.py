@@ -45,11 +45,16 @@ def bernoulli(n: int, p_keep: float, n_layers: int, n_heads: int, *, seed: int =
         >>> m.shape, round(m.float().mean().item(), 1)
         (torch.Size([1000, 12, 12]), 0.3)
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or not 0.0 <= float(p_keep) <= 1.0:
+    sizes_ok = all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in (n, n_layers, n_heads))
+    try:
+        p_ok = 0.0 <= float(p_keep) <= 1.0
+    except (TypeError, ValueError):
+        p_ok = False
+    if not sizes_ok or not p_ok:
         raise fail(
-            f"bernoulli got n={n!r}, p_keep={p_keep!r}",
-            "n >= 1 masks and 0 <= p_keep <= 1",
-            "pass e.g. bernoulli(10000, 0.3, n_layers, n_heads)",
+            f"bernoulli got n={n!r}, p_keep={p_keep!r}, n_layers={n_layers!r}, n_heads={n_heads!r}",
+            "n, n_layers and n_heads whole numbers >= 1, and 0 <= p_keep <= 1",
+            "pass e.g. bernoulli(10000, 0.3, n_layers, n_heads) with the model's shape",
         )
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, n_layers, n_heads, generator=g) < float(p_keep)
@@ -236,13 +241,14 @@ def evaluate_chunks(
         raise fail(f"evaluate got metric {metric!r}", f"one of {list(METRICS)}", "pass metric='top1' (or 'logprob')")
     tok = tokenizer if tokenizer is not None else getattr(backend, "tokenizer", None)
     ids, attn = _prompt_ids(prompts, attention_mask, tok)
-    target_ids = _token_ids(targets, "targets", prompts, ids.shape[0], tok)
+    vocab = getattr(backend, "vocab_size", None)
+    target_ids = _token_ids(targets, "targets", prompts, ids.shape[0], tok, vocab)
     other_ids = None
     if metric == "logit_diff":
         if distractors is None:
             raise fail("evaluate got metric='logit_diff' without distractors", "one distractor per prompt",
                        "pass distractors=[' wrong answer', ...]")
-        other_ids = _token_ids(distractors, "distractors", prompts, ids.shape[0], tok)
+        other_ids = _token_ids(distractors, "distractors", prompts, ids.shape[0], tok, vocab)
     if not isinstance(masks, torch.Tensor) or masks.ndim != 3 or tuple(masks.shape[1:]) != (shape.n_layers, shape.n_heads):
         raise fail(
             f"evaluate got masks {describe(masks)}",
@@ -251,6 +257,10 @@ def evaluate_chunks(
         )
     if masks.shape[0] == 0:
         raise fail("evaluate got 0 masks", "at least one mask", "pass masks [n_masks, n_layers, n_heads] with n >= 1")
+    if masks.device.type == "meta" or (masks.is_floating_point() and not bool(torch.isfinite(masks).all())):
+        raise fail(f"evaluate got masks {describe(masks)} with NaN/inf values (or on the meta device)",
+                   "finite masks: 1 keeps a head, 0 ablates it, fractions scale it",
+                   "sample them with montecarlo.bernoulli, or torch.nan_to_num the ones you built")
     passes = _passes(backend, ids, attn, target_ids, other_ids, metric, masks, _Tuner(masks_per_pass, masks.shape[0]))
     return _with_bar(passes, masks.shape[0], progress)
 
@@ -369,11 +379,22 @@ def _prompt_ids(prompts: Any, attention_mask: Any, tok: Any) -> tuple[torch.Tens
         if prompts.ndim != 2 or prompts.shape[0] == 0:
             raise fail(f"evaluate got prompts {describe(prompts)}", "token ids [n_prompts, pos], n >= 1",
                        "tokenise the prompts into one left-padded tensor")
+        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                           or tuple(attention_mask.shape) != tuple(prompts.shape)):
+            raise fail(f"evaluate got attention_mask {describe(attention_mask)} for prompts {describe(prompts)}",
+                       f"a 0/1 tensor of the prompts' shape {list(prompts.shape)}",
+                       "pass the tokenizer's attention_mask for the same left-padded ids")
         mask = torch.ones_like(prompts) if attention_mask is None else attention_mask
         if not bool(mask[:, -1].all()):
             raise fail("evaluate got prompts whose last column has padding", "left-padded prompts",
                        'pad on the left (tokenizer.padding_side = "left")')
         return prompts, mask
+    if isinstance(prompts, (str, bytes)):
+        raise fail(f"evaluate got prompts as one string ({prompts!r:.60})", "a list of prompt strings (or token ids)",
+                   f"wrap it in a list: prompts=[{prompts!r:.40}]")
+    if attention_mask is not None:
+        raise fail("evaluate got prompts as strings and an attention_mask", "an attention_mask only with token ids",
+                   "drop attention_mask (strings are tokenised and left-padded here)")
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise fail(f"evaluate got prompts {prompts[:2]!r:.80}", "a non-empty list of non-empty strings",
@@ -391,10 +412,20 @@ def _prompt_ids(prompts: Any, attention_mask: Any, tok: Any) -> tuple[torch.Tens
     return ids, mask
 
 
-def _token_ids(values: Any, name: str, prompts: Any, n: int, tok: Any) -> torch.Tensor:
+def _token_ids(values: Any, name: str, prompts: Any, n: int, tok: Any, vocab: int | None = None) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
-        ids = values.long().flatten()
+        if values.is_floating_point() or values.dtype == torch.bool or values.device.type == "meta":
+            raise fail(f"evaluate got {name} {describe(values)}", f"integer token ids, one per prompt ({n})",
+                       f"pass token ids as a long tensor, or {name} as single-token strings")
+        ids = values.long().flatten().cpu()
+        if ids.numel() and (int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab)):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+            raise fail(f"evaluate got {name[:-1]} id {bad}, outside the model's vocabulary",
+                       f"ids in 0..{vocab - 1 if vocab else 'vocab - 1'}", "tokenize the targets with this model's tokenizer")
     else:
+        if isinstance(values, (str, bytes)):
+            raise fail(f"evaluate got {name} as one string ({values!r:.40})", f"one {name[:-1]} per prompt ({n})",
+                       f"wrap it in a list: {name}=[{values!r:.30}]")
         values = list(values)
         if tok is None:
             raise fail(f"evaluate got {name} as strings but no tokenizer", "a tokenizer", "pass tokenizer=")

@@ -228,6 +228,16 @@ def study(
     if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 2:
         raise fail(f"study got n_masks={n_masks!r}", "n_masks >= 2 per phase (thousands for stable scores)",
                    "pass e.g. n_masks=10_000")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
+        raise fail(f"study got percentile={percentile!r}", "a percentile strictly between 0 and 100 (the seed: 88)",
+                   "pass percentile=88")
+    if p_keep == "auto" and (isinstance(calibration_masks, bool) or not isinstance(calibration_masks, int)
+                             or calibration_masks < 8):
+        raise fail(f"study got calibration_masks={calibration_masks!r}",
+                   "calibration_masks >= 8 (the logistic curve needs points; 64 by default)",
+                   "pass calibration_masks=64")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise fail(f"study got n_boot={n_boot!r}", "a number of bootstrap resamples >= 0", "pass n_boot=200")
     if isinstance(prompts, torch.Tensor):
         ids, attn = _prompt_ids(prompts, attention_mask, tok)
         prompts = [tok.decode(row[mask.bool()]) if tok is not None else f"prompt {i}"
@@ -236,7 +246,7 @@ def study(
         prompts = list(prompts)
         ids, attn = _prompt_ids(prompts, None, tok)
     target_ids = _token_ids(targets if isinstance(targets, torch.Tensor) else list(targets), "targets", prompts,
-                            len(prompts), tok)
+                            len(prompts), tok, getattr(backend, "vocab_size", None))
     targets = [tok.decode([t]) if tok is not None else str(t) for t in target_ids.tolist()]
 
     # the full model must get a prompt right for ablations to say anything about it (as the seed)

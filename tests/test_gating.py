@@ -337,8 +337,8 @@ def test_weights_are_frozen_during_the_fit_and_restored_after_also_on_error():
     gating.fit(model, ex, steps=1, reg_steps=1, batch_size=2, progress=False)
     assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
     bad = copy.copy(ex)
-    object.__setattr__(bad, "input_ids", ex.input_ids + 1000)  # out of vocabulary: fails inside the forward
-    with pytest.raises(IndexError):
+    object.__setattr__(bad, "input_ids", ex.input_ids + 1000)  # out of vocabulary: refused at the first forward
+    with pytest.raises(hk.HeadkitError, match=r"token id \d+ in input_ids.*vocabulary"):
         gating.fit(model, bad, steps=1, reg_steps=1, batch_size=2, progress=False)
     assert all(p.requires_grad for p in model.parameters())
 
