@@ -104,18 +104,7 @@ def check_inputs(
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.numel() == 0:
         raise fail(f"{owner} got input_ids {describe(input_ids)}", "token ids [batch, pos] with batch, pos >= 1",
                    "tokenize into a tensor, e.g. tokenizer(texts, return_tensors='pt').input_ids")
-    if input_ids.device.type == "meta":
-        raise fail(f"{owner} got input_ids on the meta device", "token ids with data (cpu or cuda)",
-                   "build the ids on a real device (torch.tensor(...) or .to('cpu'))")
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise fail(f"{owner} got input_ids {describe(input_ids)} of dtype {input_ids.dtype}", "integer token ids",
-                   "convert with input_ids.long() (and check they are ids, not embeddings or probabilities)")
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or (vocab_size is not None and high >= vocab_size):
-        bad = low if low < 0 else high
-        raise fail(f"{owner} got token id {bad} in input_ids {describe(input_ids)}",
-                   f"ids in 0..{vocab_size - 1 if vocab_size else 'vocab - 1'} (this model's vocabulary)",
-                   "tokenize with this model's own tokenizer")
+    check_token_ids(input_ids, vocab_size, owner)
     if attention_mask is None:
         return
     if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
@@ -125,6 +114,38 @@ def check_inputs(
     if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
         raise fail(f"{owner} got attention_mask {describe(attention_mask)} with values other than 0 and 1",
                    "1 for real tokens, 0 for padding", "pass the tokenizer's attention_mask")
+
+
+def check_token_ids(
+    ids: torch.Tensor, vocab_size: int | None, owner: str, name: str = "input_ids", item: str = "token"
+) -> None:
+    """HeadkitError unless a tensor holds integer ids inside the vocabulary (and has data: not on meta).
+
+    Used for the inputs of every backend and for the targets of the analyses.
+
+    Example:
+        >>> import torch
+        >>> from headkit.backend import check_token_ids
+        >>> try:
+        ...     check_token_ids(torch.tensor([3, -1]), 100, "evaluate", "targets", "target")
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        evaluate got target id -1 in targets i64[2]
+    """
+    if ids.device.type == "meta":
+        raise fail(f"{owner} got {name} on the meta device", "token ids with data (cpu or cuda)",
+                   "build the ids on a real device (torch.tensor(...) or .to('cpu'))")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise fail(f"{owner} got {name} {describe(ids)} of dtype {ids.dtype}", "integer token ids",
+                   f"convert with {name}.long() (and check they are ids, not embeddings or probabilities)")
+    if ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        bad = low if low < 0 else high
+        raise fail(f"{owner} got {item} id {bad} in {name} {describe(ids)}",
+                   f"ids in 0..{vocab_size - 1 if vocab_size else 'vocab - 1'} (this model's vocabulary)",
+                   "tokenize with this model's own tokenizer")
 
 
 def check_last_only(last_only: bool, attention_mask: torch.Tensor | None) -> None:

@@ -115,8 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_argument("--adapter", choices=["huggingface", "transformer_lens"], default="huggingface")
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "out", None) is not None:
-            _out_folder(args.out)
         if args.command == "demo":
             demo(adapter=args.adapter, heads=args.heads, top=args.top, repeats=args.repeats)
         elif args.command == "mc":
@@ -255,6 +253,7 @@ def chg(
     from headkit import gating, plots, tasks
 
     started = time.perf_counter()
+    _out_folder(out_dir)
     model, tokenizer = _default(adapter, model, tokenizer)
     backend = hk.get_backend(model, tokenizer)
     shape = backend.shape
@@ -615,6 +614,7 @@ def triad(
     import os
 
     started = time.perf_counter()
+    _out_folder(out_dir)
     model, tokenizer = _default("huggingface", model, tokenizer)
     bos = tokenizer.bos_token_id
     n_vocab = model.get_output_embeddings().weight.shape[0]

@@ -429,14 +429,25 @@ class MaskAttention(Intervention):
             return activation
         if site == "scores":
             return self.mask_scores(layer, activation, where, k_start)[0]
-        # pattern: zero rows whose attention went only to blocked keys. After mask_scores that is exactly
-        # the dead rows (a live row puts all its mass on unblocked keys), so no state passes between hooks.
-        self._check(site, activation, where, self.heads.in_layer(layer))
-        b, h, q, k = activation.shape
-        blocked = self.blocked(layer, h, b, q, k, activation.device, where, k_start)
-        attended = activation > 0
+        return self._zero_dead_rows(layer, activation, where, k_start)
+
+    def _zero_dead_rows(
+        self, layer: int, pattern: torch.Tensor, where: str, k_start: int = 0, nan_rows: bool = False
+    ) -> torch.Tensor:
+        """Zero the pattern rows whose attention went only to blocked keys (and, with ``nan_rows``, all-NaN rows).
+
+        After mask_scores the first are exactly the dead rows (a live row puts all its mass on unblocked
+        keys), so no state passes between hooks. An all-NaN row in the mask's heads and queries is one a plain
+        scores hook blocked entirely on a bridge whose causal cells hold ``finfo.min`` (see :meth:`hook_edit`).
+        """
+        self._check("pattern", pattern, where, self.heads.in_layer(layer))
+        b, h, q, k = pattern.shape
+        blocked = self.blocked(layer, h, b, q, k, pattern.device, where, k_start)
+        attended = pattern > 0
         dead = attended.any(-1) & ~(attended & ~blocked).any(-1)
-        return activation.masked_fill(dead[..., None], 0)
+        if nan_rows:
+            dead = dead | (pattern.isnan().all(-1) & blocked.any(-1))
+        return pattern.masked_fill(dead[..., None], 0)
 
     def hook_edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
         """As a plain ``hook_attn_scores`` hook, a query left with no key gets -inf on every key.
@@ -452,11 +463,7 @@ class MaskAttention(Intervention):
         if site == "scores":
             scores, dead = self.mask_scores(layer, activation, where)
             return scores.masked_fill(dead[..., None], float("-inf"))
-        # pattern: also zero the all-NaN rows that such a fully -inf row becomes in a default-mode bridge
-        pattern = self.edit(site, layer, activation, where)
-        b, h, q, k = pattern.shape
-        blocked = self.blocked(layer, h, b, q, k, pattern.device, where).any(-1)  # the mask's heads and queries
-        return pattern.masked_fill((pattern.isnan().all(-1) & blocked)[..., None], 0)
+        return self._zero_dead_rows(layer, activation, where, nan_rows=True)
 
     def __repr__(self) -> str:
         queries = "" if self.queries is None else f", queries={_spec_repr(self.queries)}"

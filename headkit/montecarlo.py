@@ -241,7 +241,7 @@ def evaluate_chunks(
         raise fail(f"evaluate got metric {metric!r}", f"one of {list(METRICS)}", "pass metric='top1' (or 'logprob')")
     tok = tokenizer if tokenizer is not None else getattr(backend, "tokenizer", None)
     ids, attn = _prompt_ids(prompts, attention_mask, tok)
-    vocab = getattr(backend, "vocab_size", None)
+    vocab = backend.vocab_size
     target_ids = _token_ids(targets, "targets", prompts, ids.shape[0], tok, vocab)
     other_ids = None
     if metric == "logit_diff":
@@ -414,14 +414,10 @@ def _prompt_ids(prompts: Any, attention_mask: Any, tok: Any) -> tuple[torch.Tens
 
 def _token_ids(values: Any, name: str, prompts: Any, n: int, tok: Any, vocab: int | None = None) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
-        if values.is_floating_point() or values.dtype == torch.bool or values.device.type == "meta":
-            raise fail(f"evaluate got {name} {describe(values)}", f"integer token ids, one per prompt ({n})",
-                       f"pass token ids as a long tensor, or {name} as single-token strings")
+        from headkit.backend import check_token_ids
+
+        check_token_ids(values, vocab, "evaluate", name, name[:-1])
         ids = values.long().flatten().cpu()
-        if ids.numel() and (int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab)):
-            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-            raise fail(f"evaluate got {name[:-1]} id {bad}, outside the model's vocabulary",
-                       f"ids in 0..{vocab - 1 if vocab else 'vocab - 1'}", "tokenize the targets with this model's tokenizer")
     else:
         if isinstance(values, (str, bytes)):
             raise fail(f"evaluate got {name} as one string ({values!r:.40})", f"one {name[:-1]} per prompt ({n})",
@@ -441,6 +437,9 @@ def _token_ids(values: Any, name: str, prompts: Any, n: int, tok: Any, vocab: in
                 )
             ids_list.append(tokens[0])
         ids = torch.tensor(ids_list, dtype=torch.long)
+        from headkit.backend import check_token_ids
+
+        check_token_ids(ids, vocab, "evaluate", name, name[:-1])  # a tokenizer larger than the model's vocabulary
     if ids.shape[0] != n:
         raise fail(f"evaluate got {ids.shape[0]} {name} for {n} prompts", f"one per prompt ({n})", f"pass {n} {name}")
     return ids

@@ -246,7 +246,7 @@ def study(
         prompts = list(prompts)
         ids, attn = _prompt_ids(prompts, None, tok)
     target_ids = _token_ids(targets if isinstance(targets, torch.Tensor) else list(targets), "targets", prompts,
-                            len(prompts), tok, getattr(backend, "vocab_size", None))
+                            len(prompts), tok, backend.vocab_size)
     targets = [tok.decode([t]) if tok is not None else str(t) for t in target_ids.tolist()]
 
     # the full model must get a prompt right for ablations to say anything about it (as the seed)
