@@ -6,7 +6,7 @@
     with hk_hf.applied(model, hk.zero_ablate("L5H1"), hk.mask_attention("L9H9", keys=[(3, 8)])):
         logits = model(input_ids).logits          # generate() works too
 
-How each site is reached (all architecture knowledge sits in ``headkit.architectures.ARCHITECTURES``):
+How each site is reached (all architecture knowledge sits in ``headkit.core.architectures.ARCHITECTURES``):
 
 - ``z``: a forward pre-hook on the output projection (``o_proj`` / ``c_proj`` / ``dense``) sees its input
   ``[batch, pos, n_heads * d_head]`` and hands interventions the view ``[batch, pos, head, d_head]``.
@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
+from headkit.core.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
 from headkit.backend import (
     check_inputs, check_last_only, check_positions, plan, real_token_positions, unembedding_only_at,
 )
-from headkit.errors import StaysLocal, fail
-from headkit.interventions import CaptureAttention, Intervention, MaskAttention, apply_masks
-from headkit.sites import ModelShape
+from headkit.core.errors import StaysLocal, fail
+from headkit.core.interventions import CaptureAttention, Intervention, MaskAttention, apply_masks
+from headkit.core.sites import ModelShape
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 import nnsight
 import torch
 
-from headkit.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
+from headkit.core.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
 from headkit.backend import check_inputs, check_last_only, check_positions, plan, real_token_positions
-from headkit.errors import HeadkitError, fail
-from headkit.interventions import Intervention, MaskAttention, apply_masks
+from headkit.core.errors import HeadkitError, fail
+from headkit.core.interventions import Intervention, MaskAttention, apply_masks
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int

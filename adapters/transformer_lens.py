@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.architectures import cached_tokens, find_cache
+from headkit.core.architectures import cached_tokens, find_cache
 from headkit.backend import check_inputs, check_last_only, check_positions, plan, unembedding_only_at
-from headkit.errors import StaysLocal, fail
-from headkit.interventions import Gate, Intervention, MaskAttention, MeanAblate, ZeroAblate
-from headkit.sites import ModelShape, Site, tl_hook_name
+from headkit.core.errors import StaysLocal, fail
+from headkit.core.interventions import Gate, Intervention, MaskAttention, MeanAblate, ZeroAblate
+from headkit.core.sites import ModelShape, Site, tl_hook_name
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int

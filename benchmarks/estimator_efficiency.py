@@ -4,7 +4,7 @@
 
 Real model (Gemma 3 270M), the seed-003 copy prompts the full model completes, top-1 success (read off the
 margin: logit(target) - best other logit > 0). One pool of ``--masks`` random masks per design, evaluated
-with the fused engine and kept in an :class:`~headkit.outcome_log.OutcomeLog` under ``--cache`` (a killed
+with the fused engine and kept in an :class:`~headkit.analyses.outcome_log.OutcomeLog` under ``--cache`` (a killed
 run resumes):
 
 - ``seed p=0.30``: the seed's "many ablated" phase (importance);
@@ -35,7 +35,7 @@ import torch
 
 import headkit as hk
 from headkit import montecarlo
-from headkit.outcome_log import OutcomeLog
+from headkit.analyses.outcome_log import OutcomeLog
 from headkit.tasks import copy_task
 
 
@@ -142,7 +142,7 @@ def main() -> None:
                 lines.append(f"| {name} | {label} | {cells} | {hit if hit else f'> {grid[-1]}'} |")
 
     # the study at full pool size: the seed's design (importance at p=0.30, exclusion at p=0.85) and outliers
-    from headkit.stochastic_ablation import outliers
+    from headkit.analyses.stochastic_ablation import outliers
 
     def counts(design):
         masks, margins = pools[design]

@@ -10,11 +10,11 @@
     load_default()               the embedded default model, Gemma 3 270M, offline
     HeadkitError                 raised on bad input (a ValueError)
 
-Analyses: ``headkit.montecarlo`` (many head masks per forward pass: ``evaluate``, samplers, streaming
-counts, regression), ``headkit.stochastic_ablation`` (seed 003's study: importance, exclusion, outliers,
-effects with intervals, synergy; outcomes on disk, resumable), ``headkit.gating`` (causal head gating: G, G+, G-, taxonomy, contrastive), ``headkit.receivers``
-(receiver heads: vertical scores, kurtosis), ``headkit.suppression`` (sentence-suppression KL matrix),
-``headkit.triad`` (attention vs direct effect vs ablation effect per head), ``headkit.sentences`` (sentences
+Analyses: ``headkit.analyses.montecarlo`` (many head masks per forward pass: ``evaluate``, samplers, streaming
+counts, regression), ``headkit.analyses.stochastic_ablation`` (seed 003's study: importance, exclusion, outliers,
+effects with intervals, synergy; outcomes on disk, resumable), ``headkit.analyses.gating`` (causal head gating: G, G+, G-, taxonomy, contrastive), ``headkit.analyses.receivers``
+(receiver heads: vertical scores, kurtosis), ``headkit.analyses.suppression`` (sentence-suppression KL matrix),
+``headkit.analyses.triad`` (attention vs direct effect vs ablation effect per head), ``headkit.sentences`` (sentences
 to token spans), ``headkit.tasks`` (prompt sets with answers or target
 continuations), ``headkit.plots`` (figures).
 
@@ -23,22 +23,12 @@ Adapters place the same interventions on each framework:
 neither TransformerLens nor nnsight.
 """
 
-from headkit import (
-    gating,
-    models,
-    montecarlo,
-    plots,
-    receivers,
-    sentences,
-    stochastic_ablation,
-    suppression,
-    tasks,
-    triad,
-)
+from headkit import models, plots, sentences, tasks
+from headkit.analyses import gating, montecarlo, receivers, stochastic_ablation, suppression, triad
 from headkit.backend import get_backend
-from headkit.errors import HeadkitError, StaysLocal
-from headkit.heads import Heads
-from headkit.interventions import capture_attention, compute_means, gate, mask_attention, mean_ablate, zero_ablate
+from headkit.core.errors import HeadkitError, StaysLocal
+from headkit.core.heads import Heads
+from headkit.core.interventions import capture_attention, compute_means, gate, mask_attention, mean_ablate, zero_ablate
 from headkit.models import load_default
 
 __all__ = [

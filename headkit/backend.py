@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from headkit.errors import describe, fail
-from headkit.interventions import Intervention, check_interventions
-from headkit.sites import ModelShape, Site
+from headkit.core.errors import describe, fail
+from headkit.core.interventions import Intervention, check_interventions
+from headkit.core.sites import ModelShape, Site
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
@@ -219,7 +219,7 @@ def plan(
 
     Example:
         >>> import headkit as hk
-        >>> from headkit.sites import ModelShape
+        >>> from headkit.core.sites import ModelShape
         >>> p = plan([hk.zero_ablate("L1H0")], ModelShape(2, 4, 16, 4), "example")
         >>> list(p)
         [('z', 1)]

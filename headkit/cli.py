@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 import headkit as hk
-from headkit.errors import StaysLocal
-from headkit.interventions import Intervention
+from headkit.core.errors import StaysLocal
+from headkit.core.interventions import Intervention
 from headkit.metrics import target_logprob, top1_success
 from headkit.tasks import Task, copy_task
 
@@ -250,7 +250,8 @@ def chg(
     """
     import os
 
-    from headkit import gating, plots, tasks
+    from headkit import plots, tasks
+    from headkit.analyses import gating
 
     started = time.perf_counter()
     _out_folder(out_dir)
@@ -327,7 +328,7 @@ def mc(
     ``prompts`` is a text file of ``prompt<TAB>target`` lines (default: the seed-003 copy prompts).
     Writes ``scores.csv``, ``synergy.csv``, ``validation.csv`` and ``scores.png``, ``outliers.png``,
     ``synergy.png`` into ``out_dir``; every outcome is logged under ``out_dir/outcomes`` (running again
-    resumes). Returns the :class:`headkit.stochastic_ablation.Study`.
+    resumes). Returns the :class:`headkit.analyses.stochastic_ablation.Study`.
 
     Example:
         >>> from headkit.cli import mc
@@ -335,7 +336,7 @@ def mc(
     """
     import os
 
-    from headkit import stochastic_ablation
+    from headkit.analyses import stochastic_ablation
 
     started = time.perf_counter()
     device = _device(device)  # everything a user typed is checked before the model loads
@@ -605,7 +606,7 @@ def triad(
     """The induction triad on the default model: a random token sequence repeated once, the last token predicted.
 
     Prints the top heads by attention, direct effect and ablation effect, and how far the three agree;
-    writes ``triad.csv``. Returns the :class:`headkit.triad.Triad`.
+    writes ``triad.csv``. Returns the :class:`headkit.analyses.triad.Triad`.
 
     Example:
         >>> from headkit.cli import triad

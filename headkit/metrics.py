@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from headkit.errors import describe, fail
+from headkit.core.errors import describe, fail
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int

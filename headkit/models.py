@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from headkit.errors import StaysLocal, fail
+from headkit.core.errors import StaysLocal, fail
 
 __all__ = ["load_default", "tiny", "tiny_tokenizer", "cache_dir", "TINY_ARCHITECTURES", "DEFAULT_MODEL"]
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.errors import StaysLocal, fail
+from headkit.core.errors import StaysLocal, fail
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,7 +100,7 @@ def role_maps(
 def ablation_curves(curves: pd.DataFrame, *, path: str | None = None, title: str = "") -> Any:
     """CHG Figure 2: change in target log-probability as the top-k heads of each score are ablated.
 
-    ``curves`` is :func:`headkit.gating.ablation_curves`' DataFrame; the line is the mean over seeds and
+    ``curves`` is :func:`headkit.analyses.gating.ablation_curves`' DataFrame; the line is the mean over seeds and
     the band spans the seeds' minimum and maximum.
 
     Example:
@@ -129,7 +129,7 @@ def receivers(scan: Any, *, path: str | None = None, trace: int = 0, k: int = 20
 
     Left: one dot per head (mean kurtosis over traces), the top-``k`` receiver heads in red (layer 0 is
     never one). Right: the mean vertical score over those heads for each sentence of trace ``trace``.
-    ``scan`` is what :func:`headkit.receivers.scan` returns.
+    ``scan`` is what :func:`headkit.analyses.receivers.scan` returns.
 
     Example:
         >>> from headkit.plots import receivers
@@ -166,7 +166,7 @@ def suppression(result: Any, *, path: str | None = None, centre: bool = True, ti
     The upper triangle and the diagonal are blank; with ``centre`` each row's mean is subtracted, so
     columns that stand out down many rows are sentences that steer much of what follows. Colour limits
     are the 2nd and 99.8th percentiles of the shown cells. ``result`` is a
-    :class:`headkit.suppression.Suppression`.
+    :class:`headkit.analyses.suppression.Suppression`.
 
     Example:
         >>> from headkit.plots import suppression
@@ -226,7 +226,7 @@ def head_maps(
 def importance_exclusion(scores: pd.DataFrame, *, path: str | None = None) -> Any:
     """Seed 003's scatter: importance vs exclusion per head, outliers in red and labelled "LxHy".
 
-    ``scores`` is :attr:`headkit.stochastic_ablation.Study.scores` (columns importance, exclusion, outlier).
+    ``scores`` is :attr:`headkit.analyses.stochastic_ablation.Study.scores` (columns importance, exclusion, outlier).
 
     Example:
         >>> from headkit.plots import importance_exclusion

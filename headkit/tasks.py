@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from headkit.errors import StaysLocal, fail
+from headkit.core.errors import StaysLocal, fail
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Int

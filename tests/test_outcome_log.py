@@ -16,7 +16,7 @@ import torch
 
 import headkit as hk
 from headkit import montecarlo, outcome_log
-from headkit.outcome_log import OutcomeLog
+from headkit.analyses.outcome_log import OutcomeLog
 from tests import kill_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_a_file_size_limit_is_a_headkit_error_and_the_log_stays_resumable(tmp_pa
     """A real RLIMIT_FSIZE in a child process (Python ignores SIGXFSZ, so the write fails with EFBIG)."""
     code = f"""
 import resource, torch
-from headkit.outcome_log import OutcomeLog
+from headkit.analyses.outcome_log import OutcomeLog
 import headkit as hk
 log = OutcomeLog({str(tmp_path)!r}, n_layers=73, n_heads=1, n_prompts=3)
 resource.setrlimit(resource.RLIMIT_FSIZE, (500, 500))
@@ -221,7 +221,7 @@ def test_a_read_only_folder_is_read_without_being_touched(tmp_path, monkeypatch)
 # ------------------------------------------------------------------------------------------------- writers
 def test_one_writer_per_folder_and_a_dead_writers_lock_is_taken_over(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from headkit.outcome_log import OutcomeLog; import sys, time\n"
+        [sys.executable, "-c", f"from headkit.analyses.outcome_log import OutcomeLog; import sys, time\n"
          f"log = OutcomeLog({str(tmp_path)!r}, n_layers=73, n_heads=1, n_prompts=3, meta={{'a': [1, 2]}})\n"
          "print('locked', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True, cwd=ROOT,

@@ -76,17 +76,17 @@ def test_built_wheel_ships_the_adapters_as_headkit_adapters(tmp_path):
 def public_api():
     """(name, object, needs_example): public functions and classes need an example; their methods a docstring."""
     import headkit.backend
-    import headkit.heads
+    import headkit.core.heads
     import headkit.metrics
     import headkit.models
     import headkit.tasks
-    import headkit.architectures
-    import headkit.errors
-    import headkit.sites
+    import headkit.core.architectures
+    import headkit.core.errors
+    import headkit.core.sites
     from headkit.adapters import huggingface, nnsight, transformer_lens
 
     modules = (hk, huggingface, transformer_lens, nnsight, headkit.models, headkit.metrics, headkit.tasks,
-               headkit.heads, headkit.backend, headkit.architectures, headkit.sites, headkit.errors)
+               headkit.core.heads, headkit.backend, headkit.core.architectures, headkit.core.sites, headkit.core.errors)
     for module in modules:
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)

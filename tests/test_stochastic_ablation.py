@@ -8,7 +8,7 @@ import torch
 
 import headkit as hk
 from headkit import montecarlo, stochastic_ablation
-from headkit.outcome_log import OutcomeLog
+from headkit.analyses.outcome_log import OutcomeLog
 
 PROMPTS = ["Tom eats apples . Tom eats", "the cat saw a dog . the cat saw a", "Sarah wears hats . Sarah",
            "the dog saw a cat . the dog", "Alice reads books . Alice reads"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import headkit as hk
-from headkit.triad import induction_sequence, triad
+from headkit.analyses.triad import induction_sequence, triad
 from tests import reference as ref
 
 ARCHS = ["gpt2", "llama", "gemma3"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.errors import StaysLocal, describe, fail
+from headkit.core.errors import StaysLocal, describe, fail
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
@@ -40,7 +40,7 @@ def bernoulli(n: int, p_keep: float, n_layers: int, n_heads: int, *, seed: int =
     """``n`` random masks, each head kept independently with probability ``p_keep`` (seeded, reproducible).
 
     Example:
-        >>> from headkit.montecarlo import bernoulli
+        >>> from headkit.analyses.montecarlo import bernoulli
         >>> m = bernoulli(1000, 0.3, 12, 12, seed=0)
         >>> m.shape, round(m.float().mean().item(), 1)
         (torch.Size([1000, 12, 12]), 0.3)
@@ -64,7 +64,7 @@ def single_heads(n_layers: int, n_heads: int) -> Bool[torch.Tensor, "n layer hea
     """One mask per head with only that head ablated, in (layer, head) order.
 
     Example:
-        >>> from headkit.montecarlo import single_heads
+        >>> from headkit.analyses.montecarlo import single_heads
         >>> single_heads(2, 3)[4].int().tolist()
         [[1, 1, 1], [1, 0, 1]]
     """
@@ -79,7 +79,7 @@ def k_subsets(
     """Masks ablating ``k`` heads each: every k-subset in order (``n=None``), or ``n`` random distinct ones.
 
     Example:
-        >>> from headkit.montecarlo import k_subsets
+        >>> from headkit.analyses.montecarlo import k_subsets
         >>> k_subsets(2, 1, 3).int()[:, 0].tolist()
         [[0, 0, 1], [0, 1, 0], [1, 0, 0]]
     """
@@ -279,7 +279,7 @@ def _passes(
     metric: str, masks: torch.Tensor, tuner: _Tuner,
 ) -> Iterator[torch.Tensor]:
     """Scores ``[m, n_prompts]`` of consecutive chunks of ``masks``, one forward pass per chunk."""
-    from headkit.interventions import gate
+    from headkit.core.interventions import gate
 
     n_masks, n_prompts = masks.shape[0], ids.shape[0]
     done = 0
@@ -319,7 +319,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     cuBLAS/cuDNN workspace failures ("..._ALLOC_FAILED") raise plain RuntimeErrors, recognised by text.
 
     Example:
-        >>> from headkit.montecarlo import is_out_of_memory
+        >>> from headkit.analyses.montecarlo import is_out_of_memory
         >>> is_out_of_memory(MemoryError()), is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
         (True, True)
         >>> is_out_of_memory(RuntimeError("shape mismatch"))
@@ -456,7 +456,7 @@ class Counts:
 
     Example:
         >>> import torch
-        >>> from headkit.montecarlo import Counts
+        >>> from headkit.analyses.montecarlo import Counts
         >>> c = Counts(1, 2)
         >>> c.update(torch.tensor([[[1, 0]], [[1, 1]]]), torch.tensor([[1.0], [0.0]]))
         >>> c.kept.tolist(), c.kept_success.tolist()
@@ -527,7 +527,7 @@ class Counts:
 
         Example:
             >>> import torch
-            >>> from headkit.montecarlo import Counts
+            >>> from headkit.analyses.montecarlo import Counts
             >>> m = torch.tensor([[[1, 1]], [[1, 0]], [[0, 1]], [[0, 0]]])
             >>> c = Counts(1, 2)
             >>> c.update(m, torch.tensor([[1.0], [0.0], [0.0], [0.0]]))   # success needs both heads
@@ -561,7 +561,7 @@ def regression(
 
     Example:
         >>> import torch
-        >>> from headkit.montecarlo import bernoulli, regression
+        >>> from headkit.analyses.montecarlo import bernoulli, regression
         >>> m = bernoulli(400, 0.5, 1, 3, seed=0)
         >>> y = (0.2 + 0.6 * m[:, 0, 1].double())[:, None]
         >>> round(float(regression(m, y, n_boot=20).loc[(0, 1), "effect"]), 3)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Union
 
 import torch
 
-from headkit.errors import HeadkitError, describe, fail
+from headkit.core.errors import HeadkitError, describe, fail
 
 if TYPE_CHECKING:
     from jaxtyping import Bool
@@ -162,7 +162,7 @@ class Heads:
             >>> hk.Heads.parse("L1H7").validate(2, 4)
             Traceback (most recent call last):
             ...
-            headkit.errors.HeadkitError: Heads got head L1H7, but the model has 4 query heads per layer; expected head indices 0..3. Fix: drop L1H7 or use a head index below 4
+            headkit.core.errors.HeadkitError: Heads got head L1H7, but the model has 4 query heads per layer; expected head indices 0..3. Fix: drop L1H7 or use a head index below 4
         """
         for layer, head in self._pairs:
             if layer >= n_layers:

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from headkit.architectures import NORMALISED_ATTENTION_OUTPUT
+from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT
 from headkit.backend import Backend, get_backend
-from headkit.errors import StaysLocal, describe, fail
-from headkit.interventions import gate
+from headkit.core.errors import StaysLocal, describe, fail
+from headkit.core.interventions import gate
 from headkit.tasks import Examples, examples
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class GateFit:
 
     Example:
         >>> import torch
-        >>> from headkit.gating import GateFit
+        >>> from headkit.analyses.gating import GateFit
         >>> g = torch.full((2, 1, 2), 0.5)
         >>> plus, minus = torch.tensor([[[1.0, 0.25]], [[1.0, 0.5]]]), torch.tensor([[[0.0, 0.25]], [[0.75, 0.0]]])
         >>> f = GateFit(G=g, G_plus=plus, G_minus=minus)
@@ -103,7 +103,7 @@ class GateFit:
 
         Example:
             >>> import torch
-            >>> from headkit.gating import GateFit
+            >>> from headkit.analyses.gating import GateFit
             >>> f = GateFit(*(torch.rand(3, 2, 4) for _ in range(3)))
             >>> f.scores().shape
             (24, 6)
@@ -126,7 +126,7 @@ class GateFit:
 
         Example:
             >>> import torch
-            >>> from headkit.gating import GateFit
+            >>> from headkit.analyses.gating import GateFit
             >>> f = GateFit(*(torch.rand(3, 2, 4) for _ in range(3)))
             >>> list(f.taxonomy().columns)[:4]
             ['facilitation', 'irrelevance', 'interference', 'role']
@@ -149,7 +149,7 @@ class GateFit:
 
         Example:
             >>> import torch
-            >>> from headkit.gating import GateFit
+            >>> from headkit.analyses.gating import GateFit
             >>> GateFit(*(torch.ones(1, 2, 2) for _ in range(3))).summary().loc["facilitation"].tolist()
             [100.0, 100.0]
         """
@@ -168,7 +168,7 @@ class GateFit:
 
         Example:
             >>> import torch
-            >>> from headkit.gating import GateFit
+            >>> from headkit.analyses.gating import GateFit
             >>> GateFit(*(torch.ones(2, 1, 1) for _ in range(3))).rgb()[0, 0].tolist()
             [0.0, 1.0, 0.0]
         """
@@ -183,7 +183,7 @@ class GateFit:
 
         Example:
             >>> import torch
-            >>> from headkit.gating import GateFit
+            >>> from headkit.analyses.gating import GateFit
             >>> fig = GateFit(*(torch.rand(3, 2, 4) for _ in range(3))).plot()  # doctest: +SKIP
         """
         from headkit import plots
@@ -199,7 +199,7 @@ class ContrastiveFit:
 
     Example:
         >>> import torch
-        >>> from headkit.gating import ContrastiveFit
+        >>> from headkit.analyses.gating import ContrastiveFit
         >>> ContrastiveFit(G=torch.tensor([[[0.75, 0.25]]])).table()["gate"].tolist()  # lowest first
         [0.25, 0.75]
     """
@@ -246,7 +246,7 @@ def sequence_logprob(
 
     Example:
         >>> import torch, headkit as hk
-        >>> from headkit.gating import sequence_logprob
+        >>> from headkit.analyses.gating import sequence_logprob
         >>> model, tok = hk.models.tiny("llama")
         >>> data = [("Tom eats", " apples"), ("He bought", " milk")]
         >>> sequence_logprob(model, data, torch.ones(3, 2, 4), tokenizer=tok).shape

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from headkit.errors import StaysLocal, describe, fail
+from headkit.core.errors import StaysLocal, describe, fail
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float
@@ -83,7 +83,7 @@ def write_json_atomic(path: str | os.PathLike[str], value: Any) -> None:
 
     Example:
         >>> import tempfile, pathlib
-        >>> from headkit.outcome_log import read_json, write_json_atomic
+        >>> from headkit.analyses.outcome_log import read_json, write_json_atomic
         >>> target = pathlib.Path(tempfile.mkdtemp()) / "meta.json"
         >>> write_json_atomic(target, {"seed": 0})
         >>> read_json(target)
@@ -114,7 +114,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
     Example:
         >>> import tempfile, pathlib
-        >>> from headkit.outcome_log import read_json
+        >>> from headkit.analyses.outcome_log import read_json
         >>> bad = pathlib.Path(tempfile.mkdtemp()) / "meta.json"
         >>> _ = bad.write_bytes(b"{trunc")
         >>> try:
@@ -155,7 +155,7 @@ class OutcomeLog:
 
     Example:
         >>> import tempfile, torch
-        >>> from headkit.outcome_log import OutcomeLog
+        >>> from headkit.analyses.outcome_log import OutcomeLog
         >>> folder = tempfile.mkdtemp()
         >>> with OutcomeLog(folder, n_layers=2, n_heads=3, n_prompts=4, meta={"seed": 0}) as log:
         ...     log.append(torch.ones(5, 2, 3, dtype=torch.bool), torch.zeros(5, 4))

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.errors import StaysLocal, describe, fail
-from headkit.heads import Heads, coerce
+from headkit.core.errors import StaysLocal, describe, fail
+from headkit.core.heads import Heads, coerce
 
 if TYPE_CHECKING:
     import pandas as pd
     from jaxtyping import Float
 
-    from headkit.heads import HeadsLike
+    from headkit.core.heads import HeadsLike
     from headkit.sentences import Sentences
 
 __all__ = ["vertical_scores", "kurtosis", "top_heads", "receiver_scores", "split_half", "scan", "Scan"]
@@ -52,7 +52,7 @@ def vertical_scores(
 
     Example:
         >>> import torch
-        >>> from headkit.receivers import vertical_scores
+        >>> from headkit.analyses.receivers import vertical_scores
         >>> A = torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0.7, 0.2, 0.1]], dtype=torch.float64)
         >>> vertical_scores(A, proximity_ignore=1, control_depth=False).tolist()
         [0.8, 0.2, nan]
@@ -103,7 +103,7 @@ def kurtosis(scores: Float[torch.Tensor, "*heads sentence"]) -> Float[torch.Tens
 
     Example:
         >>> import torch
-        >>> from headkit.receivers import kurtosis
+        >>> from headkit.analyses.receivers import kurtosis
         >>> round(kurtosis(torch.tensor([0.0, 0, 0, 0, 0, 0, 0, 1])).item(), 4)
         3.1429
     """
@@ -133,7 +133,7 @@ def top_heads(
 
     Example:
         >>> import torch
-        >>> from headkit.receivers import top_heads
+        >>> from headkit.analyses.receivers import top_heads
         >>> kurt = torch.tensor([[[9.0, 1.0], [2.0, 5.0], [3.0, 0.0]]])   # [trace, layer, head]
         >>> top_heads(kurt, k=2)
         [(1, 1), (2, 0)]
@@ -160,7 +160,7 @@ def _mean_kurtosis(kurt: torch.Tensor, exclude_layer0: bool) -> torch.Tensor:
         raise fail(
             f"top_heads got kurtosis {describe(kurt)}",
             "a float tensor [trace, layer, head] or [layer, head]",
-            "compute it with headkit.receivers.scan(...).kurtosis",
+            "compute it with headkit.analyses.receivers.scan(...).kurtosis",
         )
     mean = kurt.double().mean(0) if kurt.ndim == 3 else kurt.double().clone()
     if exclude_layer0:
@@ -175,7 +175,7 @@ def receiver_scores(
 
     Example:
         >>> import torch
-        >>> from headkit.receivers import receiver_scores
+        >>> from headkit.analyses.receivers import receiver_scores
         >>> v = torch.arange(8.0).reshape(2, 2, 2)                  # [layer, head, sentence]
         >>> receiver_scores(v, "L0H1 L1H1").tolist()
         [4.0, 5.0]
@@ -194,7 +194,7 @@ def split_half(kurt: Float[torch.Tensor, "trace layer head"], *, exclude_layer0:
 
     Example:
         >>> import torch
-        >>> from headkit.receivers import split_half
+        >>> from headkit.analyses.receivers import split_half
         >>> base = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
         >>> round(split_half(torch.stack([base, base + 0.1, base, base - 0.1])), 3)
         1.0
@@ -203,7 +203,7 @@ def split_half(kurt: Float[torch.Tensor, "trace layer head"], *, exclude_layer0:
         raise fail(
             f"split_half got kurtosis {describe(kurt)}",
             "a float tensor [trace, layer, head] with at least 2 traces (better: 10 or more)",
-            "scan more traces with headkit.receivers.scan",
+            "scan more traces with headkit.analyses.receivers.scan",
         )
     a = _mean_kurtosis(kurt[0::2], exclude_layer0).flatten()
     b = _mean_kurtosis(kurt[1::2], exclude_layer0).flatten()
@@ -301,7 +301,7 @@ def scan(
         torch.Size([2, 4, 8])
     """
     from headkit.backend import get_backend
-    from headkit.interventions import capture_attention
+    from headkit.core.interventions import capture_attention
     from headkit.sentences import Sentences
 
     backend = get_backend(model)

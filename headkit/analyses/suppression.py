@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.errors import StaysLocal, describe, fail
-from headkit.heads import Heads, coerce
+from headkit.core.errors import StaysLocal, describe, fail
+from headkit.core.heads import Heads, coerce
 
 if TYPE_CHECKING:
     import pandas as pd
     from jaxtyping import Float
 
-    from headkit.heads import HeadsLike
+    from headkit.core.heads import HeadsLike
     from headkit.sentences import Sentences
 
 __all__ = ["kl_matrix", "Suppression"]
@@ -116,7 +116,7 @@ def kl_matrix(
     from tqdm.auto import tqdm
 
     from headkit.backend import get_backend
-    from headkit.interventions import mask_attention
+    from headkit.core.interventions import mask_attention
     from headkit.sentences import Sentences
 
     backend = get_backend(model)

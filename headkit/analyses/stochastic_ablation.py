@@ -10,7 +10,7 @@ Two phases of random keep/ablate masks, each head kept independently with probab
 Outliers follow the seed's rule (above the 88th percentile of either score), and are checked by running the
 model with only them kept and with only them ablated. On top of the seed's scores, each head's **effect** (the
 change in success rate when it is kept, by least squares on the mask bits, with bootstrap intervals) and
-the pairwise **synergy** (interaction contrast, see :meth:`headkit.montecarlo.Counts.synergy`).
+the pairwise **synergy** (interaction contrast, see :meth:`headkit.analyses.montecarlo.Counts.synergy`).
 
 ``p_keep="auto"`` calibrates the two phases to 25% and 75% success, so neither score rests on a handful of
 records. ``path=`` logs every outcome to disk (masks bit-packed); running the same call again resumes and
@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from headkit.errors import StaysLocal, fail
-from headkit.heads import Heads
-from headkit.montecarlo import Counts, bernoulli, calibrate, evaluate, evaluate_chunks, regression
+from headkit.core.errors import StaysLocal, fail
+from headkit.core.heads import Heads
+from headkit.analyses.montecarlo import Counts, bernoulli, calibrate, evaluate, evaluate_chunks, regression
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -162,7 +162,7 @@ def outliers(
 
     Example:
         >>> import torch
-        >>> from headkit.stochastic_ablation import outliers
+        >>> from headkit.analyses.stochastic_ablation import outliers
         >>> imp = torch.arange(8.0).reshape(2, 4); exc = imp.flip(-1)
         >>> outliers(imp, exc, percentile=88).int().tolist()
         [[0, 0, 0, 0], [1, 0, 0, 1]]
@@ -199,7 +199,7 @@ def study(
     targets must be single tokens. Token ids work too (prompts left-padded, with ``attention_mask``).
     Prompts the full model gets wrong are dropped first (as the seed does).
     ``p_keep`` is the pair (many ablated, few ablated) or ``"auto"``: calibrated to the ``success`` rates
-    by :func:`headkit.montecarlo.calibrate` on ``calibration_masks`` extra masks.
+    by :func:`headkit.analyses.montecarlo.calibrate` on ``calibration_masks`` extra masks.
     ``path`` keeps every outcome on disk; calling again with the same arguments resumes (or extends, with a
     larger ``n_masks``) and gives the same scores.
 
@@ -214,7 +214,7 @@ def study(
     from tqdm.auto import tqdm
 
     from headkit.backend import get_backend
-    from headkit.montecarlo import _prompt_ids, _token_ids
+    from headkit.analyses.montecarlo import _prompt_ids, _token_ids
     from headkit.tasks import COPY_PROMPTS
 
     backend = get_backend(model, tokenizer)
@@ -280,7 +280,7 @@ def study(
         stored_masks, stored = torch.zeros(0, n_layers, n_heads, dtype=torch.bool), torch.zeros(0, len(prompts))
         log = None
         if root is not None:
-            from headkit.outcome_log import OutcomeLog
+            from headkit.analyses.outcome_log import OutcomeLog
 
             log = OutcomeLog(root / name, n_layers=n_layers, n_heads=n_heads, n_prompts=len(prompts),
                              meta={**common, "phase": name, "p_keep": p, "metric": "margin"})
@@ -363,7 +363,7 @@ def _p_keep(p_keep: Any, success: Any, calibration_masks: int, model: Any, ids: 
     key = {**common, "success": list(rates), "calibration_masks": calibration_masks}
     remembered = root / "calibration.json" if root is not None else None
     if remembered is not None and remembered.exists():
-        from headkit.outcome_log import read_json
+        from headkit.analyses.outcome_log import read_json
 
         try:
             stored = read_json(remembered)
@@ -376,7 +376,7 @@ def _p_keep(p_keep: Any, success: Any, calibration_masks: int, model: Any, ids: 
     pair = calibrate(model, ids, target_ids, success=rates, n_masks=calibration_masks, attention_mask=attn,
                      tokenizer=tok, seed=1000 + seed, progress=progress)
     if remembered is not None:
-        from headkit.outcome_log import write_json_atomic
+        from headkit.analyses.outcome_log import write_json_atomic
 
         remembered.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(remembered, {"inputs": key, "p_keep": list(pair)})

@@ -49,7 +49,7 @@ class StaysLocal:
 
     Example:
         >>> import pickle
-        >>> from headkit.errors import StaysLocal
+        >>> from headkit.core.errors import StaysLocal
         >>> try:
         ...     pickle.dumps(StaysLocal("headkit"))
         ... except HeadkitError as e:

@@ -3,7 +3,7 @@
 Each factory returns a small frozen object that is validated when built, prints like the call that made
 it, and is callable as a TransformerLens hook ``fn(activation, /, *, hook) -> activation`` (it reads its
 site and layer from ``hook.name``). Adapters place the same objects on any framework. Activations
-arrive in the canonical layouts of :mod:`headkit.sites`; nothing is edited in place unless asked.
+arrive in the canonical layouts of :mod:`headkit.core.sites`; nothing is edited in place unless asked.
 
     zero_ablate(heads)                      z[:, :, h] = 0
     mean_ablate(heads, means)               z[:, :, h] = mean of z over a reference set
@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
-from headkit.errors import describe, fail
-from headkit.heads import Heads, coerce
-from headkit.sites import LAYOUTS, parse_hook_name, tl_hook_name
+from headkit.core.errors import describe, fail
+from headkit.core.heads import Heads, coerce
+from headkit.core.sites import LAYOUTS, parse_hook_name, tl_hook_name
 
 if TYPE_CHECKING:  # jaxtyping is for readers and type checkers; nothing here needs it at run time
     from jaxtyping import Bool, Float
 
-    from headkit.heads import HeadsLike
-    from headkit.sites import ModelShape, Site
+    from headkit.core.heads import HeadsLike
+    from headkit.core.sites import ModelShape, Site
 
     Spans = Sequence[tuple[int, int]]
     PositionSpec = Union[Spans, Bool[torch.Tensor, "pos"], Bool[torch.Tensor, "batch pos"]]
@@ -485,7 +485,7 @@ def apply_masks(
 
     Example:
         >>> import torch, headkit as hk
-        >>> from headkit.interventions import apply_masks
+        >>> from headkit.core.interventions import apply_masks
         >>> scores = torch.zeros(1, 1, 2, 2).masked_fill(torch.ones(2, 2, dtype=torch.bool).triu(1), -1e38)
         >>> masks = [hk.mask_attention("L0H0", keys=[(0, 1)]), hk.mask_attention("L0H0", keys=[(1, 2)])]
         >>> apply_masks(masks, 0, scores, "example")[1].tolist()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.errors import StaysLocal, describe, fail
+from headkit.core.errors import StaysLocal, describe, fail
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,7 +80,7 @@ def induction_sequence(
     range or list of token ids to draw from (distinct tokens, so the continuation is unambiguous).
 
     Example:
-        >>> from headkit.triad import induction_sequence
+        >>> from headkit.analyses.triad import induction_sequence
         >>> ids, q, key = induction_sequence(4, range(10, 20), seed=1, bos=2)
         >>> ids[0, key] == ids[0, 1 + 3], q == ids.shape[1] - 1
         (tensor(True), True)
@@ -125,9 +125,9 @@ def triad(
     """
     import pandas as pd
 
-    from headkit.architectures import NORMALISED_ATTENTION_OUTPUT, layout
+    from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT, layout
     from headkit.backend import get_backend
-    from headkit.interventions import capture_attention, gate
+    from headkit.core.interventions import capture_attention, gate
 
     from headkit.adapters.huggingface import HFBackend
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.errors import fail
-from headkit.sites import ModelShape
+from headkit.core.errors import fail
+from headkit.core.sites import ModelShape
 
 if TYPE_CHECKING:
     from jaxtyping import Float
@@ -25,7 +25,7 @@ class Arch:
     """Module paths of one architecture: blocks, each block's attention, its output projection W_O.
 
     Example:
-        >>> from headkit.architectures import ARCHITECTURES
+        >>> from headkit.core.architectures import ARCHITECTURES
         >>> ARCHITECTURES["llama"]
         Arch(layers='model.layers', attention='self_attn', out_proj='o_proj')
     """
@@ -67,7 +67,7 @@ class Layout:
 
     Example:
         >>> import headkit as hk
-        >>> from headkit.architectures import layout
+        >>> from headkit.core.architectures import layout
         >>> found = layout(hk.models.tiny("llama")[0])
         >>> type(found.out_proj(1)).__name__, found.where(1, "z")
         ('Linear', 'model.layers.1.self_attn.o_proj input (z)')
@@ -97,7 +97,7 @@ def layout(model: Any, owner: str = "headkit") -> Layout:
 
     Example:
         >>> import headkit as hk
-        >>> from headkit.architectures import layout
+        >>> from headkit.core.architectures import layout
         >>> model, _ = hk.models.tiny("gpt2")
         >>> found = layout(model)
         >>> found.path, found.shape
@@ -174,7 +174,7 @@ def additive_mask(
 
     Example:
         >>> import torch
-        >>> from headkit.architectures import additive_mask
+        >>> from headkit.core.architectures import additive_mask
         >>> (additive_mask(None, 3, 3, torch.float32, torch.device("cpu")) == 0).int()[0, 0].tolist()
         [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
     """
@@ -197,7 +197,7 @@ def find_cache(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
     Example:
         >>> from transformers import DynamicCache
-        >>> from headkit.architectures import find_cache
+        >>> from headkit.core.architectures import find_cache
         >>> cache = DynamicCache()
         >>> find_cache((), {"cache": cache}) is cache, find_cache((), {"past_key_values": None})
         (True, None)
@@ -216,7 +216,7 @@ def cached_tokens(cache: Any, layer: int) -> int:
     of a cached decoding step starts at ``cached_tokens(...) + q_len - k_len`` (before this step's update).
 
     Example:
-        >>> from headkit.architectures import cached_tokens
+        >>> from headkit.core.architectures import cached_tokens
         >>> cached_tokens(None, 0)
         0
     """

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from headkit.errors import fail
+from headkit.core.errors import fail
 
 __all__ = ["Site", "LAYOUTS", "ModelShape", "TL_HOOKS", "tl_hook_name", "parse_hook_name"]
 
@@ -53,7 +53,7 @@ class ModelShape:
     """The head geometry of a model: what interventions are validated against.
 
     Example:
-        >>> from headkit.sites import ModelShape
+        >>> from headkit.core.sites import ModelShape
         >>> ModelShape(n_layers=18, n_heads=4, d_head=256, n_kv_heads=1)
         ModelShape(n_layers=18, n_heads=4, d_head=256, n_kv_heads=1)
     """
@@ -83,7 +83,7 @@ def tl_hook_name(site: Site, layer: int) -> str:
     """The TransformerLens hook name of a site in a layer.
 
     Example:
-        >>> from headkit.sites import tl_hook_name
+        >>> from headkit.core.sites import tl_hook_name
         >>> tl_hook_name("scores", 3)
         'blocks.3.attn.hook_attn_scores'
     """
@@ -94,7 +94,7 @@ def parse_hook_name(name: str, owner: str, sites: tuple[Site, ...]) -> tuple[Sit
     """(site, layer) of a TransformerLens hook name, or a HeadkitError with a did-you-mean.
 
     Example:
-        >>> from headkit.sites import parse_hook_name
+        >>> from headkit.core.sites import parse_hook_name
         >>> parse_hook_name("blocks.2.attn.o.hook_in", "ZeroAblate", ("z",))
         ('z', 2)
     """

@@ -1,0 +1,14 @@
+"""The remote-safe kernel: what may run inside an nnsight trace, locally or on an NDIF server.
+
+    errors          HeadkitError and the message shape every error follows
+    heads           Heads, a set of (layer, head) pairs
+    sites           the canonical tensors interventions act on (z, scores, pattern) and their layouts
+    positions       token positions and spans (masks, sentence pooling)
+    interventions   the intervention values (zero-ablate, mean-ablate, gate, mask, capture)
+    architectures   where each supported transformers architecture keeps its attention parts
+    plan            interventions grouped by (site, layer) in forward order
+
+Modules here import only torch and the standard library at run time (tests/test_kernel.py proves it),
+so nnsight can ship them by value to a server that does not have headkit installed. Nothing outside this
+subpackage (and the nnsight adapter's trace-side code) travels.
+"""
