@@ -32,12 +32,28 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
-from headkit.backend import (
-    check_inputs, check_last_only, check_positions, plan, real_token_positions, unembedding_only_at,
+from headkit.backend import unembedding_only_at
+from headkit.core.architectures import (
+    additive_mask,
+    cached_tokens,
+    check_maskable,
+    find_cache,
+    layout,
 )
-from headkit.core.errors import StaysLocal, fail
-from headkit.core.interventions import CaptureAttention, Intervention, MaskAttention, apply_masks
+from headkit.core.errors import fail
+from headkit.core.inputs import (
+    check_inputs,
+    check_last_only,
+    check_positions,
+    real_token_positions,
+)
+from headkit.core.interventions import (
+    CaptureAttention,
+    Intervention,
+    MaskAttention,
+    apply_masks,
+)
+from headkit.core.plan import plan
 from headkit.core.sites import ModelShape
 
 if TYPE_CHECKING:
@@ -45,7 +61,6 @@ if TYPE_CHECKING:
 
 __all__ = ["applied", "model_shape", "HFBackend"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 _ATTENTION_NAME = "headkit"  # registered with transformers' AttentionInterface on first use
 

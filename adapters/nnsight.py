@@ -24,9 +24,10 @@ gates then are ``[invoke_rows, layers, heads]``). Masks rewrite the whole batch'
 must be applied where the trace sees every row (a trace without invokes, or an empty ``tracer.invoke()``);
 give per-row key masks ``[batch, pos]`` to mask differently per invoke.
 
-Remote runs: importing this module registers the ``headkit`` package with nnsight for serialisation by
-value, so its code travels with each request (NDIF does not have headkit installed); everything that
-runs in the trace imports only torch, nnsight and the standard library. What comes back is plain data:
+Remote runs: :func:`register` (called by :func:`check_remote` and by a remote :class:`NNsightBackend`)
+tells nnsight to ship headkit's kernel (``headkit.core``) and this module by value with each request
+(NDIF does not have headkit installed); everything that runs in the trace imports only torch, nnsight and
+the standard library, and nothing else of headkit travels. What comes back is plain data:
 captures as the dicts ``apply`` returns (bind them to names in the block), gradients only when
 ``.save()``d inside the trace (see :func:`apply`).
 """
@@ -38,17 +39,49 @@ from typing import TYPE_CHECKING, Any
 import nnsight
 import torch
 
-from headkit.core.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
-from headkit.backend import check_inputs, check_last_only, check_positions, plan, real_token_positions
+from headkit.core.architectures import (
+    additive_mask,
+    cached_tokens,
+    check_maskable,
+    find_cache,
+    layout,
+)
 from headkit.core.errors import HeadkitError, fail
+from headkit.core.inputs import (
+    check_inputs,
+    check_last_only,
+    check_positions,
+    real_token_positions,
+)
 from headkit.core.interventions import Intervention, MaskAttention, apply_masks
+from headkit.core.plan import plan
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
-__all__ = ["apply", "NNsightBackend", "check_remote"]
+__all__ = ["apply", "NNsightBackend", "check_remote", "register", "TRAVELS"]
 
-nnsight.register("headkit")  # ship headkit's code by value with remote requests: NDIF does not install it
+TRAVELS = ("headkit.core", "headkit.adapters.nnsight")
+"""What a remote request ships by value (NDIF does not install headkit): the kernel and this module."""
+
+
+def register() -> None:
+    """Ship headkit's kernel and this module by value with remote requests (NDIF does not install headkit).
+
+    :func:`check_remote` and a remote :class:`NNsightBackend` call it; call it yourself before writing your
+    own ``model.trace(..., remote=True)`` block without them. Nothing else of headkit travels: a block that
+    names another part of headkit (say ``hk.zero_ablate`` inside it) fails on the server with "No module
+    named 'headkit...'"; build the interventions before the block instead.
+
+    Example:
+        >>> from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
+        >>> from headkit.adapters import nnsight as hk_nn
+        >>> hk_nn.register()
+        >>> sorted(name for name in _PICKLE_BY_VALUE_MODULES if name.startswith("headkit"))
+        ['headkit.adapters.nnsight', 'headkit.core']
+    """
+    for name in TRAVELS:
+        nnsight.register(name)
 
 
 def apply(model: Any, *interventions: Intervention) -> tuple[dict[tuple[int, int], torch.Tensor], ...]:
@@ -201,6 +234,8 @@ class NNsightBackend:
         self.tokenizer = getattr(model, "tokenizer", None)
         self.shape = layout(module, "NNsightBackend").shape
         self.remote = remote
+        if remote:
+            register()
         unembed = module.get_output_embeddings()
         self.vocab_size = int(unembed.weight.shape[0])
         self._unembed_name = next(n for n, m in module.named_modules() if m is unembed)  # for logits(positions=)
@@ -319,6 +354,7 @@ def check_remote(model: Any) -> None:
     """
     from nnsight import CONFIG
 
+    register()
     if not CONFIG.API.APIKEY:
         raise fail(
             "no NDIF API key is configured",

@@ -48,10 +48,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from headkit.backend import unembedding_only_at
 from headkit.core.architectures import cached_tokens, find_cache
-from headkit.backend import check_inputs, check_last_only, check_positions, plan, unembedding_only_at
-from headkit.core.errors import StaysLocal, fail
-from headkit.core.interventions import Gate, Intervention, MaskAttention, MeanAblate, ZeroAblate
+from headkit.core.errors import fail
+from headkit.core.inputs import check_inputs, check_last_only, check_positions
+from headkit.core.interventions import (
+    Gate,
+    Intervention,
+    MaskAttention,
+    MeanAblate,
+    ZeroAblate,
+)
+from headkit.core.plan import plan
 from headkit.core.sites import ModelShape, Site, tl_hook_name
 
 if TYPE_CHECKING:
@@ -62,7 +70,6 @@ __all__ = [
     "TLBackend",
 ]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 
 # ------------------------------------------------------------------------------------------------- models

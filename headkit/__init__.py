@@ -26,9 +26,10 @@ neither TransformerLens nor nnsight.
 from headkit import models, plots, sentences, tasks
 from headkit.analyses import gating, montecarlo, receivers, stochastic_ablation, suppression, triad
 from headkit.backend import get_backend
-from headkit.core.errors import HeadkitError, StaysLocal
+from headkit.core.errors import HeadkitError
 from headkit.core.heads import Heads
-from headkit.core.interventions import capture_attention, compute_means, gate, mask_attention, mean_ablate, zero_ablate
+from headkit.core.interventions import capture_attention, gate, mask_attention, mean_ablate, zero_ablate
+from headkit.means import compute_means
 from headkit.models import load_default
 
 __all__ = [
@@ -56,4 +57,3 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix

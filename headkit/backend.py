@@ -9,23 +9,20 @@ adapter from the model's type, looking only at frameworks that are already impor
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from headkit.core.errors import describe, fail
-from headkit.core.interventions import Intervention, check_interventions
-from headkit.core.sites import ModelShape, Site
+from headkit.core.errors import fail
+from headkit.core.interventions import Intervention
+from headkit.core.sites import ModelShape
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
-__all__ = ["Backend", "get_backend", "plan"]
-
-_SITE_ORDER: dict[Site, int] = {"z": 0, "scores": 1, "pattern": 2}
-
+__all__ = ["Backend", "get_backend", "unembedding_only_at"]
 
 @runtime_checkable
 class Backend(Protocol):
@@ -68,117 +65,6 @@ class Backend(Protocol):
         ...
 
 
-def real_token_positions(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batch pos"]:
-    """Position ids counting real tokens only, so a left-padded row sees the positions it has alone.
-
-    This is what ``generate()`` and TransformerLens do; the transformers and nnsight backends pass it.
-
-    Example:
-        >>> import torch
-        >>> from headkit.backend import real_token_positions
-        >>> real_token_positions(torch.tensor([[0, 0, 1, 1, 1]])).tolist()
-        [[0, 0, 0, 1, 2]]
-    """
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def check_inputs(
-    input_ids: object, attention_mask: object, vocab_size: int | None, owner: str
-) -> None:
-    """HeadkitError unless ``input_ids`` are token ids ``[batch, pos]`` in the vocabulary and the mask fits them.
-
-    Every backend calls this before a forward pass, so a wrong dtype, an id beyond the vocabulary or a mask
-    of another shape is named here instead of surfacing as a raw torch error (or as logits that match
-    neither input).
-
-    Example:
-        >>> import torch
-        >>> from headkit.backend import check_inputs
-        >>> check_inputs(torch.tensor([[1, 5, 6]]), None, 100, "example")   # fine: returns None
-        >>> try:
-        ...     check_inputs(torch.tensor([[1, 500]]), None, 100, "example")
-        ... except ValueError as error:
-        ...     print(str(error).split(";")[0])
-        example got token id 500 in input_ids i64[1, 2]
-    """
-    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.numel() == 0:
-        raise fail(f"{owner} got input_ids {describe(input_ids)}", "token ids [batch, pos] with batch, pos >= 1",
-                   "tokenize into a tensor, e.g. tokenizer(texts, return_tensors='pt').input_ids")
-    check_token_ids(input_ids, vocab_size, owner)
-    if attention_mask is None:
-        return
-    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise fail(f"{owner} got attention_mask {describe(attention_mask)} for input_ids {describe(input_ids)}",
-                   f"a 0/1 tensor of the same shape {list(input_ids.shape)}",
-                   "pass the tokenizer's attention_mask for these same ids")
-    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-        raise fail(f"{owner} got attention_mask {describe(attention_mask)} with values other than 0 and 1",
-                   "1 for real tokens, 0 for padding", "pass the tokenizer's attention_mask")
-
-
-def check_token_ids(
-    ids: torch.Tensor, vocab_size: int | None, owner: str, name: str = "input_ids", item: str = "token"
-) -> None:
-    """HeadkitError unless a tensor holds integer ids inside the vocabulary (and has data: not on meta).
-
-    Used for the inputs of every backend and for the targets of the analyses.
-
-    Example:
-        >>> import torch
-        >>> from headkit.backend import check_token_ids
-        >>> try:
-        ...     check_token_ids(torch.tensor([3, -1]), 100, "evaluate", "targets", "target")
-        ... except ValueError as error:
-        ...     print(str(error).split(";")[0])
-        evaluate got target id -1 in targets i64[2]
-    """
-    if ids.device.type == "meta":
-        raise fail(f"{owner} got {name} on the meta device", "token ids with data (cpu or cuda)",
-                   "build the ids on a real device (torch.tensor(...) or .to('cpu'))")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise fail(f"{owner} got {name} {describe(ids)} of dtype {ids.dtype}", "integer token ids",
-                   f"convert with {name}.long() (and check they are ids, not embeddings or probabilities)")
-    if ids.numel() == 0:
-        return
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or (vocab_size is not None and high >= vocab_size):
-        bad = low if low < 0 else high
-        raise fail(f"{owner} got {item} id {bad} in {name} {describe(ids)}",
-                   f"ids in 0..{vocab_size - 1 if vocab_size else 'vocab - 1'} (this model's vocabulary)",
-                   "tokenize with this model's own tokenizer")
-
-
-def check_last_only(last_only: bool, attention_mask: torch.Tensor | None) -> None:
-    """``last_only`` reads the last column, which is every row's last real token only under left padding."""
-    if last_only and attention_mask is not None and not bool(attention_mask[:, -1].all()):
-        raise fail(
-            "logits(last_only=True) got an attention mask whose last column has padding",
-            "left-padded inputs (every row ends in a real token)",
-            'pad on the left (tokenizer.padding_side = "left"), or drop last_only and read each row\'s '
-            "last real token with headkit.metrics.last_token_logits",
-        )
-
-
-def check_positions(
-    positions: Bool[torch.Tensor, "batch pos"] | None, input_ids: torch.Tensor, last_only: bool
-) -> None:
-    """``positions`` must be a bool ``[batch, pos]`` mask like ``input_ids``, and excludes ``last_only``."""
-    if positions is None:
-        return
-    if last_only:
-        raise fail(
-            "logits got both last_only=True and positions",
-            "one way to choose the positions to unembed",
-            "pass positions with the last column set, or last_only=True alone",
-        )
-    if not isinstance(positions, torch.Tensor) or positions.dtype != torch.bool or positions.shape != input_ids.shape:
-        raise fail(
-            f"logits got positions {describe(positions)} for input_ids {describe(input_ids)}",
-            f"a bool tensor of the input's shape {list(input_ids.shape)}, True where logits are wanted",
-            "build it like the input, e.g. `positions = attention_mask.bool()` or a target mask",
-        )
-
-
 @contextmanager
 def unembedding_only_at(unembed: torch.nn.Module, positions: Bool[torch.Tensor, "batch pos"] | None) -> Iterator[None]:
     """Feed the unembedding only the hidden states at ``positions`` (as ``[1, n, d_model]``), for the block.
@@ -207,33 +93,6 @@ def unembedding_only_at(unembed: torch.nn.Module, positions: Bool[torch.Tensor, 
         yield
     finally:
         handle.remove()
-
-
-def plan(
-    interventions: Sequence[object], shape: ModelShape, owner: str
-) -> dict[tuple[Site, int], list[Intervention]]:
-    """Validate interventions against a model and group them by (site, layer), in forward order.
-
-    At each site the edits keep the order they were given in, and reads (captures) come after every edit,
-    so a capture sees the activation as the model uses it.
-
-    Example:
-        >>> import headkit as hk
-        >>> from headkit.core.sites import ModelShape
-        >>> p = plan([hk.zero_ablate("L1H0")], ModelShape(2, 4, 16, 4), "example")
-        >>> list(p)
-        [('z', 1)]
-    """
-    check_interventions(interventions, owner)
-    ivs: list[Intervention] = list(interventions)  # type: ignore[arg-type]
-    for iv in ivs:
-        iv.validate(shape)
-    groups: dict[tuple[Site, int], list[Intervention]] = {}
-    for iv in sorted(ivs, key=lambda iv: iv.reads_only):  # stable: edits in given order, then reads
-        for site in iv.sites:
-            for layer in iv.layers(shape.n_layers):
-                groups.setdefault((site, layer), []).append(iv)
-    return dict(sorted(groups.items(), key=lambda item: (item[0][1], _SITE_ORDER[item[0][0]])))
 
 
 def get_backend(model: Any, tokenizer: Any = None) -> Backend:

@@ -21,14 +21,12 @@ from typing import Any
 import torch
 
 import headkit as hk
-from headkit.core.errors import StaysLocal
 from headkit.core.interventions import Intervention
 from headkit.metrics import target_logprob, top1_success
 from headkit.tasks import Task, copy_task
 
 __all__ = ["main", "demo", "chg", "mc", "receivers", "suppress", "triad"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,7 +267,7 @@ def chg(
         gated = [[gating.sequence_logprob(backend, d, fitted.G[s]).mean().item() for s in range(seeds)]
                  for d in (retain, forget)]
         out(f"contrastive CHG: retain the instruction variant, forget the in-context variant ({len(retain)} pairs)")
-        out(f"  mean log p(target) per token   full model   gated (per seed)")
+        out("  mean log p(target) per token   full model   gated (per seed)")
         for name, f, g in zip(("instruction (retain)", "in-context (forget)"), full, gated):
             out(f"  {name:<28} {f:>10.3f}   " + "  ".join(f"{x:.3f}" for x in g))
         table = fitted.table()

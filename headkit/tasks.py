@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from headkit.core.errors import StaysLocal, fail
+from headkit.core.errors import fail
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Int
@@ -39,7 +39,6 @@ __all__ = [
     "antonym_pairs",
 ]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 COPY_PROMPTS: tuple[tuple[str, str], ...] = (
     ("Tom eats apples. Tom eats", " apples"),
@@ -123,13 +122,13 @@ class Task:
     answers: tuple[str, ...]
     input_ids: Int[torch.Tensor, "n pos"]
     attention_mask: Int[torch.Tensor, "n pos"]
-    targets: Int[torch.Tensor, "n"]
+    targets: Int[torch.Tensor, " n"]
     first_sentence: Bool[torch.Tensor, "n pos"]
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def subset(self, keep: Bool[torch.Tensor, "n"]) -> Task:
+    def subset(self, keep: Bool[torch.Tensor, " n"]) -> Task:
         """The prompts where ``keep`` is True."""
         rows = keep.nonzero()[:, 0].tolist()
         return Task(
@@ -234,7 +233,7 @@ class Examples:
             padded("target_mask"),
         )
 
-    def scored(self) -> tuple[Bool[torch.Tensor, "n pos"], Int[torch.Tensor, "m"]]:
+    def scored(self) -> tuple[Bool[torch.Tensor, "n pos"], Int[torch.Tensor, " m"]]:
         """Where the logits predict a target token (``[n, pos]``), and those tokens (row-major order)."""
         positions = torch.zeros_like(self.target_mask)
         positions[:, :-1] = self.target_mask[:, 1:]
@@ -319,7 +318,7 @@ def _pairs(data: Any, prompt: str, target: str) -> list[tuple[str, str]]:
             raise fail(
                 f"examples got columns {names}",
                 f"a {prompt!r} column and a {target!r} column",
-                f"name them with examples(tok, data, prompt=..., target=...)",
+                "name them with examples(tok, data, prompt=..., target=...)",
             )
         pairs = list(zip(data[prompt], data[target]))
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):

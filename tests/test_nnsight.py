@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
+from headkit.adapters import nnsight as hk_nn
 from nnsight import CONFIG, TransformersModel
 
 import headkit as hk
-from headkit.adapters import nnsight as hk_nn
 from tests.conftest import ARCHS, Runner, max_diff, token_ids
 from tests.ndif import PICKLE_MACHINERY, TRACE_MODULES, StrictRemote
 
@@ -35,6 +35,9 @@ def every_intervention(shape):
         hk.capture_attention("L1H0 L0H3"),
         hk.capture_attention("L1H1", pool=[(0, 4), (4, 9)]),
     ]
+
+
+hk_nn.register()  # the tests below trace remotely without a remote NNsightBackend (which registers)
 
 
 def traced(model, ids, interventions, **where):
@@ -74,24 +77,32 @@ def test_nnsight_local_simulation_equals_the_plain_trace(arch):
         assert torch.equal(simulated, local), interventions
 
 
-def test_naming_the_headkit_package_in_a_remote_block_stops_on_the_client():
+def test_only_the_kernel_and_the_nnsight_adapter_travel():
+    hk_nn.register()
+    assert {name for name in _PICKLE_BY_VALUE_MODULES if name.split(".")[0] == "headkit"} == set(hk_nn.TRAVELS)
+    assert hk_nn.TRAVELS == ("headkit.core", "headkit.adapters.nnsight")
+
+
+def test_naming_the_rest_of_headkit_in_a_remote_block_fails_on_the_server():
+    hk_nn.register()
     model = nnsight_model()
-    with pytest.raises(hk.HeadkitError, match=r"refers to headkit(\.\w+)?, which cannot travel.*build the interventions before"):
+    with pytest.raises(ModuleNotFoundError, match="headkit"):
         with model.trace(token_ids(), backend=StrictRemote(model)):
-            hk_nn.apply(model, hk.zero_ablate("L0H1"))  # hk. inside a remote block
+            hk_nn.apply(model, hk.zero_ablate("L0H1"))  # hk. inside a remote block: the package does not travel
     with model.trace(token_ids()):  # locally nothing is shipped, so the same block is fine
         hk_nn.apply(model, hk.zero_ablate("L0H1"))
 
 
 def test_without_registration_the_server_could_not_run_it():
-    # the check above can fail: unregister headkit and the simulated server cannot find it
+    # the remote tests above can fail: unregister the kernel and the simulated server cannot find it
     model = nnsight_model()
-    _PICKLE_BY_VALUE_MODULES.discard("headkit")
+    for name in hk_nn.TRAVELS:
+        _PICKLE_BY_VALUE_MODULES.discard(name)
     try:
         with pytest.raises(ModuleNotFoundError, match="headkit"):
             traced(model, token_ids(), [hk.zero_ablate("L0H1")], backend=StrictRemote(model))
     finally:
-        _PICKLE_BY_VALUE_MODULES.add("headkit")
+        hk_nn.register()
 
 
 # ------------------------------------------------------------------------------------------------- invokes

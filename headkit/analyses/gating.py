@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT
 from headkit.backend import Backend, get_backend
-from headkit.core.errors import StaysLocal, describe, fail
+from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT
+from headkit.core.errors import describe, fail
 from headkit.core.interventions import gate
 from headkit.tasks import Examples, examples
 
@@ -52,7 +52,6 @@ __all__ = [
     "SCORES",
 ]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 SCORES = ("facilitation", "irrelevance", "interference")
 """The three role scores, in the order of the paper's Figure 2."""
@@ -237,7 +236,7 @@ def sequence_logprob(
     *,
     max_rows: int = 256,
     tokenizer: Any = None,
-) -> Float[torch.Tensor, "example"] | Float[torch.Tensor, "mask example"]:
+) -> Float[torch.Tensor, " example"] | Float[torch.Tensor, "mask example"]:
     """Mean log-probability per target token of each example, optionally under gates (one or many masks).
 
     With ``gates`` of shape ``[mask, layer, head]`` every mask is evaluated on every example, packed into
@@ -300,7 +299,7 @@ def _chunked(
 
 def _row_logprob(
     backend: Backend, ex: Examples, gates: Float[torch.Tensor, "row layer head"] | None
-) -> Float[torch.Tensor, "row"]:
+) -> Float[torch.Tensor, " row"]:
     """Each row's mean log-probability of its target tokens (one forward pass, logits at targets only)."""
     positions, labels = ex.scored()
     interventions = () if gates is None else (gate(gates),)
@@ -536,7 +535,7 @@ class _Sampler:
     def __init__(self, n: int, generator: torch.Generator) -> None:
         self.n, self.generator, self.queue = n, generator, torch.empty(0, dtype=torch.long)
 
-    def take(self, k: int) -> Int[torch.Tensor, "k"]:
+    def take(self, k: int) -> Int[torch.Tensor, " k"]:
         while len(self.queue) < k:
             self.queue = torch.cat([self.queue, torch.randperm(self.n, generator=self.generator)])
         out, self.queue = self.queue[:k], self.queue[k:]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.errors import StaysLocal, describe, fail
+from headkit.core.errors import describe, fail
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["evaluate", "evaluate_chunks", "calibrate", "bernoulli", "single_heads", "k_subsets", "Counts", "regression",
            "METRICS"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 METRICS = ("top1", "logprob", "logit_diff", "margin")
 """top1: 1.0 where the target is the most likely next token; logprob: log p(target); logit_diff:
@@ -99,7 +98,7 @@ def k_subsets(
 def calibrate(
     model: Any,
     prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"],
-    targets: Sequence[str] | Int[torch.Tensor, "prompt"],
+    targets: Sequence[str] | Int[torch.Tensor, " prompt"],
     *,
     success: float | Sequence[float] = 0.5,
     n_masks: int = 64,
@@ -173,11 +172,11 @@ def _logistic_fit(x: torch.Tensor, successes: torch.Tensor, trials: float) -> tu
 def evaluate(
     model: Any,
     prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"],
-    targets: Sequence[str] | Int[torch.Tensor, "prompt"],
+    targets: Sequence[str] | Int[torch.Tensor, " prompt"],
     masks: Bool[torch.Tensor, "mask layer head"] | Float[torch.Tensor, "mask layer head"],
     *,
     metric: str = "top1",
-    distractors: Sequence[str] | Int[torch.Tensor, "prompt"] | None = None,
+    distractors: Sequence[str] | Int[torch.Tensor, " prompt"] | None = None,
     attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
     tokenizer: Any = None,
     masks_per_pass: int | None = None,
@@ -208,11 +207,11 @@ def evaluate(
 def evaluate_chunks(
     model: Any,
     prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"],
-    targets: Sequence[str] | Int[torch.Tensor, "prompt"],
+    targets: Sequence[str] | Int[torch.Tensor, " prompt"],
     masks: Bool[torch.Tensor, "mask layer head"] | Float[torch.Tensor, "mask layer head"],
     *,
     metric: str = "top1",
-    distractors: Sequence[str] | Int[torch.Tensor, "prompt"] | None = None,
+    distractors: Sequence[str] | Int[torch.Tensor, " prompt"] | None = None,
     attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
     tokenizer: Any = None,
     masks_per_pass: int | None = None,
@@ -414,7 +413,7 @@ def _prompt_ids(prompts: Any, attention_mask: Any, tok: Any) -> tuple[torch.Tens
 
 def _token_ids(values: Any, name: str, prompts: Any, n: int, tok: Any, vocab: int | None = None) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
-        from headkit.backend import check_token_ids
+        from headkit.core.inputs import check_token_ids
 
         check_token_ids(values, vocab, "evaluate", name, name[:-1])
         ids = values.long().flatten().cpu()
@@ -437,7 +436,7 @@ def _token_ids(values: Any, name: str, prompts: Any, n: int, tok: Any, vocab: in
                 )
             ids_list.append(tokens[0])
         ids = torch.tensor(ids_list, dtype=torch.long)
-        from headkit.backend import check_token_ids
+        from headkit.core.inputs import check_token_ids
 
         check_token_ids(ids, vocab, "evaluate", name, name[:-1])  # a tokenizer larger than the model's vocabulary
     if ids.shape[0] != n:

@@ -37,14 +37,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from headkit.core.errors import StaysLocal, describe, fail
+from headkit.core.errors import describe, fail
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float
 
 __all__ = ["OutcomeLog", "write_json_atomic", "read_json"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 FORMAT = "headkit outcome log 2"
 _MAGIC = b"HKB2"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.errors import StaysLocal, describe, fail
+from headkit.core.errors import describe, fail
 from headkit.core.heads import Heads, coerce
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["vertical_scores", "kurtosis", "top_heads", "receiver_scores", "split_half", "scan", "Scan"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 
 def vertical_scores(
@@ -170,7 +169,7 @@ def _mean_kurtosis(kurt: torch.Tensor, exclude_layer0: bool) -> torch.Tensor:
 
 def receiver_scores(
     vertical: Float[torch.Tensor, "layer head sentence"], heads: HeadsLike
-) -> Float[torch.Tensor, "sentence"]:
+) -> Float[torch.Tensor, " sentence"]:
     """Receiver-head score of each sentence: its vertical score averaged over the given heads (NaN ignored).
 
     Example:

@@ -33,9 +33,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from headkit.core.errors import StaysLocal, fail
+from headkit.analyses.montecarlo import (
+    Counts,
+    bernoulli,
+    calibrate,
+    evaluate,
+    evaluate_chunks,
+    regression,
+)
+from headkit.core.errors import fail
 from headkit.core.heads import Heads
-from headkit.analyses.montecarlo import Counts, bernoulli, calibrate, evaluate, evaluate_chunks, regression
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,7 +52,6 @@ if TYPE_CHECKING:
 
 __all__ = ["study", "Study", "Phase", "outliers", "SEED_P_KEEP", "AUTO_SUCCESS"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 SEED_P_KEEP = (0.3, 0.85)
 """The seed's keep probabilities: phase "many ablated", phase "few ablated"."""
@@ -178,7 +184,7 @@ def outliers(
 def study(
     model: Any,
     prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"] | None = None,
-    targets: Sequence[str] | Int[torch.Tensor, "prompt"] | None = None,
+    targets: Sequence[str] | Int[torch.Tensor, " prompt"] | None = None,
     *,
     tokenizer: Any = None,
     attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
@@ -213,8 +219,8 @@ def study(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from headkit.backend import get_backend
     from headkit.analyses.montecarlo import _prompt_ids, _token_ids
+    from headkit.backend import get_backend
     from headkit.tasks import COPY_PROMPTS
 
     backend = get_backend(model, tokenizer)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.errors import StaysLocal, describe, fail
+from headkit.core.errors import describe, fail
 from headkit.core.heads import Heads, coerce
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["kl_matrix", "Suppression"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 _LOGIT_BUDGET = 1 << 26
 """Logit cells (positions x vocabulary) per forward pass when rows_per_pass is automatic: 256 MiB in fp32."""

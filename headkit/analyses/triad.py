@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.errors import StaysLocal, describe, fail
+from headkit.core.errors import describe, fail
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["triad", "Triad", "induction_sequence"]
 
-_stays_local = StaysLocal(__name__)  # pickling this module for a remote trace fails with the fix
 
 METRICS = ("attention", "direct", "ablation")
 _FINAL_NORM = {"transformer": "ln_f", "gpt_neox": "final_layer_norm", "model": "norm"}
@@ -125,11 +124,10 @@ def triad(
     """
     import pandas as pd
 
-    from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT, layout
-    from headkit.backend import get_backend
-    from headkit.core.interventions import capture_attention, gate
-
     from headkit.adapters.huggingface import HFBackend
+    from headkit.backend import get_backend
+    from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT, layout
+    from headkit.core.interventions import capture_attention, gate
 
     hf = model.model if isinstance(model, HFBackend) else model
     backend = get_backend(hf)

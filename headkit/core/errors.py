@@ -37,33 +37,3 @@ def describe(x: object) -> str:
         dtype = str(x.dtype).removeprefix("torch.")
         return f"{_SHORT_DTYPES.get(dtype, dtype)}[{', '.join(str(int(n)) for n in x.shape)}]"
     return f"a {type(x).__name__}"
-
-
-class StaysLocal:
-    """A marker in the namespace of a module that must not travel to a remote (NDIF) server.
-
-    nnsight ships a module that a remote trace block names by value, with everything in it. headkit's
-    package and its client-side modules (models, file caches, the command line, the transformers and
-    TransformerLens adapters) would drag imports an NDIF server refuses, so pickling this marker, which
-    happens exactly then, stops the request on the client with the fix instead.
-
-    Example:
-        >>> import pickle
-        >>> from headkit.core.errors import StaysLocal
-        >>> try:
-        ...     pickle.dumps(StaysLocal("headkit"))
-        ... except HeadkitError as e:
-        ...     print(str(e).split(",")[0])
-        a remote trace block refers to headkit
-    """
-
-    def __init__(self, module: str) -> None:
-        self.module = module
-
-    def __reduce__(self) -> tuple:
-        raise fail(
-            f"a remote trace block refers to {self.module}, which cannot travel to an NDIF server",
-            "a block that names only the interventions and headkit.adapters.nnsight",
-            "build the interventions before `with model.trace(..., remote=True):` (e.g. "
-            "ablate = hk.zero_ablate('L5H1')) and inside it call only hk_nn.apply(model, ablate)",
-        )

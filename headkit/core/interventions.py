@@ -21,6 +21,14 @@ import torch
 
 from headkit.core.errors import describe, fail
 from headkit.core.heads import Heads, coerce
+from headkit.core.positions import (
+    membership,
+    position_mask,
+    position_spec,
+    require_data,
+    spans,
+    spec_repr,
+)
 from headkit.core.sites import LAYOUTS, parse_hook_name, tl_hook_name
 
 if TYPE_CHECKING:  # jaxtyping is for readers and type checkers; nothing here needs it at run time
@@ -30,7 +38,7 @@ if TYPE_CHECKING:  # jaxtyping is for readers and type checkers; nothing here ne
     from headkit.core.sites import ModelShape, Site
 
     Spans = Sequence[tuple[int, int]]
-    PositionSpec = Union[Spans, Bool[torch.Tensor, "pos"], Bool[torch.Tensor, "batch pos"]]
+    PositionSpec = Union[Spans, Bool[torch.Tensor, " pos"], Bool[torch.Tensor, "batch pos"]]
 
 __all__ = [
     "Intervention",
@@ -44,7 +52,6 @@ __all__ = [
     "gate",
     "mask_attention",
     "capture_attention",
-    "compute_means",
 ]
 
 class Intervention:
@@ -181,7 +188,7 @@ class MeanAblate(Intervention):
                 "a float tensor [n_layers, n_heads, d_head] (position-pooled) or [n_layers, pos, n_heads, d_head]",
                 "compute them with headkit.compute_means(model, reference_ids)",
             )
-        _real_data(means, "mean_ablate means")
+        require_data(means, "mean_ablate means")
         if not torch.isfinite(means).all():
             raise fail(
                 f"mean_ablate got means {describe(means)} containing NaN or inf",
@@ -285,7 +292,7 @@ class Gate(Intervention):
                 "a floating-point tensor (any float dtype; gradients flow to it)",
                 "convert with `values.float()`",
             )
-        _real_data(v, "gate values")
+        require_data(v, "gate values")
         if not bool(torch.isfinite(v.detach()).all()):
             raise fail(
                 f"gate got values {describe(v)} containing NaN or inf",
@@ -375,8 +382,8 @@ class MaskAttention(Intervention):
     def __init__(self, heads: HeadsLike, keys: PositionSpec, queries: PositionSpec | None = None) -> None:
         self._set(
             heads=coerce(heads, "mask_attention"),
-            keys=_position_spec(keys, "keys"),
-            queries=None if queries is None else _position_spec(queries, "queries"),
+            keys=position_spec(keys, "keys"),
+            queries=None if queries is None else position_spec(queries, "queries"),
         )
 
     def blocked(
@@ -399,11 +406,11 @@ class MaskAttention(Intervention):
         head_sel = torch.zeros(n_heads, dtype=torch.bool, device=device)
         head_sel[list(self.heads.in_layer(layer))] = True
         total = k_start + k_len
-        keys = _positions(self.keys, "keys", total, q_len, batch, device, self, where)[:, k_start:]  # [b, k]
+        keys = position_mask(self.keys, "keys", total, q_len, batch, device, self, where)[:, k_start:]  # [b, k]
         if self.queries is None:
             queries = torch.ones(1, q_len, dtype=torch.bool, device=device)
         else:
-            queries = _positions(self.queries, "queries", total, q_len, batch, device, self, where)[:, total - q_len :]
+            queries = position_mask(self.queries, "queries", total, q_len, batch, device, self, where)[:, total - q_len :]
         return head_sel[None, :, None, None] & queries[:, None, :, None] & keys[:, None, None, :]
 
     def mask_scores(
@@ -466,8 +473,8 @@ class MaskAttention(Intervention):
         return self._zero_dead_rows(layer, activation, where, nan_rows=True)
 
     def __repr__(self) -> str:
-        queries = "" if self.queries is None else f", queries={_spec_repr(self.queries)}"
-        return f"MaskAttention(heads={self.heads.short()!r}, keys={_spec_repr(self.keys)}{queries})"
+        queries = "" if self.queries is None else f", queries={spec_repr(self.queries)}"
+        return f"MaskAttention(heads={self.heads.short()!r}, keys={spec_repr(self.keys)}{queries})"
 
 
 def apply_masks(
@@ -524,7 +531,7 @@ class CaptureAttention(Intervention):
     def __init__(self, heads: HeadsLike, pool: Spans | None = None) -> None:
         self._set(
             heads=coerce(heads, "capture_attention"),
-            pool=None if pool is None else _spans(pool, "pool"),
+            pool=None if pool is None else spans(pool, "pool"),
             _store={},  # layer -> [batch, n_chosen, query, key] (or pooled)
         )
 
@@ -571,7 +578,7 @@ class CaptureAttention(Intervention):
             return
         chunk = rows.detach()[:, list(idx)].float()  # [batch, k, rows, key]
         k_len = chunk.shape[-1]
-        member = _membership(self.pool, k_len, chunk.device, self, where)  # [sentences, pos]
+        member = membership(self.pool, k_len, chunk.device, self, where)  # [sentences, pos]
         part = torch.einsum("sq,bhqk,tk->bhst", member[:, start : start + chunk.shape[-2]], chunk, member)
         self._store[layer] = part if start == 0 else self._store[layer] + part
 
@@ -666,202 +673,6 @@ class _SumZ(Intervention):
 
     def __repr__(self) -> str:
         return "SumZ()"
-
-
-def compute_means(
-    model: Any,
-    input_ids: torch.Tensor,
-    *,
-    attention_mask: torch.Tensor | None = None,
-    per_position: bool = False,
-    batch_size: int = 32,
-) -> Float[torch.Tensor, "layer head d_head"] | Float[torch.Tensor, "layer pos head d_head"]:
-    """Mean of every head's ``z`` over a reference set, for :func:`mean_ablate`.
-
-    Runs ``model`` (a transformers model, a TransformerLens bridge, an nnsight model, or a headkit backend) over
-    ``input_ids [n, pos]`` in batches, reading ``z`` through the same capture machinery as the other
-    interventions. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
-    d_head]`` averaged over rows and positions, or ``[n_layers, pos, n_heads, d_head]`` with
-    ``per_position=True``.
-
-    Example:
-        >>> import headkit as hk
-        >>> # means = hk.compute_means(model, reference_ids)
-        >>> # ablate = hk.mean_ablate("L5H1", means)
-    """
-    from headkit.backend import get_backend
-
-    backend = get_backend(model)
-    shape = backend.shape
-    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0:
-        raise fail(
-            f"compute_means got input_ids {describe(input_ids)}",
-            "token ids [n_examples, pos] with at least one example",
-            "tokenize the reference set into one padded tensor",
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise fail(f"compute_means got batch_size={batch_size!r}", "a whole number of rows per forward pass, >= 1",
-                   "pass batch_size=32 (smaller if memory is short)")
-    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
-                                       or attention_mask.shape != input_ids.shape):
-        raise fail(
-            f"compute_means got attention_mask {describe(attention_mask)} for input_ids {describe(input_ids)}",
-            "an attention mask of the same shape as input_ids",
-            "pass the tokenizer's attention_mask",
-        )
-    weights_all = (
-        torch.ones(input_ids.shape, dtype=torch.float64) if attention_mask is None else attention_mask.double().cpu()
-    )
-    sums: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        for start in range(0, input_ids.shape[0], batch_size):
-            rows = slice(start, start + batch_size)
-            mask = None if attention_mask is None else attention_mask[rows]
-            reader = _SumZ(weights_all[rows], per_position)
-            backend.logits(input_ids[rows], reader, attention_mask=mask)
-            for layer, total in reader.sums.items():
-                sums[layer] = sums[layer] + total if layer in sums else total
-    counts = weights_all.sum(0) if per_position else weights_all.sum()  # [pos] or scalar
-    if (counts == 0).any():
-        if per_position:
-            raise fail(
-                "compute_means found positions where every reference row is padding",
-                "at least one real token at every position (per_position=True)",
-                "use position-pooled means (per_position=False) or a reference set without padding",
-            )
-        raise fail(
-            f"compute_means got an attention_mask {describe(attention_mask)} that is all padding",
-            "at least one real token (1) in the reference set",
-            "pass the tokenizer's attention_mask (1 for real tokens, 0 for padding)",
-        )
-    counts = counts[:, None, None] if per_position else counts
-    dtype = next(iter(sums.values())).dtype
-    means = torch.stack([sums[layer] / counts.to(dtype) for layer in range(shape.n_layers)])
-    return means.float()
-
-
-# ------------------------------------------------------------------------------------------------- positions
-def _spans(spans: object, name: str) -> tuple[tuple[int, int], ...]:
-    """Validate half-open, non-empty, non-negative token ranges."""
-    if isinstance(spans, tuple) and len(spans) == 2 and all(isinstance(x, int) for x in spans):
-        spans = [spans]  # a single (start, end)
-    if isinstance(spans, (str, bytes)) or not isinstance(spans, Sequence) or len(spans) == 0:
-        raise fail(
-            f"{name} got {spans!r}",
-            "a non-empty list of half-open token ranges [(start, end), ...]",
-            f"pass e.g. {name}=[(4, 9)]",
-        )
-    out = []
-    for span in spans:
-        ok = (
-            isinstance(span, (tuple, list))
-            and len(span) == 2
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in span)
-        )
-        if not ok:
-            raise fail(f"{name} got range {span!r}", "(start, end) pairs of ints", f"pass e.g. {name}=[(4, 9)]")
-        start, end = span
-        if start < 0:
-            raise fail(
-                f"{name} got range {span!r} with a negative start",
-                "non-negative token positions",
-                "count positions from the start of the sequence (position 0 is the first token)",
-            )
-        if end <= start:
-            what = "an empty" if end == start else "a reversed"
-            raise fail(
-                f"{name} got {what} range {span!r}",
-                "half-open ranges (start, end) with start < end",
-                f"write the range as ({min(start, end)}, {max(start, end) + (1 if end == start else 0)})",
-            )
-        out.append((start, end))
-    return tuple(out)
-
-
-def _real_data(tensor: torch.Tensor, name: str) -> None:
-    """HeadkitError for a tensor on the meta device (shapes only, no values to compute with)."""
-    if tensor.device.type == "meta":
-        raise fail(
-            f"{name} got a tensor on the meta device ({describe(tensor)})",
-            "a tensor with data (cpu or cuda)",
-            "build it on a real device, or load the model's weights before computing from them",
-        )
-
-
-def _position_spec(spec: object, name: str) -> PositionSpec:
-    if hasattr(spec, "__array__") and not isinstance(spec, torch.Tensor):  # numpy and friends
-        raise fail(
-            f"{name} got a {type(spec).__name__} {describe(spec)}",
-            "a bool torch tensor [pos] or [batch, pos], or ranges [(start, end)]",
-            f"convert with torch.as_tensor({name}).bool()",
-        )
-    if isinstance(spec, torch.Tensor):
-        _real_data(spec, name)
-        if spec.dtype != torch.bool or spec.ndim not in (1, 2):
-            raise fail(
-                f"{name} got {describe(spec)}",
-                "a bool tensor [pos] (same for every row) or [batch, pos] (one per row), or ranges [(start, end)]",
-                f"convert with `{name}.bool()`",
-            )
-        return spec
-    return _spans(spec, name)
-
-
-def _positions(
-    spec: PositionSpec, name: str, k_len: int, q_len: int, batch: int, device: torch.device, owner: object, where: str
-) -> Bool[torch.Tensor, "batch pos"]:
-    """A position spec as a bool mask [1 or batch, k_len] over absolute positions 0..k_len-1."""
-    if not isinstance(spec, torch.Tensor):
-        last = max(end for _, end in spec)
-        if last > k_len:
-            raise fail(
-                f"{owner!r} at {where!r} got {name} range ending at {last}, but the sequence has {k_len} tokens",
-                f"ranges within 0..{k_len}",
-                "check the token positions (tokenizers often prepend a BOS token)",
-            )
-        pos = torch.arange(k_len, device=device)
-        mask = torch.zeros(k_len, dtype=torch.bool, device=device)
-        for start, end in spec:
-            mask |= (pos >= start) & (pos < end)
-        return mask[None]
-    mask = spec.to(device)
-    if mask.ndim == 1:
-        mask = mask[None]
-    if mask.shape[0] != batch and spec.ndim == 2:
-        raise fail(
-            f"{owner!r} at {where!r} got a batch of {batch} rows, but its per-row {name} mask has {mask.shape[0]}",
-            "one mask row per batch row",
-            f"pass {name} of shape [{batch}, pos], or a [pos] mask shared by all rows",
-        )
-    n = mask.shape[1]
-    if n == k_len:
-        return mask
-    if n < k_len and q_len < k_len:  # cached decoding: tokens generated after the mask was written stay unmasked
-        return torch.nn.functional.pad(mask, (0, k_len - n))
-    raise fail(
-        f"{owner!r} at {where!r} got a {name} mask over {n} positions for a sequence of {k_len} tokens",
-        f"a mask over exactly {k_len} positions",
-        "build the mask from the same tokenized inputs",
-    )
-
-
-def _membership(spans: Spans, k_len: int, device: torch.device, owner: object, where: str) -> torch.Tensor:
-    """Row-normalised membership [n_spans, pos]: row i averages the positions of span i."""
-    last = max(end for _, end in spans)
-    if last > k_len:
-        raise fail(
-            f"{owner!r} at {where!r} got pool span ending at {last}, but the sequence has {k_len} tokens",
-            f"spans within 0..{k_len}",
-            "compute the sentence boundaries on the same tokenized text",
-        )
-    member = torch.zeros(len(spans), k_len, dtype=torch.float32, device=device)
-    for i, (start, end) in enumerate(spans):
-        member[i, start:end] = 1.0 / (end - start)
-    return member
-
-
-def _spec_repr(spec: PositionSpec) -> str:
-    return describe(spec) if isinstance(spec, torch.Tensor) else repr(list(spec))
 
 
 def check_interventions(interventions: Sequence[object], owner: str) -> None:

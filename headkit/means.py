@@ -1,0 +1,86 @@
+"""Means of every head's output z over a reference set, for mean-ablation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from headkit.backend import get_backend
+from headkit.core.errors import describe, fail
+from headkit.core.interventions import _SumZ
+
+if TYPE_CHECKING:
+    from jaxtyping import Float
+
+__all__ = ["compute_means"]
+
+
+def compute_means(
+    model: Any,
+    input_ids: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    per_position: bool = False,
+    batch_size: int = 32,
+) -> Float[torch.Tensor, "layer head d_head"] | Float[torch.Tensor, "layer pos head d_head"]:
+    """Mean of every head's ``z`` over a reference set, for :func:`mean_ablate`.
+
+    Runs ``model`` (a transformers model, a TransformerLens bridge, an nnsight model, or a headkit backend) over
+    ``input_ids [n, pos]`` in batches, reading ``z`` through the same capture machinery as the other
+    interventions. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
+    d_head]`` averaged over rows and positions, or ``[n_layers, pos, n_heads, d_head]`` with
+    ``per_position=True``.
+
+    Example:
+        >>> import headkit as hk
+        >>> # means = hk.compute_means(model, reference_ids)
+        >>> # ablate = hk.mean_ablate("L5H1", means)
+    """
+    backend = get_backend(model)
+    shape = backend.shape
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise fail(
+            f"compute_means got input_ids {describe(input_ids)}",
+            "token ids [n_examples, pos] with at least one example",
+            "tokenize the reference set into one padded tensor",
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise fail(f"compute_means got batch_size={batch_size!r}", "a whole number of rows per forward pass, >= 1",
+                   "pass batch_size=32 (smaller if memory is short)")
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                       or attention_mask.shape != input_ids.shape):
+        raise fail(
+            f"compute_means got attention_mask {describe(attention_mask)} for input_ids {describe(input_ids)}",
+            "an attention mask of the same shape as input_ids",
+            "pass the tokenizer's attention_mask",
+        )
+    weights_all = (
+        torch.ones(input_ids.shape, dtype=torch.float64) if attention_mask is None else attention_mask.double().cpu()
+    )
+    sums: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for start in range(0, input_ids.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            mask = None if attention_mask is None else attention_mask[rows]
+            reader = _SumZ(weights_all[rows], per_position)
+            backend.logits(input_ids[rows], reader, attention_mask=mask)
+            for layer, total in reader.sums.items():
+                sums[layer] = sums[layer] + total if layer in sums else total
+    counts = weights_all.sum(0) if per_position else weights_all.sum()  # [pos] or scalar
+    if (counts == 0).any():
+        if per_position:
+            raise fail(
+                "compute_means found positions where every reference row is padding",
+                "at least one real token at every position (per_position=True)",
+                "use position-pooled means (per_position=False) or a reference set without padding",
+            )
+        raise fail(
+            f"compute_means got an attention_mask {describe(attention_mask)} that is all padding",
+            "at least one real token (1) in the reference set",
+            "pass the tokenizer's attention_mask (1 for real tokens, 0 for padding)",
+        )
+    counts = counts[:, None, None] if per_position else counts
+    dtype = next(iter(sums.values())).dtype
+    means = torch.stack([sums[layer] / counts.to(dtype) for layer in range(shape.n_layers)])
+    return means.float()
