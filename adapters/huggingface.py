@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.backend import unembedding_only_at
+from headkit.core.adapter import AdapterBase, pad_id
 from headkit.core.architectures import (
     additive_mask,
     cached_tokens,
@@ -43,9 +44,6 @@ from headkit.core.architectures import (
 from headkit.core.errors import fail
 from headkit.core.inputs import (
     check_inputs,
-    check_last_only,
-    check_positions,
-    real_token_positions,
 )
 from headkit.core.interventions import (
     CaptureAttention,
@@ -212,14 +210,6 @@ def _vocab_size(model: Any) -> int:
     return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
 
 
-def _pad_id(config: Any) -> int:
-    """The id generate() pads with: the model's pad token, else its (first) end-of-sequence token, else 0."""
-    pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
-    if isinstance(pad, (list, tuple)):
-        pad = pad[0] if pad else None
-    return pad if isinstance(pad, int) else 0
-
-
 def _sdpa() -> Callable:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -347,7 +337,7 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
             step()
 
 
-class HFBackend:
+class HFBackend(AdapterBase):
     """The headkit backend for a transformers model (see :class:`headkit.backend.Backend`).
 
     Example:
@@ -364,6 +354,10 @@ class HFBackend:
         self.tokenizer = tokenizer
         self.shape = layout(model, "HFBackend").shape
         self.vocab_size = _vocab_size(model)
+
+    @property
+    def torch_module(self) -> torch.nn.Module:
+        return self.model
 
     def applied(self, *interventions: Intervention) -> Any:
         """Apply interventions inside a ``with`` block (see :func:`applied`)."""
@@ -384,16 +378,14 @@ class HFBackend:
         ``last_only=True`` computes the logits of the last position only (``[batch, 1, vocab]``);
         ``positions`` (bool ``[batch, pos]``) those of the True cells only (``[n, vocab]``, row-major).
         """
-        check_inputs(input_ids, attention_mask, self.vocab_size, "HFBackend.logits")
-        check_last_only(last_only, attention_mask)
-        check_positions(positions, input_ids, last_only)
-        device = next(self.model.parameters()).device
+        self.check(input_ids, attention_mask, "HFBackend.logits", last_only, positions)
+        device = self.device
         kwargs: dict[str, Any] = {"use_cache": False}
         if last_only:
             kwargs["logits_to_keep"] = 1
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
-            kwargs.update(attention_mask=attention_mask, position_ids=real_token_positions(attention_mask))
+            kwargs.update(attention_mask=attention_mask, position_ids=self.position_ids(attention_mask))
         with applied(self.model, *interventions), unembedding_only_at(self.model.get_output_embeddings(), positions):
             logits = self.model(input_ids=input_ids.to(device), **kwargs).logits
         return logits if positions is None else logits[0]
@@ -407,9 +399,9 @@ class HFBackend:
         greedy by default.
         """
         check_inputs(input_ids, kwargs.get("attention_mask"), self.vocab_size, "HFBackend.generate")
-        device = next(self.model.parameters()).device
+        device = self.device
         kwargs.setdefault("do_sample", False)
-        kwargs.setdefault("pad_token_id", _pad_id(self.model.config))
+        kwargs.setdefault("pad_token_id", pad_id(self.model.config))
         with applied(self.model, *interventions):
             return self.model.generate(input_ids.to(device), max_new_tokens=max_new_tokens, **kwargs)
 

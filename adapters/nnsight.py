@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import nnsight
 import torch
 
+from headkit.core.adapter import AdapterBase, pad_id
 from headkit.core.architectures import (
     additive_mask,
     cached_tokens,
@@ -49,9 +50,6 @@ from headkit.core.architectures import (
 from headkit.core.errors import HeadkitError, fail
 from headkit.core.inputs import (
     check_inputs,
-    check_last_only,
-    check_positions,
-    real_token_positions,
 )
 from headkit.core.interventions import Intervention, MaskAttention, apply_masks
 from headkit.core.plan import plan
@@ -205,7 +203,7 @@ def _mask(
 
 
 # ------------------------------------------------------------------------------------------------- backend
-class NNsightBackend:
+class NNsightBackend(AdapterBase):
     """The headkit backend for an nnsight model: each forward pass is one trace, local or remote.
 
     ``remote`` says where each trace runs: False (here), True (NDIF; checked first with
@@ -240,6 +238,10 @@ class NNsightBackend:
         self.vocab_size = int(unembed.weight.shape[0])
         self._unembed_name = next(n for n, m in module.named_modules() if m is unembed)  # for logits(positions=)
 
+    @property
+    def torch_module(self) -> torch.nn.Module:
+        return self.model._module
+
     def applied(self, *interventions: Intervention) -> Any:
         """Apply interventions to the wrapped module for a ``with`` block (local models only).
 
@@ -270,13 +272,11 @@ class NNsightBackend:
         positions count real tokens only, as in the other backends. ``positions`` (bool ``[batch, pos]``)
         unembeds only its True cells and returns ``[n, vocab]`` (row-major), also remotely.
         """
-        check_inputs(input_ids, attention_mask, self.vocab_size, "NNsightBackend.logits")
-        check_last_only(last_only, attention_mask)
-        check_positions(positions, input_ids, last_only)
+        self.check(input_ids, attention_mask, "NNsightBackend.logits", last_only, positions)
         model, remote = self.model, self.remote
         kwargs: dict[str, Any] = {}
         if attention_mask is not None:
-            kwargs.update(attention_mask=attention_mask, position_ids=real_token_positions(attention_mask))
+            kwargs.update(attention_mask=attention_mask, position_ids=self.position_ids(attention_mask))
         if last_only:
             kwargs["logits_to_keep"] = 1
         if remote is True:
@@ -318,9 +318,7 @@ class NNsightBackend:
         check_inputs(input_ids, kwargs.get("attention_mask"), self.vocab_size, "NNsightBackend.generate")
         model, remote = self.model, self.remote
         kwargs.setdefault("do_sample", False)
-        config = model._module.config
-        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
-        kwargs.setdefault("pad_token_id", pad if isinstance(pad, int) else 0)
+        kwargs.setdefault("pad_token_id", pad_id(model._module.config))
         if remote is True:
             check_remote(model)
         where = {"remote": remote} if isinstance(remote, (bool, str)) else {"backend": remote}

@@ -49,9 +49,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.backend import unembedding_only_at
+from headkit.core.adapter import AdapterBase
 from headkit.core.architectures import cached_tokens, find_cache
 from headkit.core.errors import fail
-from headkit.core.inputs import check_inputs, check_last_only, check_positions
+from headkit.core.inputs import check_inputs
 from headkit.core.interventions import (
     Gate,
     Intervention,
@@ -247,7 +248,7 @@ def _cache_under_legacy_name(module: torch.nn.Module, args: tuple, kwargs: dict)
     return args, {**kwargs, "past_key_values": cache}
 
 
-class TLBackend:
+class TLBackend(AdapterBase):
     """The headkit backend for a TransformerBridge or HookedTransformer (see :class:`headkit.backend.Backend`).
 
     ``tokenizer`` defaults to the model's own (a HookedTransformer built from a config has none).
@@ -263,6 +264,15 @@ class TLBackend:
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         self.shape = model_shape(model)
         self.vocab_size = int(model.cfg.d_vocab_out if getattr(model.cfg, "d_vocab_out", -1) > 0 else model.cfg.d_vocab)
+
+    @property
+    def torch_module(self) -> torch.nn.Module:
+        return self.model
+
+    @property
+    def model_type(self) -> str | None:
+        """The wrapped transformers model's ``model_type`` (bridges), else None (a HookedTransformer has no config)."""
+        return getattr(getattr(getattr(self.model, "original_model", None), "config", None), "model_type", None)
 
     def applied(self, *interventions: Intervention) -> Any:
         """Apply interventions inside a ``with`` block (see :func:`applied`)."""
@@ -282,16 +292,18 @@ class TLBackend:
         the unembedding then running on those hidden states only. With an ``attention_mask`` TransformerLens
         counts positions over real tokens, as the other backends do.
         """
-        check_inputs(input_ids, attention_mask, self.vocab_size, "TLBackend.logits")
-        check_last_only(last_only, attention_mask)
-        check_positions(positions, input_ids, last_only)
-        device = next(self.model.parameters()).device
+        self.check(input_ids, attention_mask, "TLBackend.logits", last_only, positions)
+        device = self.device
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
-        with applied(self.model, *interventions), unembedding_only_at(self.model.unembed, positions):
+        at = positions
+        if last_only:  # the output layer runs on the last column only
+            at = torch.zeros(input_ids.shape, dtype=torch.bool)
+            at[:, -1] = True
+        with applied(self.model, *interventions), unembedding_only_at(self.model.unembed, at):
             logits = self.model(input_ids.to(device), return_type="logits", **kwargs)
         if positions is not None:
             return logits[0]
-        return logits[:, -1:] if last_only else logits
+        return logits[0][:, None] if last_only else logits
 
     def generate(
         self, input_ids: Int[torch.Tensor, "batch pos"], *interventions: Intervention, max_new_tokens: int = 20, **kwargs: Any
@@ -309,7 +321,7 @@ class TLBackend:
         kwargs.setdefault("stop_at_eos", False)
         kwargs.setdefault("verbose", False)
         model = self.model
-        device = next(model.parameters()).device
+        device = self.device
         lend_tokenizer = getattr(model, "tokenizer", None) is None  # HookedTransformer.generate asserts one
         if lend_tokenizer and self.tokenizer is None:
             raise fail(

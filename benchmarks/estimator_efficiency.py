@@ -58,7 +58,7 @@ def pool(model, task, p: float, n: int, seed: int, folder: Path) -> tuple[torch.
     done = min(len(log), n)
     if done < n:
         chunks = montecarlo.evaluate_chunks(model, task.input_ids, task.targets, masks[done:], metric="margin",
-                                            attention_mask=task.attention_mask, masks_per_pass=1)
+                                            attention_mask=task.attention_mask, rows_per_pass=len(task))
         for chunk in chunks:
             log.append(masks[done : done + chunk.shape[0]], chunk)
             done += chunk.shape[0]

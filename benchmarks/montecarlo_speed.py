@@ -33,6 +33,7 @@ import time
 import torch
 
 import headkit as hk
+from headkit.sweep import RowSizer
 from headkit import montecarlo
 
 
@@ -126,19 +127,20 @@ def main() -> None:
                     backend.logits(ids.repeat(rows, 1), attention_mask=attn.repeat(rows, 1), last_only=True)
 
         # tune once, then time the fused engine at the tuned size (what a long run settles on)
-        tuner_probe = montecarlo._Tuner(None, args.masks)
+        tuner_probe = RowSizer(None, args.masks * args.prompts)
         with torch.no_grad():
             while not tuner_probe.settled:
-                m = tuner_probe.size
+                m = max(1, tuner_probe.size // args.prompts)  # whole masks, as the engine packs them
                 sync()
                 t0 = time.perf_counter()
                 backend.logits(ids.repeat(m, 1), hk.gate(masks[:m].float().repeat_interleave(args.prompts, 0)),
                                attention_mask=attn.repeat(m, 1), last_only=True)
                 sync()
                 tuner_probe.record(m * args.prompts, time.perf_counter() - t0)
-        chosen["per_pass"] = tuner_probe.size
+        chosen["per_pass"] = max(1, tuner_probe.size // args.prompts)
         fused_fixed = lambda: montecarlo.evaluate(backend, ids, targets, masks, attention_mask=attn,  # noqa: E731
-                                                  masks_per_pass=chosen["per_pass"], progress=False)
+                                                  rows_per_pass=chosen["per_pass"] * args.prompts,
+                                                  progress=False)
         runs = {"naive": naive, "fused": fused_fixed, "plain": plain}
         times = {k: [] for k in runs}
         results = {}
@@ -165,7 +167,7 @@ def main() -> None:
             sync()
             studies.append(f"| {name} | 2 x {args.study} masks x {len(result.prompts)} prompts "
                            f"| {time.perf_counter() - t0:.1f} | {result.throughput:.0f} "
-                           f"| {result.log['masks_per_pass']} |")
+                           f"| {result.log['rows_per_pass'] // len(result.prompts)} |")
         del model, backend
     if studies:
         print("\nwhole study (`stochastic_ablation.study`, p_keep 0.3 / 0.85: evaluation, counts, regression with "

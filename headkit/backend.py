@@ -38,6 +38,25 @@ class Backend(Protocol):
     tokenizer: Any
     vocab_size: int
     """Logits per position (ids must lie below it)."""
+    remote: Any
+    """Where passes run: False here (nnsight: True / "local" / a backend object for NDIF or a simulation)."""
+    device: torch.device
+    dtype: torch.dtype
+    model_type: str | None
+    """The transformers ``config.model_type`` where known (e.g. to warn about architecture quirks)."""
+
+    def frozen(self) -> AbstractContextManager[None]:
+        """No weight gradients inside the block (restored after): gates are fitted with frozen weights."""
+        ...
+
+    def run(
+        self,
+        input_ids: Int[torch.Tensor, "batch pos"],
+        *interventions: Intervention,
+        attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    ) -> None:
+        """A forward pass without logits, for what reader interventions (captures) collect."""
+        ...
 
     def applied(self, *interventions: Intervention) -> AbstractContextManager[None]:
         """Apply interventions to every forward pass inside the ``with`` block."""

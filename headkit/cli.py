@@ -403,7 +403,7 @@ def mc(
     if result.evaluations:
         out(f"\nthroughput: {result.evaluations:,} masked prompt-evaluations in {result.seconds:.1f} s = "
             f"{result.throughput:,.0f} evaluations/s ({result.throughput / n:,.1f} masks/s; up to "
-            f"{result.log['masks_per_pass']} masks = {result.log['masks_per_pass'] * n} rows per forward pass)")
+            f"{result.log['rows_per_pass'] // n} masks = {result.log['rows_per_pass']} rows per forward pass)")
     else:
         out("\nthroughput: nothing evaluated (every outcome read back from the log)")
     out(f"wrote {out_dir}/scores.png, outliers.png, synergy.png and CSV tables; outcomes in {out_dir}/outcomes; "

@@ -9,6 +9,8 @@ import torch
 from headkit.backend import get_backend
 from headkit.core.errors import describe, fail
 from headkit.core.interventions import _SumZ
+from headkit.readouts import NoLogits
+from headkit.sweep import Rows, RowSizer, Variants, sweep
 
 if TYPE_CHECKING:
     from jaxtyping import Float
@@ -22,13 +24,13 @@ def compute_means(
     *,
     attention_mask: torch.Tensor | None = None,
     per_position: bool = False,
-    batch_size: int = 32,
+    rows_per_pass: int | None = None,
 ) -> Float[torch.Tensor, "layer head d_head"] | Float[torch.Tensor, "layer pos head d_head"]:
     """Mean of every head's ``z`` over a reference set, for :func:`mean_ablate`.
 
     Runs ``model`` (a transformers model, a TransformerLens bridge, an nnsight model, or a headkit backend) over
-    ``input_ids [n, pos]`` in batches, reading ``z`` through the same capture machinery as the other
-    interventions. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
+    ``input_ids [n, pos]``, ``rows_per_pass`` rows per forward pass (None: sized by measured throughput),
+    reading ``z`` through the same machinery as the other interventions, without computing logits. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
     d_head]`` averaged over rows and positions, or ``[n_layers, pos, n_heads, d_head]`` with
     ``per_position=True``.
 
@@ -45,9 +47,7 @@ def compute_means(
             "token ids [n_examples, pos] with at least one example",
             "tokenize the reference set into one padded tensor",
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise fail(f"compute_means got batch_size={batch_size!r}", "a whole number of rows per forward pass, >= 1",
-                   "pass batch_size=32 (smaller if memory is short)")
+    sizer = RowSizer(rows_per_pass, input_ids.shape[0], "compute_means")
     if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
                                        or attention_mask.shape != input_ids.shape):
         raise fail(
@@ -58,15 +58,21 @@ def compute_means(
     weights_all = (
         torch.ones(input_ids.shape, dtype=torch.float64) if attention_mask is None else attention_mask.double().cpu()
     )
+    readers: list[_SumZ] = []
+
+    def reader(variant: torch.Tensor, prompt: torch.Tensor) -> tuple[_SumZ]:
+        readers.append(_SumZ(weights_all[prompt], per_position))
+        return (readers[-1],)
+
     sums: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        for start in range(0, input_ids.shape[0], batch_size):
-            rows = slice(start, start + batch_size)
-            mask = None if attention_mask is None else attention_mask[rows]
-            reader = _SumZ(weights_all[rows], per_position)
-            backend.logits(input_ids[rows], reader, attention_mask=mask)
-            for layer, total in reader.sums.items():
-                sums[layer] = sums[layer] + total if layer in sums else total
+    n = input_ids.shape[0]
+    passes = sweep(backend, input_ids, attention_mask, NoLogits(), Variants(1, reader), Rows(torch.zeros(n), torch.arange(n)),
+                   rows_per_pass=sizer, trim=False)
+    for _ in passes:
+        done = readers[-1]  # the reader of the pass that just ran (one after an out-of-memory retry)
+        readers.clear()
+        for layer, total in done.sums.items():
+            sums[layer] = sums[layer] + total if layer in sums else total
     counts = weights_all.sum(0) if per_position else weights_all.sum()  # [pos] or scalar
     if (counts == 0).any():
         if per_position:

@@ -30,7 +30,7 @@ def run(path):
     with torch.no_grad():
         targets = torch.stack([model(torch.tensor([tok(p)["input_ids"]])).logits[0, -1].argmax() for p in PROMPTS])
     return stochastic_ablation.study(model, PROMPTS, targets, tokenizer=tok, n_masks=12, p_keep="auto",
-                                     calibration_masks=16, masks_per_pass=4, n_boot=5, path=path, progress=False)
+                                     calibration_masks=16, rows_per_pass=4 * len(PROMPTS), n_boot=5, path=path, progress=False)
 
 
 def main(folder: str, seam: str, n: int = 0) -> None:

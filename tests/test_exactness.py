@@ -99,7 +99,7 @@ def test_gate_with_arbitrary_values_equals_scaled_wo(adapter, arch):
 def test_compute_means_equals_independent_means(runner):
     ids = token_ids(batch=5, seed=3)
     want = ref.reference_means(runner.plain, ids)
-    got = hk.compute_means(runner.model, ids, batch_size=2)
+    got = hk.compute_means(runner.model, ids, rows_per_pass=2)
     assert got.shape == (runner.shape.n_layers, runner.shape.n_heads, runner.shape.d_head)
     for layer, mean in want.items():
         assert max_diff(got[layer], mean) <= TOL

@@ -101,7 +101,7 @@ def test_many_masks_equal_weight_scaled_models():
     model, tok = hk.models.tiny("neox", dtype=torch.float64)
     ex = examples(tok, [("Tom eats apples . Tom", " eats"), ("He bought milk", " .")])
     gates = torch.rand(3, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    got = gating.sequence_logprob(model, ex, gates, max_rows=4)  # 6 rows in two passes
+    got = gating.sequence_logprob(model, ex, gates, rows_per_pass=4)  # 6 rows in two passes
     for m in range(3):
         scaled = ref.scale_heads(model, {(l, h): gates[m, l, h].item() for l in range(2) for h in range(4)})
         with torch.no_grad():
@@ -175,7 +175,7 @@ def test_pieces_of_a_batch_give_the_same_fit():
     model, tok = hk.models.tiny("gpt2", dtype=torch.float64)
     ex = own_continuations(model, n=10)
     kw = dict(seeds=2, steps=4, reg_steps=4, batch_size=6, progress=False)
-    whole, pieces = gating.fit(model, ex, **kw), gating.fit(model, ex, max_rows=5, **kw)
+    whole, pieces = gating.fit(model, ex, **kw), gating.fit(model, ex, rows_per_pass=5, **kw)
     assert max_diff(whole.G_minus, pieces.G_minus) <= 1e-9
 
 

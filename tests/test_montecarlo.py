@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import headkit as hk
+from headkit.sweep import RowSizer
 from headkit import montecarlo
 from tests.conftest import Runner
 
@@ -64,7 +65,7 @@ def test_logit_diff_fixed_chunks_and_out_of_memory_halving(monkeypatch):
     masks = montecarlo.k_subsets(2, 2, 4)  # all 28 two-head ablations
     wrong = [" cat", " apples", " Tom"]
     ref = montecarlo.evaluate(model, PROMPTS, TARGETS, masks, metric="logit_diff", distractors=wrong, tokenizer=tok,
-                              masks_per_pass=1, progress=False)
+                              rows_per_pass=1 * len(PROMPTS), progress=False)
     logits = loop_reference(model, tok, masks)
     t = torch.tensor([tok(x, add_special_tokens=False)["input_ids"][0] for x in TARGETS])
     o = torch.tensor([tok(x, add_special_tokens=False)["input_ids"][0] for x in wrong])
@@ -83,7 +84,7 @@ def test_logit_diff_fixed_chunks_and_out_of_memory_halving(monkeypatch):
 
     monkeypatch.setattr(backend, "logits", small_memory)
     got = montecarlo.evaluate(backend, PROMPTS, TARGETS, masks, metric="logit_diff", distractors=wrong,
-                              masks_per_pass=16, progress=False)
+                              rows_per_pass=16 * len(PROMPTS), progress=False)
     assert sizes[:3] == [48, 24, 12] and max(sizes[3:]) <= 12  # halved twice, then kept
     assert (got - ref).abs().max() <= 1e-5
 
@@ -104,7 +105,7 @@ def cuda_oom():
 def test_every_kind_of_allocation_failure_halves_the_pass(monkeypatch, failure):
     model, tok = hk.models.tiny("llama")
     masks = montecarlo.bernoulli(12, 0.5, 2, 4, seed=2)
-    want = montecarlo.evaluate(model, PROMPTS, TARGETS, masks, metric="margin", tokenizer=tok, masks_per_pass=1,
+    want = montecarlo.evaluate(model, PROMPTS, TARGETS, masks, metric="margin", tokenizer=tok, rows_per_pass=1 * len(PROMPTS),
                                progress=False)
     backend = hk.get_backend(model, tok)
     real, sizes = backend.logits, []
@@ -116,15 +117,15 @@ def test_every_kind_of_allocation_failure_halves_the_pass(monkeypatch, failure):
         return real(ids, *ivs, **kw)
 
     monkeypatch.setattr(backend, "logits", small_memory)
-    got = montecarlo.evaluate(backend, PROMPTS, TARGETS, masks, metric="margin", masks_per_pass=8, progress=False)
+    got = montecarlo.evaluate(backend, PROMPTS, TARGETS, masks, metric="margin", rows_per_pass=8 * len(PROMPTS), progress=False)
     assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) <= 2 and (got - want).abs().max() <= 1e-5
     monkeypatch.setattr(backend, "logits", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a shape bug")))
     with pytest.raises(RuntimeError, match="a shape bug"):  # anything else is not swallowed
-        montecarlo.evaluate(backend, PROMPTS, TARGETS, masks, masks_per_pass=8, progress=False)
+        montecarlo.evaluate(backend, PROMPTS, TARGETS, masks, rows_per_pass=8 * len(PROMPTS), progress=False)
 
 
 def test_tuner_doubles_while_throughput_improves():
-    tuner = montecarlo._Tuner(None, 1000)
+    tuner = RowSizer(None, 1000)
     rates = {1: 10.0, 2: 19.0, 4: 30.0, 8: 29.0}
     while not tuner.settled:
         size = tuner.size
@@ -156,7 +157,7 @@ def test_every_adapter_agrees(adapter):
     want = montecarlo.evaluate(plain, PROMPTS, TARGETS, masks, metric="logprob", tokenizer=runner.tokenizer,
                                progress=False)
     got = montecarlo.evaluate(runner.backend, PROMPTS, TARGETS, masks, metric="logprob", tokenizer=runner.tokenizer,
-                              masks_per_pass=4, progress=False)
+                              rows_per_pass=4 * len(PROMPTS), progress=False)
     assert (got - want).abs().max() <= 1e-5
 
 
@@ -183,7 +184,7 @@ def test_samplers():
         ({"prompts": []}, r"non-empty list"),
         ({"metric": "accuracy"}, r"metric 'accuracy'.*'top1'"),
         ({"metric": "logit_diff"}, r"without distractors"),
-        ({"masks_per_pass": 0}, r"masks_per_pass=0"),
+        ({"rows_per_pass": 0}, r"rows_per_pass=0"),
     ],
 )
 def test_bad_input(kwargs, match):
@@ -290,7 +291,7 @@ def test_margin_metric_and_chunks():
     assert (got - want).abs().max() <= 1e-5
     assert torch.equal(got > 0, montecarlo.evaluate(model, PROMPTS, targets, masks, tokenizer=tok, progress=False).bool())
     chunks = list(montecarlo.evaluate_chunks(model, PROMPTS, targets, masks, metric="margin", tokenizer=tok,
-                                             masks_per_pass=4, progress=False))
+                                             rows_per_pass=4 * len(PROMPTS), progress=False))
     assert [c.shape[0] for c in chunks] == [4, 4, 2]
     assert (torch.cat(chunks) - want).abs().max() <= 1e-5
     assert torch.is_grad_enabled()  # the engine's no_grad does not leak out of the generator

@@ -94,7 +94,7 @@ def test_study_equals_the_seed_pipeline(setup):
 
 def test_resume_after_a_kill_gives_identical_scores(setup, tmp_path, monkeypatch):
     model, tok, targets = setup
-    kw = dict(tokenizer=tok, p_keep=(0.4, 0.8), seed=0, n_boot=10, masks_per_pass=4, progress=False)
+    kw = dict(tokenizer=tok, p_keep=(0.4, 0.8), seed=0, n_boot=10, rows_per_pass=4 * len(PROMPTS), progress=False)
     whole = stochastic_ablation.study(model, PROMPTS, targets, n_masks=30, **kw)
 
     appended = []

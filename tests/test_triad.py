@@ -22,7 +22,7 @@ def setup(arch, seed=0):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_attention_and_ablation_equal_the_references(arch):
     model, ids, q, key = setup(arch)
-    t = triad(model, ids, key=key, max_rows=5)  # several passes of 5 heads
+    t = triad(model, ids, key=key, rows_per_pass=5)  # several passes of 5 heads
     target = int(ids[0, key])
     with torch.no_grad():
         out = model(ids, output_attentions=True)

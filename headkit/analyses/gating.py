@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +35,9 @@ from headkit.backend import Backend, get_backend
 from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT
 from headkit.core.errors import describe, fail
 from headkit.core.interventions import gate
+from headkit.readouts import SequenceLogProb
+from headkit.sweep import Rows, RowSizer, Variants, fixed, sweep, sweep_all
+from headkit.sweep import gates as sweep_gates
 from headkit.tasks import Examples, examples
 
 if TYPE_CHECKING:
@@ -234,13 +236,14 @@ def sequence_logprob(
     data: Any,
     gates: Float[torch.Tensor, "layer head"] | Float[torch.Tensor, "mask layer head"] | None = None,
     *,
-    max_rows: int = 256,
+    rows_per_pass: int | RowSizer | None = None,
     tokenizer: Any = None,
 ) -> Float[torch.Tensor, " example"] | Float[torch.Tensor, "mask example"]:
     """Mean log-probability per target token of each example, optionally under gates (one or many masks).
 
     With ``gates`` of shape ``[mask, layer, head]`` every mask is evaluated on every example, packed into
-    forward passes of at most ``max_rows`` rows; the result is ``[mask, example]``. Logits are computed at
+    forward passes of ``rows_per_pass`` rows (None: sized by measured throughput); the result is
+    ``[mask, example]``. Logits are computed at
     target positions only. Gradients flow to ``gates`` when it requires them.
 
     Example:
@@ -257,8 +260,7 @@ def sequence_logprob(
             "a float tensor [n_layers, n_heads] or [n_masks, n_layers, n_heads]",
             "pass e.g. torch.ones(n_layers, n_heads)",
         )
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-        raise fail(f"sequence_logprob got max_rows={max_rows!r}", "rows per forward pass >= 1", "pass max_rows=256")
+    sizer = rows_per_pass if isinstance(rows_per_pass, RowSizer) else RowSizer(rows_per_pass, 1, "sequence_logprob")
     backend = _backend(model, tokenizer, "sequence_logprob", local=gates is not None and gates.requires_grad)
     shape = backend.shape
     if gates is not None and tuple(gates.shape[-2:]) != (shape.n_layers, shape.n_heads):
@@ -269,46 +271,20 @@ def sequence_logprob(
             f"build them with torch.ones({shape.n_layers}, {shape.n_heads}) (and a leading mask axis for many)",
         )
     ex = _examples(backend, data, "sequence_logprob")
-    if gates is None:
-        with torch.no_grad():
-            return _chunked(backend, ex, None, torch.arange(len(ex)), max_rows)
-    many = gates.reshape(-1, *gates.shape[-2:])
     n = len(ex)
-    mask_of_row = torch.arange(many.shape[0]).repeat_interleave(n)
-    example_of_row = torch.arange(n).repeat(many.shape[0])
-    with torch.set_grad_enabled(gates.requires_grad and torch.is_grad_enabled()):
-        out = _chunked(backend, ex, many, example_of_row, max_rows, mask_of_row)
-    return out.reshape(many.shape[0], n) if gates.ndim == 3 else out
+    many = None if gates is None else gates.reshape(-1, *gates.shape[-2:])
+    n_masks = 1 if many is None else many.shape[0]
+    sizer.total = max(sizer.total, n_masks * n)
+    rows = Rows(torch.arange(n_masks).repeat_interleave(n), torch.arange(n).repeat(n_masks))
+    variants = fixed() if many is None else sweep_gates(many)
+    grad = many is not None and many.requires_grad and torch.is_grad_enabled()
+    out = sweep_all(backend, ex.input_ids, ex.attention_mask, _readout(ex), variants, rows, rows_per_pass=sizer,
+                    grad=grad)
+    return out.reshape(n_masks, n) if gates is not None and gates.ndim == 3 else out
 
 
-def _chunked(
-    backend: Backend,
-    ex: Examples,
-    gates: torch.Tensor | None,
-    example_of_row: torch.Tensor,
-    max_rows: int,
-    gate_of_row: torch.Tensor | None = None,
-) -> torch.Tensor:
-    parts = []
-    for start in range(0, len(example_of_row), max_rows):
-        rows = slice(start, start + max_rows)
-        g = None if gates is None else gates[gate_of_row[rows]]
-        parts.append(_row_logprob(backend, ex.rows(example_of_row[rows]), g))
-    return torch.cat(parts)
-
-
-def _row_logprob(
-    backend: Backend, ex: Examples, gates: Float[torch.Tensor, "row layer head"] | None
-) -> Float[torch.Tensor, " row"]:
-    """Each row's mean log-probability of its target tokens (one forward pass, logits at targets only)."""
-    positions, labels = ex.scored()
-    interventions = () if gates is None else (gate(gates),)
-    logits = backend.logits(ex.input_ids, *interventions, attention_mask=ex.attention_mask, positions=positions)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
-    logp = torch.log_softmax(logits, -1).gather(-1, labels.to(logits.device)[:, None])[:, 0]
-    row_of = positions.nonzero()[:, 0].to(logp.device)
-    total = torch.zeros(len(ex), dtype=logp.dtype, device=logp.device).index_add(0, row_of, logp)
-    return total / positions.sum(-1).to(logp.device)
+def _readout(ex: Examples) -> SequenceLogProb:
+    return SequenceLogProb(ex.input_ids, ex.target_mask)
 
 
 # ------------------------------------------------------------------------------------------------- fitting
@@ -325,7 +301,7 @@ def fit(
     reg_lr: tuple[float, float] = (0.5, 0.1),
     clip: float = 4.0,
     grad_norm: float = 1.0,
-    max_rows: int | None = None,
+    rows_per_pass: int | None = None,
     tokenizer: Any = None,
     progress: bool = True,
 ) -> GateFit:
@@ -333,8 +309,9 @@ def fit(
 
     ``seeds`` is a count (seeds 0..n-1) or a list of seeds; all are fitted in one batched run. ``data``
     is anything :func:`headkit.tasks.examples` takes (pairs, records, a ``datasets.Dataset``) or
-    :class:`~headkit.tasks.Examples`. ``max_rows`` caps the rows of one forward pass (the batch is then
-    processed in pieces and the gradients summed; the result is the same). Model weights are frozen for
+    :class:`~headkit.tasks.Examples`. ``rows_per_pass`` is the rows of one forward pass (None: sized by
+    measured throughput); a step's batch is processed in pieces and the gradients summed, so the result is
+    the same. Model weights are frozen for
     the run and restored after.
 
     Example:
@@ -348,7 +325,7 @@ def fit(
     """
     seed_list = _seeds(seeds, "fit")
     _check_recipe("fit", steps=steps, reg_steps=reg_steps, batch_size=batch_size, lr=lr, reg_lr=reg_lr,
-                  clip=clip, grad_norm=grad_norm, max_rows=max_rows)
+                  clip=clip, grad_norm=grad_norm, rows_per_pass=rows_per_pass)
     if not isinstance(lam, (int, float)) or not lam > 0:
         raise fail(
             f"fit got lam={lam!r}",
@@ -363,10 +340,10 @@ def fit(
     device, dtype = theta.device, theta.dtype
     k = len(seed_list)
     history: list[tuple[str, int, int, str, float]] = []
-    with _frozen(backend):
+    with backend.frozen():
         _optimise(
             backend, ex, theta, samplers, seed_of_fit=list(range(k)), lam=torch.zeros(k, dtype=dtype, device=device),
-            steps=steps, lr=lr, batch_size=batch_size, clip=clip, grad_norm=grad_norm, max_rows=max_rows,
+            steps=steps, lr=lr, batch_size=batch_size, clip=clip, grad_norm=grad_norm, rows_per_pass=rows_per_pass,
             progress=progress, desc="CHG G  (lam=0)", log=lambda step, nll: history.extend(
                 ("G", step, seed_list[i], "G", v) for i, v in enumerate(nll)),
         )
@@ -375,7 +352,7 @@ def fit(
         signs = torch.tensor([lam, -lam] * k, dtype=dtype, device=device)
         _optimise(
             backend, ex, both, samplers, seed_of_fit=[i // 2 for i in range(2 * k)], lam=signs,
-            steps=reg_steps, lr=reg_lr, batch_size=batch_size, clip=clip, grad_norm=grad_norm, max_rows=max_rows,
+            steps=reg_steps, lr=reg_lr, batch_size=batch_size, clip=clip, grad_norm=grad_norm, rows_per_pass=rows_per_pass,
             progress=progress, desc=f"CHG G+ G- (lam=+-{lam:g})", log=lambda step, nll: history.extend(
                 ("G+-", step, seed_list[i // 2], "G+" if i % 2 == 0 else "G-", v) for i, v in enumerate(nll)),
         )
@@ -398,7 +375,7 @@ def fit_contrastive(
     clip: float = 4.0,
     max_diff: float = 5.0,
     grad_norm: float = 1.0,
-    max_rows: int | None = None,
+    rows_per_pass: int | None = None,
     tokenizer: Any = None,
     progress: bool = True,
 ) -> ContrastiveFit:
@@ -421,7 +398,7 @@ def fit_contrastive(
     """
     seed_list = _seeds(seeds, "fit_contrastive")
     _check_recipe("fit_contrastive", steps=steps, reg_steps=0, batch_size=batch_size, lr=lr, reg_lr=lr,
-                  clip=clip, grad_norm=grad_norm, max_rows=max_rows)
+                  clip=clip, grad_norm=grad_norm, rows_per_pass=rows_per_pass)
     if not isinstance(lam, (int, float)) or lam < 0:
         raise fail(
             f"fit_contrastive got lam={lam!r}",
@@ -444,11 +421,11 @@ def fit_contrastive(
     n = len(ex_r)
     theta, samplers = _start(backend, seed_list, n)
     history: list[tuple[str, int, int, str, float]] = []
-    with _frozen(backend):
+    with backend.frozen():
         _optimise(
             backend, both, theta, samplers, seed_of_fit=list(range(len(seed_list))),
             lam=torch.full((len(seed_list),), float(lam), dtype=theta.dtype, device=theta.device), steps=steps, lr=lr,
-            batch_size=batch_size, clip=clip, grad_norm=grad_norm, max_rows=max_rows, progress=progress,
+            batch_size=batch_size, clip=clip, grad_norm=grad_norm, rows_per_pass=rows_per_pass, progress=progress,
             desc=f"contrastive CHG (lam={lam:g})", pair_offset=n, max_diff=float(max_diff),
             log=lambda step, nll: history.extend(("C", step, seed_list[i], "G", v) for i, v in enumerate(nll)),
         )
@@ -470,7 +447,7 @@ def _optimise(
     batch_size: int,
     clip: float,
     grad_norm: float,
-    max_rows: int | None,
+    rows_per_pass: int | None,
     progress: bool,
     desc: str,
     log: Callable[[int, list[float]], None],
@@ -488,6 +465,11 @@ def _optimise(
     from tqdm.auto import tqdm
 
     optimiser = torch.optim.Adam([theta], lr=lr[0])
+    readout = _readout(ex)
+    fit_device = theta.device
+    variants = Variants(theta.shape[0], lambda fit, prompt: (gate(torch.sigmoid(theta[fit.to(fit_device)])),))
+    per_step = theta.shape[0] * batch_size * (1 if pair_offset is None else 2)
+    sizer = RowSizer(rows_per_pass, per_step, "fit", step=1 if pair_offset is None else 2)
     schedule = torch.optim.lr_scheduler.LinearLR(optimiser, 1.0, lr[1] / lr[0], total_iters=steps)
     n_fits = theta.shape[0]
     fit_ids = torch.tensor(seed_of_fit)
@@ -500,20 +482,20 @@ def _optimise(
         regulariser = -(lam * theta.clamp(-clip, clip).mean((1, 2))).sum()
         regulariser.backward()
         logp = torch.empty(len(example), dtype=torch.float64)  # the (retained) target log-prob of each unit
-        per_pass = len(example) if max_rows is None else max(1, max_rows // (1 if pair_offset is None else 2))
-        for start in range(0, len(example), per_pass):
-            units = slice(start, start + per_pass)
-            rows, fits = example[units], fit_of_unit[units]
-            if pair_offset is not None:  # contrastive: the retain row and the forget row of each pair
-                rows, fits = torch.cat([rows, rows + pair_offset]), fits.repeat(2)
-            lp = _row_logprob(backend, ex.rows(rows), torch.sigmoid(theta)[fits.to(theta.device)])
+        if pair_offset is None:
+            rows = Rows(fit_of_unit, example)
+        else:  # contrastive: the retain row and the forget row of each pair share a pass
+            rows = Rows(fit_of_unit.repeat_interleave(2), torch.stack([example, example + pair_offset], 1).flatten(), 2)
+        done = 0
+        for lp in sweep(backend, ex.input_ids, ex.attention_mask, readout, variants, rows, rows_per_pass=sizer, grad=True):
             if pair_offset is None:
                 keep, loss = lp, -lp.sum() / batch_size
             else:
-                keep, lose = lp.chunk(2)
+                keep, lose = lp[0::2], lp[1::2]
                 loss = ((lose - keep.detach()).clamp(min=-max_diff) - keep).sum() / batch_size
             loss.backward()
-            logp[units] = keep.detach().double().cpu()
+            logp[done : done + len(keep)] = keep.detach().double().cpu()
+            done += len(keep)
         _clip_per_fit(theta.grad, grad_norm)
         optimiser.step()
         schedule.step()
@@ -546,7 +528,7 @@ def _start(backend: Backend, seeds: list[int], n_examples: int) -> tuple[torch.T
     """Each seed's uniform(0, 1) initial gates as logits ``[seed, layer, head]`` (a leaf needing gradients),
     and its minibatch sampler; both come from that seed's own generator, in that order."""
     shape = backend.shape
-    device, dtype = _device_dtype(backend)
+    device, dtype = backend.device, torch.promote_types(backend.dtype, torch.float32)  # fp32 gates over bf16 weights
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     u = torch.stack([torch.rand(shape.n_layers, shape.n_heads, generator=g, dtype=torch.float64) for g in generators])
     u = u.clamp(1e-6, 1 - 1e-6)
@@ -561,7 +543,7 @@ def ablation_curves(
     result: GateFit,
     *,
     ks: Sequence[int] | None = None,
-    max_rows: int = 256,
+    rows_per_pass: int | None = None,
     tokenizer: Any = None,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -597,6 +579,7 @@ def ablation_curves(
     ks = list(range(1, min(50, n_heads) + 1)) if ks is None else [int(k) for k in ks]
     if not ks or min(ks) < 0 or max(ks) > n_heads:
         raise fail(f"ablation_curves got ks={ks}", f"head counts between 0 and {n_heads}", "pass e.g. ks=range(1, 21)")
+    sizer = RowSizer(rows_per_pass, 1, "ablation_curves")  # measured once, kept across seeds
     rows = []
     for s, seed in enumerate(tqdm(result.seeds or range(result.G.shape[0]), desc="ablation curves", disable=not progress)):
         base = result.G_plus[s].flatten().float()
@@ -609,7 +592,7 @@ def ablation_curves(
                     m[order[:k]] = value
                     masks.append(m)
         stacked = torch.stack(masks).reshape(-1, *result.G_plus.shape[1:])
-        logp = sequence_logprob(backend, ex, stacked, max_rows=max_rows).mean(-1).reshape(len(SCORES), len(ks), 2)
+        logp = sequence_logprob(backend, ex, stacked, rows_per_pass=sizer).mean(-1).reshape(len(SCORES), len(ks), 2)
         for i, name in enumerate(SCORES):
             for j, k in enumerate(ks):
                 zero, one = logp[i, j].tolist()
@@ -620,7 +603,7 @@ def ablation_curves(
 # ------------------------------------------------------------------------------------------------- helpers
 def _backend(model: Any, tokenizer: Any, owner: str, local: bool = True) -> Backend:
     backend = get_backend(model, tokenizer)
-    if local and getattr(backend, "remote", False):
+    if local and backend.remote:
         raise fail(
             f"{owner} got a remote nnsight backend",
             "a local model: gradients of gates do not come back from a remote run",
@@ -668,15 +651,14 @@ def _check_recipe(owner: str, **given: Any) -> None:
         v = given[name]
         if not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
             raise fail(f"{owner} got {name}={v!r}", "a positive finite number", f"pass the paper's {name} (4.0 / 1.0)")
-    m = given["max_rows"]
-    if m is not None and (not isinstance(m, int) or m < 2):
-        raise fail(f"{owner} got max_rows={m!r}", "None (whole batch) or at least 2 rows per pass", "pass max_rows=256")
+    m = given["rows_per_pass"]
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 2):
+        raise fail(f"{owner} got rows_per_pass={m!r}", "None (sized by throughput) or at least 2 rows per pass",
+                   "pass rows_per_pass=256")
 
 
 def _warn_normalised_attention_output(backend: Backend) -> None:
-    module = _module(backend)
-    config = getattr(getattr(module, "original_model", module), "config", None)
-    kind = getattr(config, "model_type", None)
+    kind = backend.model_type
     if kind in NORMALISED_ATTENTION_OUTPUT:
         warnings.warn(
             f"{kind} RMS-normalises each layer's attention output, so scaling all heads of a layer alike is "
@@ -686,34 +668,6 @@ def _warn_normalised_attention_output(backend: Backend) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _device_dtype(backend: Backend) -> tuple[torch.device, torch.dtype]:
-    module = _module(backend)
-    param = next(module.parameters(), None) if module is not None else None
-    if param is None:
-        return torch.device("cpu"), torch.float32
-    return param.device, torch.promote_types(param.dtype, torch.float32)  # fp32 gate logits over bf16 weights
-
-
-def _module(backend: Backend) -> torch.nn.Module | None:
-    model = getattr(backend, "model", None)
-    model = getattr(model, "_module", model)  # nnsight wraps the torch module
-    return model if isinstance(model, torch.nn.Module) else None
-
-
-@contextmanager
-def _frozen(backend: Backend) -> Iterator[None]:
-    """No weight gradients while gates are fitted (a backward pass then costs about one forward pass)."""
-    module = _module(backend)
-    params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def _history_frame(history: list[tuple[str, int, int, str, float]]) -> pd.DataFrame:

@@ -13,7 +13,6 @@ chunk is real work, so tuning wastes nothing. Results equal one forward pass per
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator, Sequence
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.core.errors import describe, fail
+from headkit.readouts import METRICS, NextToken
+from headkit.sweep import Rows, RowSizer, gates, sweep
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
@@ -29,10 +30,6 @@ __all__ = ["evaluate", "evaluate_chunks", "calibrate", "bernoulli", "single_head
            "METRICS"]
 
 
-METRICS = ("top1", "logprob", "logit_diff", "margin")
-"""top1: 1.0 where the target is the most likely next token; logprob: log p(target); logit_diff:
-logit(target) - logit(distractor); margin: logit(target) - the largest other logit (> 0 exactly where
-the target is the unique top-1 token)."""
 
 
 def bernoulli(n: int, p_keep: float, n_layers: int, n_heads: int, *, seed: int = 0) -> Bool[torch.Tensor, "n layer head"]:
@@ -179,7 +176,7 @@ def evaluate(
     distractors: Sequence[str] | Int[torch.Tensor, " prompt"] | None = None,
     attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
     tokenizer: Any = None,
-    masks_per_pass: int | None = None,
+    rows_per_pass: int | None = None,
     progress: bool = True,
 ) -> Float[torch.Tensor, "mask prompt"]:
     """Evaluate every mask on every prompt, many masks per forward pass; returns ``[n_masks, n_prompts]``.
@@ -187,7 +184,8 @@ def evaluate(
     ``prompts`` are strings (tokenised here, left-padded) or token ids ``[prompt, pos]`` (left-padded, with
     ``attention_mask``); ``targets`` (and ``distractors`` for ``logit_diff``) are single-token strings or
     token ids ``[prompt]``. ``masks`` are ``[n_masks, n_layers, n_heads]``, 1/True = keep, 0/False =
-    zero-ablate (fractions scale the head). ``masks_per_pass=None`` tunes it by measured throughput.
+    zero-ablate (fractions scale the head). A forward pass evaluates whole masks on every prompt, at most
+    ``rows_per_pass`` rows (masks x prompts, at least one mask); None tunes it by measured throughput.
 
     Example:
         >>> import headkit as hk
@@ -200,7 +198,7 @@ def evaluate(
     """
     return torch.cat(list(evaluate_chunks(
         model, prompts, targets, masks, metric=metric, distractors=distractors, attention_mask=attention_mask,
-        tokenizer=tokenizer, masks_per_pass=masks_per_pass, progress=progress,
+        tokenizer=tokenizer, rows_per_pass=rows_per_pass, progress=progress,
     )))
 
 
@@ -214,7 +212,7 @@ def evaluate_chunks(
     distractors: Sequence[str] | Int[torch.Tensor, " prompt"] | None = None,
     attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
     tokenizer: Any = None,
-    masks_per_pass: int | None = None,
+    rows_per_pass: int | None = None,
     progress: bool = True,
 ) -> Iterator[Float[torch.Tensor, "chunk prompt"]]:
     """:func:`evaluate`, chunk by chunk: yields the scores ``[m, n_prompts]`` of each forward pass's masks, in order.
@@ -228,7 +226,7 @@ def evaluate_chunks(
         >>> model, tok = hk.models.tiny("llama")
         >>> masks = montecarlo.bernoulli(8, 0.5, 2, 4)
         >>> chunks = montecarlo.evaluate_chunks(model, ["Tom eats apples . Tom eats"], [" apples"], masks,
-        ...                                     tokenizer=tok, masks_per_pass=4, progress=False)
+        ...                                     tokenizer=tok, rows_per_pass=4, progress=False)
         >>> [c.shape[0] for c in chunks]
         [4, 4]
     """
@@ -260,117 +258,12 @@ def evaluate_chunks(
         raise fail(f"evaluate got masks {describe(masks)} with NaN/inf values (or on the meta device)",
                    "finite masks: 1 keeps a head, 0 ablates it, fractions scale it",
                    "sample them with montecarlo.bernoulli, or torch.nan_to_num the ones you built")
-    passes = _passes(backend, ids, attn, target_ids, other_ids, metric, masks, _Tuner(masks_per_pass, masks.shape[0]))
-    return _with_bar(passes, masks.shape[0], progress)
-
-
-def _with_bar(passes: Iterator[torch.Tensor], total: int, progress: bool) -> Iterator[torch.Tensor]:
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, desc="masks", unit="mask", disable=not progress) as bar:
-        for chunk in passes:
-            yield chunk
-            bar.update(chunk.shape[0])
-
-
-def _passes(
-    backend: Any, ids: torch.Tensor, attn: torch.Tensor, target_ids: torch.Tensor, other_ids: torch.Tensor | None,
-    metric: str, masks: torch.Tensor, tuner: _Tuner,
-) -> Iterator[torch.Tensor]:
-    """Scores ``[m, n_prompts]`` of consecutive chunks of ``masks``, one forward pass per chunk."""
-    from headkit.core.interventions import gate
-
-    n_masks, n_prompts = masks.shape[0], ids.shape[0]
-    done = 0
-    while done < n_masks:
-        m = min(tuner.size, n_masks - done)
-        chunk = masks[done : done + m].float()
-        started = time.perf_counter()
-        try:
-            with torch.no_grad():  # not around the yield: grad mode must not leak into the caller's code
-                logits = backend.logits(
-                    ids.repeat(m, 1), gate(chunk.repeat_interleave(n_prompts, 0)),
-                    attention_mask=attn.repeat(m, 1), last_only=True,
-                )[:, -1]
-                logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-                scores = _score(logits, target_ids, other_ids, metric).reshape(m, n_prompts).cpu()
-        except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
-            if not is_out_of_memory(error) or m == 1:
-                raise
-            tuner.out_of_memory()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            continue
-        tuner.record(m * n_prompts, time.perf_counter() - started)
-        done += m
-        yield scores
-
-
-_OOM_TEXTS = ("out of memory", "can't allocate memory", "alloc_failed", "failed to allocate")
-"""Fallback for allocation failures raised as plain RuntimeErrors (CPU allocator, MPS, cuBLAS/cuDNN workspaces)."""
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether an exception is an allocation failure on any device: by type first, by message as a fallback.
-
-    ``torch.OutOfMemoryError`` (CUDA; also ``torch.cuda.OutOfMemoryError``) and Python's ``MemoryError`` are
-    recognised by type; the CPU allocator ("can't allocate memory"), MPS ("MPS backend out of memory") and
-    cuBLAS/cuDNN workspace failures ("..._ALLOC_FAILED") raise plain RuntimeErrors, recognised by text.
-
-    Example:
-        >>> from headkit.analyses.montecarlo import is_out_of_memory
-        >>> is_out_of_memory(MemoryError()), is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
-        (True, True)
-        >>> is_out_of_memory(RuntimeError("shape mismatch"))
-        False
-    """
-    types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
-                  if isinstance(t, type))
-    if isinstance(error, (MemoryError, *types)):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and any(t in text for t in _OOM_TEXTS)
-
-
-class _Tuner:
-    """Masks per forward pass: double while measured evaluations per second improve; halve on OOM."""
-
-    def __init__(self, fixed: int | None, n_masks: int) -> None:
-        if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 1):
-            raise fail(f"evaluate got masks_per_pass={fixed!r}", "a whole number >= 1, or None to tune it",
-                       "pass e.g. masks_per_pass=16")
-        self.size, self.best, self.settled, self.n_masks = fixed or 1, 0.0, fixed is not None, n_masks
-
-    def record(self, evaluations: int, seconds: float) -> None:
-        if self.settled:
-            return
-        rate = evaluations / max(seconds, 1e-9)
-        if rate > self.best * 1.05:  # worth the bigger pass
-            self.best = rate
-            if self.size * 2 <= self.n_masks:
-                self.size *= 2
-                return
-        else:
-            self.size = max(1, self.size // 2)  # the last doubling did not pay
-        self.settled = True
-
-    def out_of_memory(self) -> None:
-        self.size = max(1, self.size // 2)
-        self.settled = True
-
-
-def _score(logits: torch.Tensor, targets: torch.Tensor, others: torch.Tensor | None, metric: str) -> torch.Tensor:
-    rows = logits.shape[0]
-    t = targets.to(logits.device).repeat(rows // targets.shape[0])
-    if metric == "top1":
-        return (logits.argmax(-1) == t).float()
-    if metric == "logprob":
-        return torch.log_softmax(logits, -1).gather(-1, t[:, None])[:, 0]
-    if metric == "margin":
-        target = logits.gather(-1, t[:, None])[:, 0]
-        return target - logits.scatter(-1, t[:, None], float("-inf")).amax(-1)
-    o = others.to(logits.device).repeat(rows // others.shape[0])  # type: ignore[union-attr]
-    return logits.gather(-1, t[:, None])[:, 0] - logits.gather(-1, o[:, None])[:, 0]
+    n_prompts = ids.shape[0]
+    sizer = RowSizer(rows_per_pass, masks.shape[0] * n_prompts, "evaluate", step=n_prompts)
+    readout = NextToken(target_ids, metric, other_ids)
+    passes = sweep(backend, ids, attn, readout, gates(masks.float()), Rows.product(masks.shape[0], n_prompts),
+                   rows_per_pass=sizer, progress=progress, desc="masks", unit="row")
+    return (scores.reshape(-1, n_prompts).cpu() for scores in passes)
 
 
 def _prompt_ids(prompts: Any, attention_mask: Any, tok: Any) -> tuple[torch.Tensor, torch.Tensor]:

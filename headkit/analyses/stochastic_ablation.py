@@ -105,7 +105,7 @@ class Study:
     evaluations: int
     seconds: float
     log: dict[str, Any] = field(default_factory=dict)
-    """``path`` (the outcome log folder or None) and ``masks_per_pass`` (the largest forward pass this run)."""
+    """``path`` (the outcome log folder or None) and ``rows_per_pass`` (the largest forward pass this run, in masked prompts)."""
 
     @property
     def throughput(self) -> float:
@@ -196,7 +196,7 @@ def study(
     path: str | Path | None = None,
     percentile: float = 88.0,
     n_boot: int = 200,
-    masks_per_pass: int | None = None,
+    rows_per_pass: int | None = None,
     progress: bool = True,
 ) -> Study:
     """Run the stochastic-ablation study: ``n_masks`` random masks per phase, scores, outliers, synergy.
@@ -303,10 +303,10 @@ def study(
             try:
                 if done < n_masks:
                     chunks = evaluate_chunks(model, ids, target_ids, masks[done:], metric="margin",
-                                             attention_mask=attn, tokenizer=tok, masks_per_pass=masks_per_pass,
+                                             attention_mask=attn, tokenizer=tok, rows_per_pass=rows_per_pass,
                                              progress=False)
                     for chunk in chunks:
-                        largest = max(largest, chunk.shape[0])
+                        largest = max(largest, chunk.numel())
                         if log is not None:
                             log.append(masks[done : done + chunk.shape[0]], chunk)
                         parts.append(chunk)
@@ -338,7 +338,7 @@ def study(
 
     check = torch.stack([chosen, ~chosen, torch.ones_like(chosen)])
     correct = evaluate(model, ids, target_ids, check, metric="margin", attention_mask=attn, tokenizer=tok,
-                       masks_per_pass=3, progress=False).gt(0).sum(1)
+                       progress=False).gt(0).sum(1)
     n_out, n_all = int(chosen.sum()), n_layers * n_heads
     validation = pd.DataFrame({
         "heads_used": [n_out, n_all - n_out, n_all],
@@ -347,7 +347,7 @@ def study(
     }, index=pd.Index(["outliers kept only", "outliers ablated", "full model"], name="model"))
     validation["rate"] = validation["correct"] / validation["prompts"]
     return Study(prompts, targets, dropped, n_layers, n_heads, phases, scores, Heads(chosen), validation,
-                 evaluations, seconds, {"path": str(root) if root else None, "masks_per_pass": largest})
+                 evaluations, seconds, {"path": str(root) if root else None, "rows_per_pass": largest})
 
 
 def _p_keep(p_keep: Any, success: Any, calibration_masks: int, model: Any, ids: torch.Tensor, target_ids: torch.Tensor,

@@ -20,6 +20,8 @@ import torch
 
 from headkit.core.errors import describe, fail
 from headkit.core.heads import Heads, coerce
+from headkit.readouts import KL
+from headkit.sweep import Rows, RowSizer, key_masks, sweep
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["kl_matrix", "Suppression"]
 
 
-_LOGIT_BUDGET = 1 << 26
 """Logit cells (positions x vocabulary) per forward pass when rows_per_pass is automatic: 256 MiB in fp32."""
 
 
@@ -101,8 +102,8 @@ def kl_matrix(
     ``sentences`` comes from :func:`headkit.sentences.locate`. ``heads`` defaults to every head of every
     layer (as in Thought Anchors). ``temperature`` divides the logits of both distributions first (the
     authors used 0.6); ``log=True`` averages ``log(KL + 1e-9)`` over a sentence's tokens instead of KL.
-    ``rows_per_pass`` sentences are evaluated per forward pass (default: as many as keep the logits of a
-    pass within 256 MiB).
+    ``rows_per_pass`` suppressed sentences are evaluated per forward pass (None: sized by measured
+    throughput, halving on out-of-memory).
 
     Example:
         >>> import headkit as hk
@@ -112,10 +113,7 @@ def kl_matrix(
         >>> bool(m[0, 1].isnan()), bool((m[2, :2] >= 0).all())
         (True, True)
     """
-    from tqdm.auto import tqdm
-
     from headkit.backend import get_backend
-    from headkit.core.interventions import mask_attention
     from headkit.sentences import Sentences
 
     backend = get_backend(model)
@@ -130,8 +128,7 @@ def kl_matrix(
     chosen.validate(shape.n_layers, shape.n_heads, n_kv_heads=shape.n_kv_heads, owner="kl_matrix")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise fail(f"kl_matrix got temperature={temperature!r}", "a number > 0", "pass temperature=1.0 (or 0.6)")
-    if rows_per_pass is not None and (isinstance(rows_per_pass, bool) or not isinstance(rows_per_pass, int) or rows_per_pass < 1):
-        raise fail(f"kl_matrix got rows_per_pass={rows_per_pass!r}", "a whole number >= 1, or None", "pass e.g. 8")
+    rows_per_pass = RowSizer(rows_per_pass, len(sentences), "kl_matrix")
 
     ids = sentences.input_ids
     member = sentences.membership()  # [S, T]
@@ -140,27 +137,17 @@ def kl_matrix(
     first = torch.tensor([a for a, _ in sentences.spans])
 
     with torch.no_grad():
-        base = backend.logits(ids, positions=covered[None])  # [n_covered, vocab]
-        vocab = base.shape[-1]
+        base = backend.logits(ids, positions=covered[None])  # [n_covered, vocab]: the unsuppressed reference
         base_logp = torch.log_softmax(base.float() / temperature, -1)
         del base
-        base_at = torch.full((n_tok,), -1, dtype=torch.long)
-        base_at[covered] = torch.arange(int(covered.sum()))
-        if rows_per_pass is None:
-            rows_per_pass = max(1, min(n_sent, _LOGIT_BUDGET // max(1, int(covered.sum()) * vocab)))
-        token_kl = torch.full((n_sent, n_tok), torch.nan, dtype=torch.float64)
-        starts = range(0, n_sent, rows_per_pass)
-        for start in tqdm(starts, desc="suppressed sentences", disable=not progress or len(starts) < 2):
-            js = torch.arange(start, min(start + rows_per_pass, n_sent))
-            keys = member[js]  # [r, T]: row r suppresses sentence js[r]
-            later = covered[None] & (torch.arange(n_tok)[None] >= first[js][:, None])  # sentences i >= j
-            logits = backend.logits(ids.repeat(len(js), 1), mask_attention(chosen, keys=keys), positions=later)
-            logq = torch.log_softmax(logits.float() / temperature, -1)
-            del logits
-            rows, cols = later.nonzero(as_tuple=True)
-            logp = base_logp[base_at[cols]]
-            kl = (logp.exp() * (logp - logq.to(logp.device))).sum(-1).clamp(min=0)
-            token_kl[js[rows.cpu()], cols] = kl.double().cpu()
+    later = lambda js: covered[None] & (torch.arange(n_tok)[None] >= first[js][:, None])  # noqa: E731  sentences i >= j
+    readout = KL(base_logp, covered, later, float(temperature))
+    token_kl = torch.full((n_sent, n_tok), torch.nan, dtype=torch.float64)
+    passes = sweep(backend, ids, None, readout, key_masks(chosen, member), Rows(torch.arange(n_sent), torch.zeros(n_sent)),
+                   rows_per_pass=rows_per_pass, progress=progress and n_sent > 1, desc="suppressed sentences",
+                   unit="sentence")
+    for suppressed, position, kl in passes:  # row j suppresses sentence j; KL at the tokens of sentences i >= j
+        token_kl[suppressed, position] = kl.double().cpu()
     values = (token_kl + 1e-9).log() if log else token_kl
     matrix = torch.full((n_sent, n_sent), torch.nan, dtype=torch.float64)
     for i in range(n_sent):

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.core.errors import describe, fail
+from headkit.readouts import NextToken
+from headkit.sweep import gates, sweep_all
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -105,14 +107,14 @@ def triad(
     query: int | None = None,
     key: int,
     target: int | None = None,
-    max_rows: int = 64,
+    rows_per_pass: int | None = None,
 ) -> Triad:
     """Attention, direct effect and ablation effect of every head on predicting ``target`` at ``query``.
 
     ``input_ids`` is one sequence ``[1, pos]``; ``query`` defaults to its last position, ``target`` to the
     token at ``key`` (for induction: the earlier occurrence of the token to predict). ``model`` is a
     transformers causal LM (or the backend wrapping one); the direct effect reads its weights. The
-    zero-ablations run ``max_rows`` heads per forward pass.
+    zero-ablations run ``rows_per_pass`` heads per forward pass (None: sized by measured throughput).
 
     Example:
         >>> import headkit as hk
@@ -127,7 +129,7 @@ def triad(
     from headkit.adapters.huggingface import HFBackend
     from headkit.backend import get_backend
     from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT, layout
-    from headkit.core.interventions import capture_attention, gate
+    from headkit.core.interventions import capture_attention
 
     hf = model.model if isinstance(model, HFBackend) else model
     backend = get_backend(hf)
@@ -191,15 +193,10 @@ def triad(
 
     # ablation effect: every head zeroed in its own batch row
     n_heads_total = shape.n_layers * shape.n_heads
-    ablated = torch.empty(n_heads_total)
-    with torch.no_grad():
-        for start in range(0, n_heads_total, max_rows):
-            rows = range(start, min(start + max_rows, n_heads_total))
-            values = torch.ones(len(rows), shape.n_layers, shape.n_heads, device=device)
-            for r, flat in enumerate(rows):
-                values[r, flat // shape.n_heads, flat % shape.n_heads] = 0.0
-            out = backend.logits(ids.repeat(len(rows), 1), gate(values), positions=_at(n, query, device, len(rows)))
-            ablated[start : start + len(rows)] = out.float().softmax(-1)[:, target].cpu()
+    one_off = torch.ones(n_heads_total, n_heads_total, device=device).fill_diagonal_(0.0)
+    readout = NextToken(torch.tensor([target]), "prob", position=query)
+    ablated = sweep_all(backend, ids, None, readout, gates(one_off.reshape(-1, shape.n_layers, shape.n_heads)),
+                        rows_per_pass=rows_per_pass).float().cpu()
     index = pd.MultiIndex.from_product([range(shape.n_layers), range(shape.n_heads)], names=["layer", "head"])
     table = pd.DataFrame(
         {

@@ -7,6 +7,8 @@
     interventions   the intervention values (zero-ablate, mean-ablate, gate, mask, capture)
     architectures   where each supported transformers architecture keeps its attention parts
     plan            interventions grouped by (site, layer) in forward order
+    inputs          checks of token ids, attention masks and positions; real-token position ids
+    adapter         the base the backend adapters share (checks, positions, pad id, device, frozen weights)
 
 Modules here import only torch and the standard library at run time (tests/test_kernel.py proves it),
 so nnsight can ship them by value to a server that does not have headkit installed. Nothing outside this

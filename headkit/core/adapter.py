@@ -1,0 +1,127 @@
+"""The base every backend adapter builds on: what the three adapters would otherwise each write again.
+
+An adapter subclass says how to run one forward pass (``logits``) and where its torch module is
+(``torch_module``); the base gives the rest of the backend protocol (:mod:`headkit.backend`): input checks,
+real-token position ids, the pad id for generation, device and dtype, frozen weights, a pass without
+logits. It lives in the kernel because the nnsight adapter, which travels to NDIF by value, builds on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from headkit.core.inputs import check_inputs, check_last_only, check_positions, real_token_positions
+
+if TYPE_CHECKING:
+    from jaxtyping import Bool, Int
+
+    from headkit.core.interventions import Intervention
+
+__all__ = ["AdapterBase", "pad_id"]
+
+
+def pad_id(config: Any) -> int:
+    """The id generation pads with: the model's pad token, else its (first) end-of-sequence token, else 0.
+
+    One policy for every adapter (a list of end-of-sequence ids, as Llama 3 and Gemma 3 have, gives its first).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from headkit.core.adapter import pad_id
+        >>> pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=[7, 9])), pad_id(SimpleNamespace(pad_token_id=3))
+        (7, 3)
+    """
+    pad = getattr(config, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(config, "eos_token_id", None)
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0] if pad else None
+    return pad if isinstance(pad, int) and not isinstance(pad, bool) else 0
+
+
+class AdapterBase:
+    """Shared parts of the backends. Subclasses set ``vocab_size`` and define ``torch_module`` and ``logits``.
+
+    Example:
+        >>> import torch, headkit as hk
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> backend = hk.get_backend(model)
+        >>> backend.device, backend.dtype, backend.remote
+        (device(type='cpu'), torch.float32, False)
+        >>> with backend.frozen():
+        ...     any(p.requires_grad for p in model.parameters())
+        False
+        >>> all(p.requires_grad for p in model.parameters())
+        True
+    """
+
+    remote: Any = False
+    """Where forward passes run: False here; the nnsight adapter may run them on NDIF."""
+    vocab_size: int
+
+    @property
+    def torch_module(self) -> torch.nn.Module:
+        """The torch module whose parameters the model computes with."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's first parameter (where inputs are moved)."""
+        param = next(self.torch_module.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's first parameter."""
+        param = next(self.torch_module.parameters(), None)
+        return param.dtype if param is not None else torch.float32
+
+    @property
+    def model_type(self) -> str | None:
+        """The transformers ``config.model_type`` of the model (``"gemma3_text"``, ``"llama"`` ...), if known."""
+        return getattr(getattr(self.torch_module, "config", None), "model_type", None)
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """No weight gradients inside the block (fitting gates then costs about a forward pass per backward);
+        the flags are restored after, also on error."""
+        params = [p for p in self.torch_module.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def run(
+        self,
+        input_ids: Int[torch.Tensor, "batch pos"],
+        *interventions: Intervention,
+        attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    ) -> None:
+        """A forward pass for its reader interventions only: the unembedding runs on no position."""
+        none = torch.zeros(input_ids.shape, dtype=torch.bool) if isinstance(input_ids, torch.Tensor) else None
+        self.logits(input_ids, *interventions, attention_mask=attention_mask, positions=none)
+
+    def check(
+        self,
+        input_ids: object,
+        attention_mask: object,
+        owner: str,
+        last_only: bool = False,
+        positions: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> None:
+        """Every input check of a forward pass, in one place (ids, mask, last_only, positions)."""
+        check_inputs(input_ids, attention_mask, self.vocab_size, owner)
+        check_last_only(last_only, attention_mask)  # type: ignore[arg-type]
+        check_positions(positions, input_ids, last_only)  # type: ignore[arg-type]
+
+    @staticmethod
+    def position_ids(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batch pos"]:
+        """Position ids counting real tokens only (see :func:`headkit.core.inputs.real_token_positions`)."""
+        return real_token_positions(attention_mask)
