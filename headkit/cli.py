@@ -22,7 +22,7 @@ import torch
 
 import headkit as hk
 from headkit.core.interventions import Intervention
-from headkit.metrics import target_logprob, top1_success
+from headkit.readouts import score_next_token
 from headkit.tasks import Task, copy_task
 
 __all__ = ["main", "demo", "chg", "mc", "receivers", "suppress", "triad"]
@@ -169,7 +169,7 @@ def demo(
     full = copy_task(tokenizer)
     with torch.no_grad():
         logits = backend.logits(full.input_ids, attention_mask=full.attention_mask, last_only=True)
-    solved = top1_success(logits, full.targets)
+    solved = score_next_token(logits[:, -1], full.targets).bool()
     task = full.subset(solved)
     out(f"copy task (seed 003): the full model completes {len(task)} of {len(full)} prompts; those are used below")
     if len(task) == 0:
@@ -207,9 +207,9 @@ def demo(
         table.append({
             "intervention": name,
             "heads": head_text,
-            "correct": int(top1_success(logits, task.targets).sum()),
+            "correct": int(score_next_token(logits[:, -1], task.targets).sum()),
             "n": len(task),
-            "logprob": float(target_logprob(logits, task.targets).mean()),
+            "logprob": float(score_next_token(logits[:, -1], task.targets, "logprob").mean()),
             "ms": 1000 * statistics.median(times),
         })
     _print_table(table, out)

@@ -77,7 +77,12 @@ def public_api():
     """(name, object, needs_example): public functions and classes need an example; their methods a docstring."""
     import headkit.backend
     import headkit.core.heads
-    import headkit.metrics
+    import headkit.readouts
+    import headkit.sweep
+    import headkit.core.adapter
+    import headkit.core.inputs
+    import headkit.core.positions
+    import headkit.core.plan
     import headkit.models
     import headkit.tasks
     import headkit.core.architectures
@@ -85,7 +90,8 @@ def public_api():
     import headkit.core.sites
     from headkit.adapters import huggingface, nnsight, transformer_lens
 
-    modules = (hk, huggingface, transformer_lens, nnsight, headkit.models, headkit.metrics, headkit.tasks,
+    modules = (hk, huggingface, transformer_lens, nnsight, headkit.models, headkit.readouts, headkit.sweep, headkit.tasks,
+               headkit.core.adapter, headkit.core.inputs, headkit.core.positions, headkit.core.plan,
                headkit.core.heads, headkit.backend, headkit.core.architectures, headkit.core.sites, headkit.core.errors)
     for module in modules:
         for name in getattr(module, "__all__", []):

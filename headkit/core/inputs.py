@@ -101,7 +101,7 @@ def check_last_only(last_only: bool, attention_mask: torch.Tensor | None) -> Non
             "logits(last_only=True) got an attention mask whose last column has padding",
             "left-padded inputs (every row ends in a real token)",
             'pad on the left (tokenizer.padding_side = "left"), or drop last_only and read each row\'s '
-            "last real token with headkit.metrics.last_token_logits",
+            "last real token with logits(..., positions=the last real tokens)",
         )
 
 
