@@ -86,6 +86,12 @@ class Readout:
 
     ``variant`` and ``prompt`` are each row's indices (``[rows]``), ``cols`` the columns of the prompts'
     padded ids this pass kept (``slice(0, width)``: the engine cuts trailing padding no row needs).
+
+    Example:
+        >>> from headkit.readouts import NextToken, NoLogits, Readout
+        >>> import torch
+        >>> [r.at for r in (NextToken(torch.tensor([1])), NextToken(torch.tensor([1]), position=2), NoLogits())]
+        ['last', 'positions', 'none']
     """
 
     at: At = "last"
@@ -209,7 +215,14 @@ class KL(Readout):
 
 
 class NoLogits(Readout):
-    """No logits: the pass runs for its reader interventions (captures, sums of z); reads ``None``."""
+    """No logits: the pass runs for its reader interventions (captures, sums of z); reads ``None``.
+
+    Example:
+        >>> import torch
+        >>> from headkit.readouts import NoLogits
+        >>> NoLogits()(None, torch.arange(2), torch.arange(2), slice(0, 3)) is None
+        True
+    """
 
     at: At = "none"
 
