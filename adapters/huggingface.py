@@ -33,31 +33,26 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.backend import unembedding_only_at
-from headkit.core.adapter import AdapterBase, pad_id
+from headkit.core.adapter import AdapterBase, HeadPaths, pad_id
 from headkit.core.architectures import (
     additive_mask,
     cached_tokens,
     check_maskable,
     find_cache,
+    frozen_norm,
+    head_outputs,
     layout,
 )
 from headkit.core.errors import fail
-from headkit.core.inputs import (
-    check_inputs,
-)
-from headkit.core.interventions import (
-    CaptureAttention,
-    Intervention,
-    MaskAttention,
-    apply_masks,
-)
+from headkit.core.inputs import check_inputs
+from headkit.core.interventions import CaptureAttention, Intervention, MaskAttention, apply_masks
 from headkit.core.plan import plan
 from headkit.core.sites import ModelShape
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
-__all__ = ["applied", "model_shape", "HFBackend"]
+__all__ = ["applied", "model_shape", "HFBackend", "head_paths"]
 
 
 _ATTENTION_NAME = "headkit"  # registered with transformers' AttentionInterface on first use
@@ -390,6 +385,10 @@ class HFBackend(AdapterBase):
             logits = self.model(input_ids=input_ids.to(device), **kwargs).logits
         return logits if positions is None else logits[0]
 
+    def head_paths(self, input_ids: Int[torch.Tensor, "1 pos"], position: int, *interventions: Intervention) -> HeadPaths:
+        """Every head's direct path to the logits at ``position`` of one sequence (see :class:`HeadPaths`)."""
+        return head_paths(self, self.model, input_ids, position, *interventions)
+
     def generate(
         self, input_ids: Int[torch.Tensor, "batch pos"], *interventions: Intervention, max_new_tokens: int = 20, **kwargs: Any
     ) -> Int[torch.Tensor, "batch total"]:
@@ -407,3 +406,54 @@ class HFBackend(AdapterBase):
 
     def __repr__(self) -> str:
         return f"HFBackend({type(self.model).__name__}, {self.shape})"
+
+
+def head_paths(
+    backend: Any, model: Any, input_ids: Int[torch.Tensor, "1 pos"], position: int, *interventions: Intervention
+) -> HeadPaths:
+    """:class:`HeadPaths` of a transformers model, read by torch hooks during one forward pass of ``backend``.
+
+    Each layer's z and attention output and the final norm's input are kept at ``position``; W_O, the norms
+    and the unembedding are the model's own modules (as found by :mod:`headkit.core.architectures`).
+
+    Example:
+        >>> import torch, headkit as hk
+        >>> from headkit.adapters.huggingface import HFBackend, head_paths
+        >>> model, tok = hk.models.tiny("gemma3")
+        >>> paths = head_paths(HFBackend(model), model, torch.tensor([[1, 5, 6]]), 2)
+        >>> paths.head_out.shape, paths.softcap is None
+        (torch.Size([4, 4, 64]), True)
+    """
+    found = layout(model, "head_paths")
+    shape = found.shape
+    z: dict[int, torch.Tensor] = {}
+    attn_out: dict[int, torch.Tensor] = {}
+    final_in: list[torch.Tensor] = []
+
+    def keep_input(store: dict, layer: int) -> Callable:
+        return lambda module, args: store.__setitem__(layer, args[0][0, position].detach().clone())
+
+    def keep_output(store: dict, layer: int) -> Callable:
+        return lambda module, args, output: store.__setitem__(layer, output[0, position].detach().clone())
+
+    at = torch.zeros(input_ids.shape, dtype=torch.bool)
+    at[0, position] = True
+    norm = found.final_norm(model)
+    hooks = [norm.register_forward_pre_hook(lambda module, args: final_in.append(args[0][0, position].detach().clone()))]
+    try:
+        for layer in range(shape.n_layers):
+            hooks.append(found.out_proj(layer).register_forward_pre_hook(keep_input(z, layer)))
+            hooks.append(found.out_proj(layer).register_forward_hook(keep_output(attn_out, layer)))
+        with torch.no_grad():
+            logits = backend.logits(input_ids, *interventions, positions=at)[0].float()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    outs = []
+    for layer in range(shape.n_layers):
+        contrib = head_outputs(found.out_proj(layer), z[layer], shape.n_heads)  # [head, d_model]
+        block_norm = found.attn_out_norm(layer)
+        outs.append(frozen_norm(block_norm, attn_out[layer])(contrib) if block_norm is not None else contrib)
+    unembed = model.get_output_embeddings().weight.detach().float()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    return HeadPaths(torch.stack(outs), frozen_norm(norm, final_in[0]), unembed, logits, softcap)

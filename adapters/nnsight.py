@@ -40,17 +40,9 @@ import nnsight
 import torch
 
 from headkit.core.adapter import AdapterBase, pad_id
-from headkit.core.architectures import (
-    additive_mask,
-    cached_tokens,
-    check_maskable,
-    find_cache,
-    layout,
-)
+from headkit.core.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
 from headkit.core.errors import HeadkitError, fail
-from headkit.core.inputs import (
-    check_inputs,
-)
+from headkit.core.inputs import check_inputs
 from headkit.core.interventions import Intervention, MaskAttention, apply_masks
 from headkit.core.plan import plan
 
@@ -307,6 +299,23 @@ class NNsightBackend(AdapterBase):
         for iv, data in zip([iv for iv in interventions if iv.reads_only], captured):
             iv._import(data)
         return logits if positions is None else logits[0]
+
+    def head_paths(self, input_ids: Int[torch.Tensor, "1 pos"], position: int, *interventions: Intervention) -> Any:
+        """Every head's direct path to the logits at ``position`` (see :class:`headkit.core.adapter.HeadPaths`).
+
+        Read during one local trace from the wrapped transformers module; a remote backend refuses, since
+        W_O, the norms and the unembedding are read as weights here.
+        """
+        if self.remote:
+            raise fail(
+                "head_paths (the triad's direct effects) was called on a remote nnsight backend",
+                "a local model: the direct path reads W_O, the norms and the unembedding as weights",
+                "run it on a local copy (NNsightBackend(model, remote=False)); the ablation effects alone run "
+                "remotely through montecarlo.evaluate",
+            )
+        from headkit.adapters.huggingface import head_paths
+
+        return head_paths(self, self.model._module, input_ids, position, *interventions)
 
     def generate(
         self, input_ids: Int[torch.Tensor, "batch pos"], *interventions: Intervention, max_new_tokens: int = 20, **kwargs: Any

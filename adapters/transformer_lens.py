@@ -49,17 +49,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.backend import unembedding_only_at
-from headkit.core.adapter import AdapterBase
-from headkit.core.architectures import cached_tokens, find_cache
+from headkit.core.adapter import AdapterBase, HeadPaths
+from headkit.core.architectures import cached_tokens, find_cache, frozen_norm, head_outputs, layout
 from headkit.core.errors import fail
 from headkit.core.inputs import check_inputs
-from headkit.core.interventions import (
-    Gate,
-    Intervention,
-    MaskAttention,
-    MeanAblate,
-    ZeroAblate,
-)
+from headkit.core.interventions import Gate, Intervention, MaskAttention, MeanAblate, ZeroAblate
 from headkit.core.plan import plan
 from headkit.core.sites import ModelShape, Site, tl_hook_name
 
@@ -305,6 +299,68 @@ class TLBackend(AdapterBase):
             return logits[0]
         return logits[0][:, None] if last_only else logits
 
+    def head_paths(self, input_ids: Int[torch.Tensor, "1 pos"], position: int, *interventions: Intervention) -> HeadPaths:
+        """Every head's direct path to the logits at ``position`` (see :class:`headkit.core.adapter.HeadPaths`).
+
+        Read at TransformerLens hook points during one forward pass (``hook_z``, the final norm's input and,
+        on a bridge over Gemma, ``ln1_post``'s input). A bridge's weights are its transformers model's; a
+        HookedTransformer's are its own (``W_O``, ``ln_final``, ``W_U``), processed or not.
+        """
+        model, shape = self.model, self.shape
+        bridge = is_bridge(model)
+        original = getattr(model, "original_model", None) if bridge else None
+        found = layout(original, "head_paths") if original is not None else None
+        if found is None and any(hasattr(block, "ln1_post") for block in model.blocks):
+            raise fail(
+                f"head_paths got a {type(model).__name__} whose blocks normalise their attention output (ln1_post)",
+                "a HookedTransformer without post-attention norms, or a TransformerBridge",
+                "boot the model as a TransformerBridge (TransformerBridge.boot_transformers)",
+            )
+        read: dict[str, torch.Tensor] = {}
+
+        def keep(key: str) -> Any:
+            def hook(activation: torch.Tensor, hook: Any) -> None:
+                read[key] = activation[0, position].detach().clone()  # a view could change in place later
+
+            return hook
+
+        names = [(f"blocks.{layer}.attn.hook_z", f"z{layer}") for layer in range(shape.n_layers)]
+        names.append(("ln_final.hook_in" if bridge else f"blocks.{shape.n_layers - 1}.hook_resid_post", "final"))
+        if found is not None and found.arch.attn_out_norm:
+            names += [(f"blocks.{layer}.ln1_post.hook_in", f"attn{layer}") for layer in range(shape.n_layers)]
+        at = torch.zeros(input_ids.shape, dtype=torch.bool)
+        at[0, position] = True
+        hook_dict, attached = model.hook_dict, []
+        try:
+            for name, key in names:
+                attached.append((hook_dict[name], _add_hook(hook_dict[name], keep(key))))
+            with torch.no_grad():
+                logits = self.logits(input_ids, *interventions, positions=at)[0].float()
+        finally:
+            for point, handle in reversed(attached):
+                _remove_hook(point, handle)
+        outs = []
+        for layer in range(shape.n_layers):
+            z = read[f"z{layer}"]  # [head, d_head]
+            if found is not None:  # a bridge swaps its own components into the transformers model: unwrap them
+                contrib = head_outputs(_unwrapped(found.out_proj(layer)), z.flatten(), shape.n_heads)
+                block_norm = found.attn_out_norm(layer)
+                if block_norm is not None:
+                    contrib = frozen_norm(_unwrapped(block_norm), read[f"attn{layer}"])(contrib)
+                outs.append(contrib)
+            else:
+                outs.append(torch.einsum("hd,hdm->hm", z.float(), model.W_O[layer].detach().float()))
+        if found is not None:
+            final = frozen_norm(_unwrapped(found.final_norm(original)), read["final"])
+            unembed = original.get_output_embeddings().weight.detach().float()
+            softcap = getattr(original.config, "final_logit_softcapping", None)
+        else:
+            final = _frozen_tl_norm(model.ln_final, read["final"])
+            unembed = model.W_U.detach().float().T
+            cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
+            softcap = cap if cap > 0 else None
+        return HeadPaths(torch.stack(outs), final, unembed, logits, softcap)
+
     def generate(
         self, input_ids: Int[torch.Tensor, "batch pos"], *interventions: Intervention, max_new_tokens: int = 20, **kwargs: Any
     ) -> Int[torch.Tensor, "batch total"]:
@@ -488,3 +544,24 @@ def _caller_level() -> int:
             return level
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _unwrapped(module: Any) -> Any:
+    """The transformers module inside a bridge component (the module itself if it is not wrapped)."""
+    return getattr(module, "original_component", module)
+
+
+def _frozen_tl_norm(norm: Any, at: torch.Tensor) -> Any:
+    """A HookedTransformer norm (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre) with its scale frozen at ``at``."""
+    kind = type(norm).__name__
+    eps = float(getattr(norm, "eps", 1e-5))
+    at = at.float()
+    gain = norm.w.detach().float() if hasattr(norm, "w") else 1.0
+    if kind.startswith("LayerNorm"):
+        scale = (at.var(unbiased=False) + eps).rsqrt()
+        return lambda c: (c - c.mean(-1, keepdim=True)) * scale * gain
+    if kind.startswith("RMSNorm"):
+        scale = ((at**2).mean() + eps).rsqrt()
+        return lambda c: c * scale * gain
+    raise fail(f"head_paths found a final norm of type {kind}", "LayerNorm, LayerNormPre, RMSNorm or RMSNormPre",
+               "report the model; meanwhile boot it as a TransformerBridge")

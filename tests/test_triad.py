@@ -139,3 +139,21 @@ def test_bad_input(kwargs, match):
         triad(model, ids, **kwargs)
     with pytest.raises(hk.HeadkitError, match=r"metric 'x'"):
         triad(model, setup("llama")[1], key=key).top("x")
+
+
+def test_every_adapter_gives_the_same_triad(runner):
+    """Through each adapter (TransformerLens bridges and HookedTransformer, nnsight, transformers with either
+    attention) the triad equals the plain eager model's, which the tests above check by hand."""
+    ids, q, key = induction_sequence(7, range(4, 100), seed=0, bos=1)
+    if runner.adapter == "nnsight-remote":
+        with pytest.raises(hk.HeadkitError, match="remote nnsight backend.*local copy"):
+            triad(runner.backend, ids, key=key)
+        return
+    if runner.adapter == "nnsight-sdpa":
+        with pytest.raises(hk.HeadkitError, match="eager"):  # nnsight reads patterns from eager attention only
+            triad(runner.backend, ids, key=key)
+        return
+    plain, _ = hk.models.tiny(runner.arch, attn_implementation="eager")
+    want = triad(plain, ids, key=key).table
+    got = triad(runner.backend, ids, key=key, rows_per_pass=7).table
+    assert (got - want).abs().max().max() <= 1e-5, (got - want).abs().max()

@@ -33,8 +33,6 @@ __all__ = ["triad", "Triad", "induction_sequence"]
 
 
 METRICS = ("attention", "direct", "ablation")
-_FINAL_NORM = {"transformer": "ln_f", "gpt_neox": "final_layer_norm", "model": "norm"}
-"""First part of the blocks' path -> the final norm's attribute beside the blocks."""
 
 
 class Triad:
@@ -112,8 +110,9 @@ def triad(
     """Attention, direct effect and ablation effect of every head on predicting ``target`` at ``query``.
 
     ``input_ids`` is one sequence ``[1, pos]``; ``query`` defaults to its last position, ``target`` to the
-    token at ``key`` (for induction: the earlier occurrence of the token to predict). ``model`` is a
-    transformers causal LM (or the backend wrapping one); the direct effect reads its weights. The
+    token at ``key`` (for induction: the earlier occurrence of the token to predict). ``model`` is any
+    model headkit has an adapter for (transformers, a TransformerLens bridge or HookedTransformer, a local
+    nnsight model) or its backend; the direct effect reads its weights through the backend's ``head_paths``. The
     zero-ablations run ``rows_per_pass`` heads per forward pass (None: sized by measured throughput).
 
     Example:
@@ -126,15 +125,11 @@ def triad(
     """
     import pandas as pd
 
-    from headkit.adapters.huggingface import HFBackend
     from headkit.backend import get_backend
-    from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT, layout
     from headkit.core.interventions import capture_attention
 
-    hf = model.model if isinstance(model, HFBackend) else model
-    backend = get_backend(hf)
-    found = layout(hf, "triad")
-    shape = found.shape
+    backend = get_backend(model)
+    shape = backend.shape
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] != 1:
         raise fail(
             f"triad got input_ids {describe(input_ids)}",
@@ -149,51 +144,27 @@ def triad(
     if key > query:
         raise fail(f"triad got key={key} after query={query}", "key <= query (attention is causal)", "swap them")
     target = int(input_ids[0, key]) if target is None else int(target)
-    device = next(hf.parameters()).device
-    ids = input_ids.to(device)
+    ids = input_ids
 
-    # one forward pass: attention pattern, each layer's z at the query, the residual into the final norm
+    # one forward pass: the attention pattern and every head's direct path at the query
     capture = capture_attention(torch.ones(shape.n_layers, shape.n_heads, dtype=torch.bool))
-    z: dict[int, torch.Tensor] = {}
-    attn_out: dict[int, torch.Tensor] = {}
-    final_in: list[torch.Tensor] = []
-    hooks = []
-    try:
-        for layer in range(shape.n_layers):
-            hooks.append(found.out_proj(layer).register_forward_pre_hook(_grab(z, layer, query)))
-            hooks.append(found.out_proj(layer).register_forward_hook(_grab_out(attn_out, layer, query)))
-        norm = _final_norm(hf, found)
-        hooks.append(norm.register_forward_pre_hook(lambda m, args: final_in.append(args[0][0, query].detach())))
-        with torch.no_grad():
-            logits = backend.logits(ids, capture, positions=_at(n, query, device))[0].float()
-    finally:
-        for h in hooks:
-            h.remove()
+    paths = backend.head_paths(ids, query, capture)
     attention = torch.stack([capture.pattern(layer, head)[0, query, key] for layer, head in capture.heads])
+    logits = paths.logits
     probs = logits.softmax(-1)
     p_target = float(probs[target])
 
-    # direct effect: per-head outputs -> (block norm) -> final norm with frozen scale -> W_U . (e_x - p)
+    # direct effect: per-head outputs -> (block norm) -> final norm with frozen scale -> W_U . d log P(x) / d logits
     grad = -probs
     grad[target] += 1.0
-    softcap = getattr(hf.config, "final_logit_softcapping", None)
-    if softcap:
-        grad = grad * (1 - (logits / softcap).tanh() ** 2)
-    unembed = hf.get_output_embeddings().weight.float()  # [vocab, d_model]
-    u = grad @ unembed  # [d_model]
-    final_map = _frozen_norm(norm, final_in[0].float())
-    direct = torch.zeros(shape.n_layers, shape.n_heads)
-    with torch.no_grad():
-        for layer in range(shape.n_layers):
-            contrib = _head_outputs(found.out_proj(layer), z[layer], shape.n_heads)  # [H, d_model]
-            if hf.config.model_type in NORMALISED_ATTENTION_OUTPUT:
-                block_norm = found.blocks[layer].post_attention_layernorm
-                contrib = _frozen_norm(block_norm, attn_out[layer].float())(contrib)
-            direct[layer] = final_map(contrib) @ u
+    if paths.softcap:  # logits = cap * tanh(x / cap): d logits / dx = 1 - (logits / cap)^2
+        grad = grad * (1 - (logits / paths.softcap) ** 2)
+    u = grad @ paths.unembed.to(grad.device)  # [d_model]
+    direct = (paths.final(paths.head_out) @ u.to(paths.head_out.device)).cpu()  # [layer, head]
 
     # ablation effect: every head zeroed in its own batch row
     n_heads_total = shape.n_layers * shape.n_heads
-    one_off = torch.ones(n_heads_total, n_heads_total, device=device).fill_diagonal_(0.0)
+    one_off = torch.ones(n_heads_total, n_heads_total, device=backend.device).fill_diagonal_(0.0)
     readout = NextToken(torch.tensor([target]), "prob", position=query)
     ablated = sweep_all(backend, ids, None, readout, gates(one_off.reshape(-1, shape.n_layers, shape.n_heads)),
                         rows_per_pass=rows_per_pass).float().cpu()
@@ -207,61 +178,3 @@ def triad(
         index=index,
     )
     return Triad(table, p_target, target, query, key)
-
-
-def _at(n: int, query: int, device: Any, rows: int = 1) -> torch.Tensor:
-    where = torch.zeros(rows, n, dtype=torch.bool, device=device)
-    where[:, query] = True
-    return where
-
-
-def _grab(store: dict, layer: int, query: int) -> Any:
-    def hook(module: torch.nn.Module, args: tuple) -> None:
-        store[layer] = args[0][0, query].detach()
-
-    return hook
-
-
-def _grab_out(store: dict, layer: int, query: int) -> Any:
-    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        store[layer] = output[0, query].detach()
-
-    return hook
-
-
-def _head_outputs(out_proj: torch.nn.Module, z: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Each head's term of W_O z at one position, ``[head, d_model]`` (bias excluded; Linear or Conv1D)."""
-    d_head = z.shape[-1] // n_heads
-    per_head = torch.zeros(n_heads, z.shape[-1], dtype=z.dtype, device=z.device)
-    for h in range(n_heads):
-        per_head[h, h * d_head : (h + 1) * d_head] = z[h * d_head : (h + 1) * d_head]
-    return (out_proj(per_head) - out_proj(torch.zeros_like(per_head[:1]))).float()
-
-
-def _frozen_norm(norm: torch.nn.Module, at: torch.Tensor) -> Any:
-    """The norm as a linear map with its scale frozen at input ``at`` (LayerNorm or RMSNorm; bias dropped)."""
-    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
-    if isinstance(norm, torch.nn.LayerNorm):
-        scale = (at.var(unbiased=False) + eps).rsqrt()
-        gain = norm.weight.float() if norm.weight is not None else 1.0
-        return lambda c: (c - c.mean(-1, keepdim=True)) * scale * gain
-    # RMSNorm-like: norm(x) = x * rsqrt(mean(x^2) + eps) * g; g read off the norm of a vector of ones,
-    # which covers both weight conventions (w and 1 + w)
-    with torch.no_grad():
-        ones = torch.ones(1, at.shape[-1], dtype=next(norm.parameters()).dtype, device=at.device)
-        gain = norm(ones)[0].float() * (1 + eps) ** 0.5
-    scale = ((at**2).mean() + eps).rsqrt()
-    return lambda c: c * scale * gain
-
-
-def _final_norm(model: Any, found: Any) -> torch.nn.Module:
-    root = found.path.split(".")[0]
-    name = _FINAL_NORM.get(root)
-    module = getattr(getattr(model, root, None), name, None) if name else None
-    if module is None:
-        raise fail(
-            f"triad found no final norm in a {type(model).__name__} (blocks at {found.path!r})",
-            f"a final norm at {{{', '.join(f'{k}.{v}' for k, v in _FINAL_NORM.items())}}}",
-            "use a GPT-2, GPT-NeoX, Llama, Qwen2 or Gemma 3 model",
-        )
-    return module

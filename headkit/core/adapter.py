@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from headkit.core.interventions import Intervention
 
-__all__ = ["AdapterBase", "pad_id"]
+__all__ = ["AdapterBase", "HeadPaths", "pad_id"]
 
 
 def pad_id(config: Any) -> int:
@@ -41,6 +41,31 @@ def pad_id(config: Any) -> int:
     if isinstance(pad, (list, tuple)):
         pad = pad[0] if pad else None
     return pad if isinstance(pad, int) and not isinstance(pad, bool) else 0
+
+
+class HeadPaths:
+    """What one forward pass shows of every head's direct path to the logits, at one position of one sequence.
+
+    ``head_out [layer, head, d_model]``: each head's term of ``W_O z`` (bias excluded) there, passed through
+    the block's attention-output norm with its scale frozen where the architecture has one (Gemma 2/3,
+    OLMo 2); ``final``: the final norm with its scale frozen at that position (a linear map on
+    ``[..., d_model]``); ``unembed [vocab, d_model]``; ``logits [vocab]`` at the position; ``softcap``: the
+    final logit soft-capping (Gemma) or None. With frozen scales the heads' direct effects add up exactly.
+    The backends' ``head_paths`` build it.
+
+    Example:
+        >>> import torch, headkit as hk
+        >>> model, tok = hk.models.tiny("llama")
+        >>> paths = hk.get_backend(model).head_paths(torch.tensor([[1, 5, 6, 7]]), 3)
+        >>> paths.head_out.shape, paths.logits.shape, paths.final(paths.head_out).shape
+        (torch.Size([2, 4, 64]), torch.Size([100]), torch.Size([2, 4, 64]))
+    """
+
+    __slots__ = ("head_out", "final", "unembed", "logits", "softcap")
+
+    def __init__(self, head_out: torch.Tensor, final: Any, unembed: torch.Tensor, logits: torch.Tensor,
+                 softcap: float | None) -> None:
+        self.head_out, self.final, self.unembed, self.logits, self.softcap = head_out, final, unembed, logits, softcap
 
 
 class AdapterBase:

@@ -18,35 +18,41 @@ from headkit.core.sites import ModelShape
 if TYPE_CHECKING:
     from jaxtyping import Float
 
-__all__ = ["Arch", "ARCHITECTURES", "MASKABLE_IMPLEMENTATIONS", "Layout", "layout", "additive_mask", "find_cache", "cached_tokens"]
+__all__ = ["Arch", "ARCHITECTURES", "MASKABLE_IMPLEMENTATIONS", "Layout", "layout", "additive_mask", "find_cache", "cached_tokens",
+           "frozen_norm", "head_outputs"]
 
 
 class Arch:
-    """Module paths of one architecture: blocks, each block's attention, its output projection W_O.
+    """Module paths of one architecture: blocks, each block's attention, its output projection W_O, the
+    final norm, and the norm a block applies to its attention output before the residual sum (if any).
 
     Example:
         >>> from headkit.core.architectures import ARCHITECTURES
         >>> ARCHITECTURES["llama"]
-        Arch(layers='model.layers', attention='self_attn', out_proj='o_proj')
+        Arch(layers='model.layers', attention='self_attn', out_proj='o_proj', final_norm='model.norm')
     """
 
-    __slots__ = ("layers", "attention", "out_proj")
+    __slots__ = ("layers", "attention", "out_proj", "final_norm", "attn_out_norm")
 
-    def __init__(self, layers: str, attention: str, out_proj: str) -> None:
+    def __init__(self, layers: str, attention: str, out_proj: str, final_norm: str, attn_out_norm: str | None = None) -> None:
         self.layers = layers  # from the *ForCausalLM model to the list of blocks
         self.attention = attention  # attribute of a block: the attention module
         self.out_proj = out_proj  # attribute of the attention module: W_O, whose input is z
+        self.final_norm = final_norm  # from the *ForCausalLM model to the norm before the unembedding
+        self.attn_out_norm = attn_out_norm  # attribute of a block: the norm of its attention output, or None
 
     def __repr__(self) -> str:
-        return f"Arch(layers={self.layers!r}, attention={self.attention!r}, out_proj={self.out_proj!r})"
+        extra = f", attn_out_norm={self.attn_out_norm!r}" if self.attn_out_norm else ""
+        return (f"Arch(layers={self.layers!r}, attention={self.attention!r}, out_proj={self.out_proj!r}, "
+                f"final_norm={self.final_norm!r}{extra})")
 
 
 ARCHITECTURES: dict[str, Arch] = {
-    "gpt2": Arch("transformer.h", "attn", "c_proj"),
-    "gpt_neox": Arch("gpt_neox.layers", "attention", "dense"),
-    "llama": Arch("model.layers", "self_attn", "o_proj"),
-    "qwen2": Arch("model.layers", "self_attn", "o_proj"),
-    "gemma3_text": Arch("model.layers", "self_attn", "o_proj"),
+    "gpt2": Arch("transformer.h", "attn", "c_proj", "transformer.ln_f"),
+    "gpt_neox": Arch("gpt_neox.layers", "attention", "dense", "gpt_neox.final_layer_norm"),
+    "llama": Arch("model.layers", "self_attn", "o_proj", "model.norm"),
+    "qwen2": Arch("model.layers", "self_attn", "o_proj", "model.norm"),
+    "gemma3_text": Arch("model.layers", "self_attn", "o_proj", "model.norm", "post_attention_layernorm"),
 }
 """model_type -> module layout (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Gemma 3 text)."""
 
@@ -85,6 +91,14 @@ class Layout:
     def out_proj(self, layer: int) -> Any:
         """The output projection W_O of a layer (its input is z)."""
         return getattr(self.attention(layer), self.arch.out_proj)
+
+    def attn_out_norm(self, layer: int) -> Any:
+        """The norm a layer applies to its attention output before the residual sum, or None."""
+        return getattr(self.blocks[layer], self.arch.attn_out_norm) if self.arch.attn_out_norm else None
+
+    def final_norm(self, model: Any) -> Any:
+        """The norm before the unembedding."""
+        return operator.attrgetter(self.arch.final_norm)(model)
 
     def where(self, layer: int, site: str) -> str:
         """A readable name of a site's location, for error messages."""
@@ -221,3 +235,50 @@ def cached_tokens(cache: Any, layer: int) -> int:
         0
     """
     return 0 if cache is None else int(cache.get_seq_length(layer))
+
+
+def frozen_norm(norm: torch.nn.Module, at: Float[torch.Tensor, " d_model"]) -> Any:
+    """A norm as a linear map with its scale frozen at its input ``at`` (LayerNorm or RMSNorm; bias dropped).
+
+    With frozen scales the norm is linear, so contributions to the residual stream pass through it one by
+    one and add up. RMS-like norms ``x * rsqrt(mean(x^2) + eps) * g`` have their gain read off the norm of
+    a vector of ones, which covers both weight conventions (``w`` and ``1 + w``).
+
+    Example:
+        >>> import torch
+        >>> from headkit.core.architectures import frozen_norm
+        >>> norm = torch.nn.LayerNorm(4)
+        >>> at = torch.tensor([1.0, 2.0, 3.0, 6.0])
+        >>> torch.allclose(frozen_norm(norm, at)(at), norm(at).detach(), atol=1e-6)
+        True
+    """
+    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+    at = at.float()
+    if isinstance(norm, torch.nn.LayerNorm):
+        scale = (at.var(unbiased=False) + eps).rsqrt()
+        gain = norm.weight.detach().float() if norm.weight is not None else 1.0
+        return lambda c: (c - c.mean(-1, keepdim=True)) * scale * gain
+    with torch.no_grad():
+        ones = torch.ones(1, at.shape[-1], dtype=next(norm.parameters()).dtype, device=at.device)
+        gain = norm(ones)[0].float() * (1 + eps) ** 0.5
+    scale = ((at**2).mean() + eps).rsqrt()
+    return lambda c: c * scale * gain
+
+
+def head_outputs(out_proj: torch.nn.Module, z: Float[torch.Tensor, " heads_x_d_head"], n_heads: int) -> torch.Tensor:
+    """Each head's term of ``W_O z`` at one position, ``[head, d_model]`` (bias excluded; Linear or Conv1D).
+
+    Example:
+        >>> import torch
+        >>> from headkit.core.architectures import head_outputs
+        >>> w_o = torch.nn.Linear(4, 3)
+        >>> z = torch.tensor([1.0, 2.0, 3.0, 4.0])
+        >>> torch.allclose(head_outputs(w_o, z, 2).sum(0), w_o(z).detach() - w_o.bias.detach())
+        True
+    """
+    d_head = z.shape[-1] // n_heads
+    per_head = torch.zeros(n_heads, z.shape[-1], dtype=z.dtype, device=z.device)
+    for h in range(n_heads):
+        per_head[h, h * d_head : (h + 1) * d_head] = z[h * d_head : (h + 1) * d_head]
+    with torch.no_grad():
+        return (out_proj(per_head) - out_proj(torch.zeros_like(per_head[:1]))).float()
