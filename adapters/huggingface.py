@@ -52,7 +52,7 @@ from headkit.core.sites import ModelShape
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
-__all__ = ["applied", "model_shape", "HFBackend", "head_paths"]
+__all__ = ["backend_for", "applied", "model_shape", "HFBackend", "head_paths"]
 
 
 _ATTENTION_NAME = "headkit"  # registered with transformers' AttentionInterface on first use
@@ -457,3 +457,18 @@ def head_paths(
     unembed = model.get_output_embeddings().weight.detach().float()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     return HeadPaths(torch.stack(outs), frozen_norm(norm, final_in[0]), unembed, logits, softcap)
+
+
+def backend_for(model: Any, tokenizer: Any = None) -> HFBackend | None:
+    """The backend of a transformers ``PreTrainedModel``, or None for any other object.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.adapters import huggingface as hk_hf
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> type(hk_hf.backend_for(model, tok)).__name__, hk_hf.backend_for("not a model")
+        ('HFBackend', None)
+    """
+    import transformers
+
+    return HFBackend(model, tokenizer) if isinstance(model, transformers.PreTrainedModel) else None

@@ -49,7 +49,7 @@ from headkit.core.plan import plan
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
-__all__ = ["apply", "NNsightBackend", "check_remote", "register", "TRAVELS"]
+__all__ = ["backend_for", "apply", "NNsightBackend", "check_remote", "register", "TRAVELS"]
 
 TRAVELS = ("headkit.core", "headkit.adapters.nnsight")
 """What a remote request ships by value (NDIF does not install headkit): the kernel and this module."""
@@ -418,3 +418,19 @@ def _redact(text: str) -> str:
 
     key = CONFIG.API.APIKEY
     return text.replace(key, "<NDIF_API_KEY>") if key else text
+
+
+def backend_for(model: Any, tokenizer: Any = None) -> NNsightBackend | None:
+    """The backend of an nnsight model (an envoy with ``trace``), or None for any other object.
+
+    Example:
+        >>> import headkit as hk
+        >>> from nnsight import TransformersModel
+        >>> from headkit.adapters import nnsight as hk_nn
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> type(hk_nn.backend_for(TransformersModel(model, tokenizer=tok))).__name__, hk_nn.backend_for(model)
+        ('NNsightBackend', None)
+    """
+    from nnsight.intervention.envoy import Envoy
+
+    return NNsightBackend(model) if isinstance(model, Envoy) and hasattr(model, "trace") else None

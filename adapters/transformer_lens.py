@@ -565,3 +565,15 @@ def _frozen_tl_norm(norm: Any, at: torch.Tensor) -> Any:
         return lambda c: c * scale * gain
     raise fail(f"head_paths found a final norm of type {kind}", "LayerNorm, LayerNormPre, RMSNorm or RMSNormPre",
                "report the model; meanwhile boot it as a TransformerBridge")
+
+
+def backend_for(model: Any, tokenizer: Any = None) -> TLBackend | None:
+    """The backend of a TransformerBridge or HookedTransformer (recognised by class name), else None.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.adapters import transformer_lens as hk_tl
+        >>> hk_tl.backend_for(hk.models.tiny("gpt2")[0]) is None
+        True
+    """
+    return TLBackend(model, tokenizer) if is_tl_model(model) else None

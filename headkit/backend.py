@@ -8,6 +8,7 @@ adapter from the model's type, looking only at frameworks that are already impor
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from headkit.core.adapter import HeadPaths
 from headkit.core.errors import fail
 from headkit.core.interventions import Intervention
 from headkit.core.sites import ModelShape
@@ -22,7 +24,7 @@ from headkit.core.sites import ModelShape
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
-__all__ = ["Backend", "get_backend", "unembedding_only_at"]
+__all__ = ["Backend", "get_backend", "register_adapter", "ADAPTERS", "unembedding_only_at"]
 
 @runtime_checkable
 class Backend(Protocol):
@@ -56,6 +58,10 @@ class Backend(Protocol):
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
     ) -> None:
         """A forward pass without logits, for what reader interventions (captures) collect."""
+        ...
+
+    def head_paths(self, input_ids: Int[torch.Tensor, "1 pos"], position: int, *interventions: Intervention) -> HeadPaths:
+        """Every head's direct path to the logits at one position (:class:`headkit.core.adapter.HeadPaths`)."""
         ...
 
     def applied(self, *interventions: Intervention) -> AbstractContextManager[None]:
@@ -114,10 +120,42 @@ def unembedding_only_at(unembed: torch.nn.Module, positions: Bool[torch.Tensor, 
         handle.remove()
 
 
+ADAPTERS: list[tuple[str, str]] = [
+    ("nnsight", "headkit.adapters.nnsight"),
+    ("transformer_lens", "headkit.adapters.transformer_lens"),
+    ("transformers", "headkit.adapters.huggingface"),
+]
+"""The registered adapters, in the order :func:`get_backend` asks them: (framework module, adapter module).
+
+An adapter module defines ``backend_for(model, tokenizer) -> Backend | None``. It is imported only once its
+framework is (so headkit never imports a framework you do not use); nnsight comes first because its models
+wrap transformers ones. Add your own with :func:`register_adapter`."""
+
+
+def register_adapter(framework: str, adapter: str) -> None:
+    """Register an adapter module for models of a framework; it is asked before the built-in ones.
+
+    ``adapter`` names a module defining ``backend_for(model, tokenizer) -> Backend | None`` (None: not
+    one of its models); it is imported the first time a model is looked up while ``framework`` is imported.
+
+    Example:
+        >>> from headkit.backend import ADAPTERS, register_adapter
+        >>> register_adapter("my_framework", "my_package.headkit_adapter")
+        >>> ADAPTERS[0]
+        ('my_framework', 'my_package.headkit_adapter')
+        >>> del ADAPTERS[0]
+    """
+    entry = (framework, adapter)
+    if entry in ADAPTERS:
+        ADAPTERS.remove(entry)
+    ADAPTERS.insert(0, entry)
+
+
 def get_backend(model: Any, tokenizer: Any = None) -> Backend:
     """The headkit backend for a model: transformers, a TransformerLens bridge or HookedTransformer, nnsight.
 
-    Only frameworks that are already imported are considered, so headkit never imports one you do not use.
+    Each registered adapter whose framework is already imported is asked in turn (see :data:`ADAPTERS`), so
+    headkit never imports a framework you do not use. A backend is returned as it is.
 
     Example:
         >>> import headkit as hk
@@ -127,25 +165,11 @@ def get_backend(model: Any, tokenizer: Any = None) -> Backend:
     """
     if isinstance(model, Backend):
         return model
-    if "nnsight" in sys.modules:
-        from nnsight.intervention.envoy import Envoy
-
-        if isinstance(model, Envoy) and hasattr(model, "trace"):
-            from headkit.adapters import nnsight as nn
-
-            return nn.NNsightBackend(model)
-    if "transformer_lens" in sys.modules:
-        from headkit.adapters import transformer_lens as tl
-
-        if tl.is_tl_model(model):  # recognised by class name: imports nothing from TransformerLens
-            return tl.TLBackend(model, tokenizer)
-    if "transformers" in sys.modules:
-        import transformers
-
-        if isinstance(model, transformers.PreTrainedModel):
-            from headkit.adapters import huggingface as hf
-
-            return hf.HFBackend(model, tokenizer)
+    for framework, name in ADAPTERS:
+        if framework in sys.modules:
+            backend = importlib.import_module(name).backend_for(model, tokenizer)
+            if backend is not None:
+                return backend
     raise fail(
         f"get_backend got a {type(model).__module__}.{type(model).__name__}",
         "a transformers PreTrainedModel (GPT-2, GPT-NeoX, Llama, Qwen2, Gemma 3), a TransformerLens "
