@@ -26,11 +26,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from headkit.analyses.gate_fits import SCORES, ContrastiveFit, GateFit, _history_frame
 from headkit.backend import Backend, get_backend
 from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT
 from headkit.core.errors import describe, fail
@@ -49,185 +50,15 @@ __all__ = [
     "ContrastiveFit",
     "fit",
     "fit_contrastive",
+    "Recipe",
+    "ContrastiveRecipe",
     "sequence_logprob",
     "ablation_curves",
     "SCORES",
 ]
 
 
-SCORES = ("facilitation", "irrelevance", "interference")
-"""The three role scores, in the order of the paper's Figure 2."""
 
-
-# ------------------------------------------------------------------------------------------------- results
-@dataclass(frozen=True)
-class GateFit:
-    """The fitted gates of one CHG run: ``G``, ``G+`` and ``G-`` for every seed, ``[seed, layer, head]``.
-
-    Example:
-        >>> import torch
-        >>> from headkit.analyses.gating import GateFit
-        >>> g = torch.full((2, 1, 2), 0.5)
-        >>> plus, minus = torch.tensor([[[1.0, 0.25]], [[1.0, 0.5]]]), torch.tensor([[[0.0, 0.25]], [[0.75, 0.0]]])
-        >>> f = GateFit(G=g, G_plus=plus, G_minus=minus)
-        >>> f.facilitation[:, 0, 0].tolist(), f.interference[0, 0].tolist()
-        ([0.0, 0.75], [0.0, 0.75])
-        >>> f.taxonomy().loc[(0, 1), "role"]
-        'interfering'
-    """
-
-    G: Float[torch.Tensor, "seed layer head"]
-    G_plus: Float[torch.Tensor, "seed layer head"]
-    G_minus: Float[torch.Tensor, "seed layer head"]
-    seeds: tuple[int, ...] = ()
-    history: Any = None
-    """A DataFrame with one row per (stage, step, seed, fit): the fit's mean target NLL at that step."""
-    recipe: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def facilitation(self) -> Float[torch.Tensor, "seed layer head"]:
-        """``G-``: how much a head stays on under pressure to turn off."""
-        return self.G_minus
-
-    @property
-    def interference(self) -> Float[torch.Tensor, "seed layer head"]:
-        """``1 - G+``: how much a head turns off under pressure to stay on."""
-        return 1 - self.G_plus
-
-    @property
-    def irrelevance(self) -> Float[torch.Tensor, "seed layer head"]:
-        """``G+ * (1 - G-)``: how much a head follows the regulariser either way (Table 1 of the paper)."""
-        return self.G_plus * (1 - self.G_minus)
-
-    def scores(self) -> pd.DataFrame:
-        """Every seed's gates and role scores, one row per (seed, layer, head).
-
-        Example:
-            >>> import torch
-            >>> from headkit.analyses.gating import GateFit
-            >>> f = GateFit(*(torch.rand(3, 2, 4) for _ in range(3)))
-            >>> f.scores().shape
-            (24, 6)
-        """
-        import pandas as pd
-
-        n_seed, n_layer, n_head = self.G.shape
-        index = pd.MultiIndex.from_product(
-            [list(self.seeds) or list(range(n_seed)), range(n_layer), range(n_head)], names=["seed", "layer", "head"]
-        )
-        columns = {"G": self.G, "G+": self.G_plus, "G-": self.G_minus}
-        columns.update({name: getattr(self, name) for name in SCORES})
-        return pd.DataFrame({k: v.detach().flatten().cpu().numpy() for k, v in columns.items()}, index=index)
-
-    def taxonomy(self, threshold: float = 0.5) -> pd.DataFrame:
-        """Each head's role scores averaged over seeds, its role, and whether it has a role always or ever.
-
-        ``role`` is the largest mean score. ``<score>_always`` is True when the score is at least
-        ``threshold`` in every seed, ``<score>_any`` when it is in at least one (the paper's Table 2).
-
-        Example:
-            >>> import torch
-            >>> from headkit.analyses.gating import GateFit
-            >>> f = GateFit(*(torch.rand(3, 2, 4) for _ in range(3)))
-            >>> list(f.taxonomy().columns)[:4]
-            ['facilitation', 'irrelevance', 'interference', 'role']
-        """
-        import pandas as pd
-
-        n_layer, n_head = self.G.shape[1:]
-        index = pd.MultiIndex.from_product([range(n_layer), range(n_head)], names=["layer", "head"])
-        stacked = torch.stack([getattr(self, name).detach().float().cpu() for name in SCORES])  # [3, seed, L, H]
-        table = pd.DataFrame({name: stacked[i].mean(0).flatten().numpy() for i, name in enumerate(SCORES)}, index=index)
-        roles = ("facilitating", "irrelevant", "interfering")
-        table["role"] = [roles[i] for i in stacked.mean(1).flatten(1).argmax(0).tolist()]
-        for i, name in enumerate(SCORES):
-            table[f"{name}_always"] = (stacked[i] >= threshold).all(0).flatten().numpy()
-            table[f"{name}_any"] = (stacked[i] >= threshold).any(0).flatten().numpy()
-        return table
-
-    def summary(self, threshold: float = 0.5) -> pd.DataFrame:
-        """Percent of heads whose score is at least ``threshold`` in every seed (always) or some seed (any).
-
-        Example:
-            >>> import torch
-            >>> from headkit.analyses.gating import GateFit
-            >>> GateFit(*(torch.ones(1, 2, 2) for _ in range(3))).summary().loc["facilitation"].tolist()
-            [100.0, 100.0]
-        """
-        import pandas as pd
-
-        table = self.taxonomy(threshold)
-        return pd.DataFrame(
-            {agg: [100.0 * table[f"{name}_{agg}"].mean() for name in SCORES] for agg in ("always", "any")},
-            index=pd.Index(SCORES, name="score"),
-        )
-
-    def rgb(self, agg: Literal["always", "any", "mean"] = "always") -> Float[torch.Tensor, "layer head 3"]:
-        """The paper's Figure 3b colours: red = interference, green = facilitation, black = irrelevant.
-
-        ``always`` takes the minimum across seeds (consistent roles), ``any`` the maximum.
-
-        Example:
-            >>> import torch
-            >>> from headkit.analyses.gating import GateFit
-            >>> GateFit(*(torch.ones(2, 1, 1) for _ in range(3))).rgb()[0, 0].tolist()
-            [0.0, 1.0, 0.0]
-        """
-        reduce = {"always": lambda t: t.amin(0), "any": lambda t: t.amax(0), "mean": lambda t: t.mean(0)}
-        if agg not in reduce:
-            raise fail(f"rgb got agg={agg!r}", '"always", "any" or "mean"', 'pass agg="always"')
-        red, green = (reduce[agg](t.detach().float().cpu()) for t in (self.interference, self.facilitation))
-        return torch.stack([red, green, torch.zeros_like(red)], -1).clamp(0, 1)
-
-    def plot(self, path: str | None = None, title: str = "CHG roles") -> Any:
-        """Figure 3b: the RGB head maps aggregated always and any; saved as PNG when ``path`` is given.
-
-        Example:
-            >>> import torch
-            >>> from headkit.analyses.gating import GateFit
-            >>> fig = GateFit(*(torch.rand(3, 2, 4) for _ in range(3))).plot()  # doctest: +SKIP
-        """
-        from headkit import plots
-
-        return plots.role_maps({agg: self.rgb(agg) for agg in ("always", "any")}, path=path, title=title)
-
-
-@dataclass(frozen=True)
-class ContrastiveFit:
-    """Gates fitted to retain one prompt variant and forget another, ``[seed, layer, head]``.
-
-    Heads with a low gate are needed by the forgotten variant and not by the retained one.
-
-    Example:
-        >>> import torch
-        >>> from headkit.analyses.gating import ContrastiveFit
-        >>> ContrastiveFit(G=torch.tensor([[[0.75, 0.25]]])).table()["gate"].tolist()  # lowest first
-        [0.25, 0.75]
-    """
-
-    G: Float[torch.Tensor, "seed layer head"]
-    seeds: tuple[int, ...] = ()
-    history: Any = None
-    recipe: dict[str, Any] = field(default_factory=dict)
-
-    def table(self) -> pd.DataFrame:
-        """Each head's gate averaged over seeds and its spread, lowest gates first."""
-        import pandas as pd
-
-        g = self.G.detach().float().cpu()
-        n_layer, n_head = g.shape[1:]
-        index = pd.MultiIndex.from_product([range(n_layer), range(n_head)], names=["layer", "head"])
-        table = pd.DataFrame(
-            {"gate": g.mean(0).flatten().numpy(), "min": g.amin(0).flatten().numpy(), "max": g.amax(0).flatten().numpy()},
-            index=index,
-        )
-        return table.sort_values("gate", kind="stable")
-
-    def plot(self, path: str | None = None, title: str = "contrastive gates (mean over seeds)") -> Any:
-        """A layer x head heatmap of the mean gate; saved as PNG when ``path`` is given."""
-        from headkit import plots
-
-        return plots.head_map(self.G.detach().float().mean(0).cpu(), path=path, title=title, vmin=0, vmax=1)
 
 
 # ------------------------------------------------------------------------------------------------- scoring
@@ -287,27 +118,106 @@ def _readout(ex: Examples) -> SequenceLogProb:
     return SequenceLogProb(ex.input_ids, ex.target_mask)
 
 
+# ------------------------------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class Recipe:
+    """How :func:`fit` optimises: the paper's recipe by default (appendix 6.2), checked when built.
+
+    ``steps`` Adam steps for ``G`` (lr ``lr[0] -> lr[1]``, linear), then ``reg_steps`` for ``G+`` and ``G-``
+    together (``reg_lr``), ``batch_size`` examples per step and seed, regulariser ``lam * mean(clamp(logit,
+    -clip, clip))``, gradient norm clipped at ``grad_norm`` per fit.
+
+    Example:
+        >>> from headkit.analyses.gating import Recipe
+        >>> Recipe(steps=20).steps, Recipe().lam
+        (20, 0.1)
+        >>> try:
+        ...     Recipe(batch_size=0)
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        fit got batch_size=0
+    """
+
+    steps: int = 500
+    reg_steps: int = 500
+    batch_size: int = 64
+    lam: float = 0.1
+    lr: tuple[float, float] = (0.1, 0.01)
+    reg_lr: tuple[float, float] = (0.5, 0.1)
+    clip: float = 4.0
+    grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_recipe("fit", self)
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not self.lam > 0:
+            raise fail(
+                f"fit got lam={self.lam!r}",
+                "the regulariser's magnitude, a positive number: G+ is fitted with +lam (gates pushed to 1) and "
+                "G- with -lam (pushed to 0)",
+                "pass lam=0.1 (the paper's value); the sign of each stage is set for you",
+            )
+
+
+@dataclass(frozen=True)
+class ContrastiveRecipe:
+    """How :func:`fit_contrastive` optimises (one stage): the authors' recipe by default, checked when built.
+
+    Example:
+        >>> from headkit.analyses.gating import ContrastiveRecipe
+        >>> ContrastiveRecipe().max_diff, ContrastiveRecipe(lam=0.0).lam
+        (5.0, 0.0)
+    """
+
+    steps: int = 500
+    batch_size: int = 64
+    lam: float = 0.1
+    lr: tuple[float, float] = (0.1, 0.01)
+    clip: float = 4.0
+    max_diff: float = 5.0
+    grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_recipe("fit_contrastive", self)
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or self.lam < 0:
+            raise fail(
+                f"fit_contrastive got lam={self.lam!r}",
+                "lam >= 0: the regulariser pushes gates towards 1, so only heads the forgetting needs turn off "
+                "(the sign of the authors' code and equation 2)",
+                "pass lam=0.1",
+            )
+        if isinstance(self.max_diff, bool) or not isinstance(self.max_diff, (int, float)) or not self.max_diff > 0:
+            raise fail(f"fit_contrastive got max_diff={self.max_diff!r}", "a positive clamp in nats", "pass max_diff=5.0")
+
+
+def _recipe(kind: type, given: Any, changes: dict[str, Any], owner: str) -> Any:
+    """``given`` (or the default recipe) with ``changes`` applied; unknown names are a HeadkitError."""
+    base = kind() if given is None else given
+    if not isinstance(base, kind):
+        raise fail(f"{owner} got recipe {given!r:.60}", f"a {kind.__name__}", f"pass recipe={kind.__name__}(...)")
+    unknown = sorted(set(changes) - {f.name for f in fields(kind)})
+    if unknown:
+        raise fail(f"{owner} got unknown argument(s) {unknown}", f"fields of {kind.__name__}: "
+                   f"{[f.name for f in fields(kind)]}", "check the spelling (e.g. reg_steps, batch_size)")
+    return replace(base, **changes) if changes else base
+
+
 # ------------------------------------------------------------------------------------------------- fitting
 def fit(
     model: Any,
     data: Any,
     *,
     seeds: int | Sequence[int] = 1,
-    steps: int = 500,
-    reg_steps: int = 500,
-    batch_size: int = 64,
-    lam: float = 0.1,
-    lr: tuple[float, float] = (0.1, 0.01),
-    reg_lr: tuple[float, float] = (0.5, 0.1),
-    clip: float = 4.0,
-    grad_norm: float = 1.0,
+    recipe: Recipe | None = None,
     rows_per_pass: int | None = None,
     tokenizer: Any = None,
     progress: bool = True,
+    **changes: Any,
 ) -> GateFit:
     """Fit causal head gates ``G`` (``lam = 0``), then ``G+`` and ``G-`` (``+lam`` / ``-lam``) from it.
 
-    ``seeds`` is a count (seeds 0..n-1) or a list of seeds; all are fitted in one batched run. ``data``
+    ``recipe`` (default: the paper's, :class:`Recipe`) says how; keyword ``changes`` replace its fields
+    (``fit(model, data, steps=100)``). ``seeds`` is a count (seeds 0..n-1) or a list of seeds; all are
+    fitted in one batched run. ``data``
     is anything :func:`headkit.tasks.examples` takes (pairs, records, a ``datasets.Dataset``) or
     :class:`~headkit.tasks.Examples`. ``rows_per_pass`` is the rows of one forward pass (None: sized by
     measured throughput); a step's batch is processed in pieces and the gradients summed, so the result is
@@ -324,15 +234,9 @@ def fit(
         (torch.Size([3, 2, 4]), 8)
     """
     seed_list = _seeds(seeds, "fit")
-    _check_recipe("fit", steps=steps, reg_steps=reg_steps, batch_size=batch_size, lr=lr, reg_lr=reg_lr,
-                  clip=clip, grad_norm=grad_norm, rows_per_pass=rows_per_pass)
-    if not isinstance(lam, (int, float)) or not lam > 0:
-        raise fail(
-            f"fit got lam={lam!r}",
-            "the regulariser's magnitude, a positive number: G+ is fitted with +lam (gates pushed to 1) and "
-            "G- with -lam (pushed to 0)",
-            "pass lam=0.1 (the paper's value); the sign of each stage is set for you",
-        )
+    how = _recipe(Recipe, recipe, changes, "fit")
+    _check_rows_per_pass(rows_per_pass, "fit")
+    lam = how.lam
     backend = _backend(model, tokenizer, "fit")
     ex = _examples(backend, data, "fit")
     _warn_normalised_attention_output(backend)
@@ -343,7 +247,7 @@ def fit(
     with backend.frozen():
         _optimise(
             backend, ex, theta, samplers, seed_of_fit=list(range(k)), lam=torch.zeros(k, dtype=dtype, device=device),
-            steps=steps, lr=lr, batch_size=batch_size, clip=clip, grad_norm=grad_norm, rows_per_pass=rows_per_pass,
+            steps=how.steps, lr=how.lr, recipe=how, rows_per_pass=rows_per_pass,
             progress=progress, desc="CHG G  (lam=0)", log=lambda step, nll: history.extend(
                 ("G", step, seed_list[i], "G", v) for i, v in enumerate(nll)),
         )
@@ -352,14 +256,13 @@ def fit(
         signs = torch.tensor([lam, -lam] * k, dtype=dtype, device=device)
         _optimise(
             backend, ex, both, samplers, seed_of_fit=[i // 2 for i in range(2 * k)], lam=signs,
-            steps=reg_steps, lr=reg_lr, batch_size=batch_size, clip=clip, grad_norm=grad_norm, rows_per_pass=rows_per_pass,
+            steps=how.reg_steps, lr=how.reg_lr, recipe=how, rows_per_pass=rows_per_pass,
             progress=progress, desc=f"CHG G+ G- (lam=+-{lam:g})", log=lambda step, nll: history.extend(
                 ("G+-", step, seed_list[i // 2], "G+" if i % 2 == 0 else "G-", v) for i, v in enumerate(nll)),
         )
     gates = torch.sigmoid(both.detach()).cpu()
-    recipe = dict(steps=steps, reg_steps=reg_steps, batch_size=batch_size, lam=lam, lr=lr, reg_lr=reg_lr,
-                  clip=clip, grad_norm=grad_norm, examples=len(ex))
-    return GateFit(G, gates[0::2], gates[1::2], tuple(seed_list), _history_frame(history), recipe)
+    used = {**asdict(how), "examples": len(ex)}
+    return GateFit(G, gates[0::2], gates[1::2], tuple(seed_list), _history_frame(history), used)
 
 
 def fit_contrastive(
@@ -368,16 +271,11 @@ def fit_contrastive(
     forget: Any,
     *,
     seeds: int | Sequence[int] = 1,
-    steps: int = 500,
-    batch_size: int = 64,
-    lam: float = 0.1,
-    lr: tuple[float, float] = (0.1, 0.01),
-    clip: float = 4.0,
-    max_diff: float = 5.0,
-    grad_norm: float = 1.0,
+    recipe: ContrastiveRecipe | None = None,
     rows_per_pass: int | None = None,
     tokenizer: Any = None,
     progress: bool = True,
+    **changes: Any,
 ) -> ContrastiveFit:
     """Contrastive CHG (equation 2): gates that keep the ``retain`` variant working and break ``forget``.
 
@@ -386,7 +284,8 @@ def fit_contrastive(
     ``lam * mean(clamp(logit, -clip, clip))``; ``lam > 0`` pushes gates to 1, so only heads the forgetting
     needs are turned off. This follows the authors' code and the paper's equation 2 (appendix 6.2 writes
     ``lam = -0.1``; the code and equation use +0.1). One stage from uniform(0, 1) gates, Adam, 0.1 -> 0.01.
-    Both variants of a pair run in the same forward pass, under the same gates.
+    Both variants of a pair run in the same forward pass, under the same gates. ``recipe`` (default:
+    :class:`ContrastiveRecipe`) and keyword ``changes`` of its fields say how.
 
     Example:
         >>> import headkit as hk
@@ -397,17 +296,9 @@ def fit_contrastive(
         torch.Size([1, 2, 4])
     """
     seed_list = _seeds(seeds, "fit_contrastive")
-    _check_recipe("fit_contrastive", steps=steps, reg_steps=0, batch_size=batch_size, lr=lr, reg_lr=lr,
-                  clip=clip, grad_norm=grad_norm, rows_per_pass=rows_per_pass)
-    if not isinstance(lam, (int, float)) or lam < 0:
-        raise fail(
-            f"fit_contrastive got lam={lam!r}",
-            "lam >= 0: the regulariser pushes gates towards 1, so only heads the forgetting needs turn off "
-            "(the sign of the authors' code and equation 2)",
-            "pass lam=0.1",
-        )
-    if not isinstance(max_diff, (int, float)) or not max_diff > 0:
-        raise fail(f"fit_contrastive got max_diff={max_diff!r}", "a positive clamp in nats", "pass max_diff=5.0")
+    how = _recipe(ContrastiveRecipe, recipe, changes, "fit_contrastive")
+    _check_rows_per_pass(rows_per_pass, "fit_contrastive")
+    lam = how.lam
     backend = _backend(model, tokenizer, "fit_contrastive")
     ex_r = _examples(backend, retain, "fit_contrastive (retain)")
     ex_f = _examples(backend, forget, "fit_contrastive (forget)")
@@ -424,14 +315,13 @@ def fit_contrastive(
     with backend.frozen():
         _optimise(
             backend, both, theta, samplers, seed_of_fit=list(range(len(seed_list))),
-            lam=torch.full((len(seed_list),), float(lam), dtype=theta.dtype, device=theta.device), steps=steps, lr=lr,
-            batch_size=batch_size, clip=clip, grad_norm=grad_norm, rows_per_pass=rows_per_pass, progress=progress,
-            desc=f"contrastive CHG (lam={lam:g})", pair_offset=n, max_diff=float(max_diff),
+            lam=torch.full((len(seed_list),), float(lam), dtype=theta.dtype, device=theta.device), steps=how.steps,
+            lr=how.lr, recipe=how, rows_per_pass=rows_per_pass, progress=progress,
+            desc=f"contrastive CHG (lam={lam:g})", pair_offset=n,
             log=lambda step, nll: history.extend(("C", step, seed_list[i], "G", v) for i, v in enumerate(nll)),
         )
-    recipe = dict(steps=steps, batch_size=batch_size, lam=lam, lr=lr, clip=clip, max_diff=max_diff,
-                  grad_norm=grad_norm, examples=n)
-    return ContrastiveFit(torch.sigmoid(theta.detach()).cpu(), tuple(seed_list), _history_frame(history), recipe)
+    used = {**asdict(how), "examples": n}
+    return ContrastiveFit(torch.sigmoid(theta.detach()).cpu(), tuple(seed_list), _history_frame(history), used)
 
 
 def _optimise(
@@ -444,15 +334,12 @@ def _optimise(
     lam: torch.Tensor,
     steps: int,
     lr: tuple[float, float],
-    batch_size: int,
-    clip: float,
-    grad_norm: float,
+    recipe: Recipe | ContrastiveRecipe,
     rows_per_pass: int | None,
     progress: bool,
     desc: str,
     log: Callable[[int, list[float]], None],
     pair_offset: int | None = None,
-    max_diff: float = 5.0,
 ) -> None:
     """Adam on ``theta [fit, layer, head]``; each fit's loss is its own and its gradient is clipped alone.
 
@@ -463,6 +350,9 @@ def _optimise(
     if steps == 0:
         return
     from tqdm.auto import tqdm
+
+    batch_size, clip, grad_norm = recipe.batch_size, recipe.clip, recipe.grad_norm
+    max_diff = float(getattr(recipe, "max_diff", 5.0))
 
     optimiser = torch.optim.Adam([theta], lr=lr[0])
     readout = _readout(ex)
@@ -635,23 +525,25 @@ def _seeds(seeds: int | Sequence[int], owner: str) -> list[int]:
     return out
 
 
-def _check_recipe(owner: str, **given: Any) -> None:
+def _check_recipe(owner: str, recipe: Any) -> None:
     for name in ("steps", "reg_steps"):
-        v = given[name]
+        v = getattr(recipe, name, 0)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise fail(f"{owner} got {name}={v!r}", "a whole number of optimiser steps, >= 0", f"pass {name}=500")
-    b = given["batch_size"]
+    b = recipe.batch_size
     if not isinstance(b, int) or isinstance(b, bool) or b < 1:
         raise fail(f"{owner} got batch_size={b!r}", "a positive number of examples per step", "pass batch_size=64")
     for name in ("lr", "reg_lr"):
-        v = given[name]
+        v = getattr(recipe, name, recipe.lr)
         if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in v)):
             raise fail(f"{owner} got {name}={v!r}", "(start, end) learning rates, both positive", "pass e.g. (0.1, 0.01)")
     for name in ("clip", "grad_norm"):
-        v = given[name]
-        if not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
+        v = getattr(recipe, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
             raise fail(f"{owner} got {name}={v!r}", "a positive finite number", f"pass the paper's {name} (4.0 / 1.0)")
-    m = given["rows_per_pass"]
+
+
+def _check_rows_per_pass(m: Any, owner: str) -> None:
     if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 2):
         raise fail(f"{owner} got rows_per_pass={m!r}", "None (sized by throughput) or at least 2 rows per pass",
                    "pass rows_per_pass=256")
@@ -668,9 +560,3 @@ def _warn_normalised_attention_output(backend: Backend) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _history_frame(history: list[tuple[str, int, int, str, float]]) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame(history, columns=["stage", "step", "seed", "fit", "nll"])
