@@ -1,8 +1,9 @@
 """The backend protocol every adapter implements, so each analysis is written once.
 
 A backend wraps one model in one framework. It knows the model's head geometry and tokenizer, runs a
-forward pass with interventions applied, and applies interventions for the length of a ``with`` block
-(removing everything it attached when the block ends, also on error). :func:`get_backend` picks the
+forward pass with interventions applied (``run`` returns its logits and what its captures read, the same
+way in every adapter, remote nnsight included), and applies interventions for the length of a ``with``
+block (removing everything it attached when the block ends, also on error). :func:`get_backend` picks the
 adapter from the model's type, looking only at frameworks that are already imported (as einops does).
 """
 
@@ -22,6 +23,8 @@ from headkit.core.sites import ModelShape
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
+    from headkit.core.captures import Captures, Run
+
 __all__ = ["Backend", "get_backend", "unembedding_only_at"]
 
 @runtime_checkable
@@ -32,6 +35,7 @@ class Backend(Protocol):
         >>> import headkit as hk
         >>> # backend = hk.get_backend(model)            # a transformers model or TransformerLens bridge
         >>> # logits = backend.logits(ids, hk.zero_ablate("L5H1"))
+        >>> # logits, got = backend.run(ids, cap)       # got[cap].pattern(layer, head)
     """
 
     shape: ModelShape
@@ -39,8 +43,22 @@ class Backend(Protocol):
     vocab_size: int
     """Logits per position (ids must lie below it)."""
 
-    def applied(self, *interventions: Intervention) -> AbstractContextManager[None]:
-        """Apply interventions to every forward pass inside the ``with`` block."""
+    def applied(self, *interventions: Intervention) -> AbstractContextManager[Captures]:
+        """Apply interventions to every forward pass inside the ``with`` block; it yields their Captures."""
+        ...
+
+    def run(
+        self,
+        input_ids: Int[torch.Tensor, "batch pos"],
+        *interventions: Intervention,
+        attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+        last_only: bool = False,
+        positions: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> Run:
+        """One forward pass with interventions applied: ``Run(logits, captures)``, logits as :meth:`logits`.
+
+        ``captures[cap]`` is what each capture among the interventions read (a fresh Captures per call).
+        """
         ...
 
     def logits(
@@ -51,7 +69,7 @@ class Backend(Protocol):
         last_only: bool = False,
         positions: Bool[torch.Tensor, "batch pos"] | None = None,
     ) -> Float[torch.Tensor, "batch pos vocab"] | Float[torch.Tensor, "n vocab"]:
-        """One forward pass with interventions applied; returns the logits.
+        """One forward pass with interventions applied; returns the logits (``run(...).logits``).
 
         ``[batch, pos, vocab]``; ``[batch, 1, vocab]`` with ``last_only``; ``[n, vocab]`` with ``positions``
         (only the True cells, in row-major order; the unembedding runs on those hidden states only).

@@ -8,7 +8,7 @@ import torch
 
 from headkit.backend import get_backend
 from headkit.core.errors import describe, fail
-from headkit.core.interventions import _SumZ
+from headkit.core.interventions import SumZ
 
 if TYPE_CHECKING:
     from jaxtyping import Float
@@ -27,8 +27,8 @@ def compute_means(
     """Mean of every head's ``z`` over a reference set, for :func:`mean_ablate`.
 
     Runs ``model`` (a transformers model, a TransformerLens bridge, an nnsight model, or a headkit backend) over
-    ``input_ids [n, pos]`` in batches, reading ``z`` through the same capture machinery as the other
-    interventions. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
+    ``input_ids [n, pos]`` in batches, reading ``z`` with a reader (:class:`~headkit.core.interventions.SumZ`)
+    whose per-layer sums come back in each run's captures, as captured patterns do. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
     d_head]`` averaged over rows and positions, or ``[n_layers, pos, n_heads, d_head]`` with
     ``per_position=True``.
 
@@ -63,9 +63,9 @@ def compute_means(
         for start in range(0, input_ids.shape[0], batch_size):
             rows = slice(start, start + batch_size)
             mask = None if attention_mask is None else attention_mask[rows]
-            reader = _SumZ(weights_all[rows], per_position)
-            backend.logits(input_ids[rows], reader, attention_mask=mask)
-            for layer, total in reader.sums.items():
+            reader = SumZ(weights_all[rows], per_position)
+            run = backend.run(input_ids[rows], reader, attention_mask=mask)
+            for layer, total in run.captures[reader].layers.items():
                 sums[layer] = sums[layer] + total if layer in sums else total
     counts = weights_all.sum(0) if per_position else weights_all.sum()  # [pos] or scalar
     if (counts == 0).any():

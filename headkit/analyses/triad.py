@@ -163,11 +163,12 @@ def triad(
         norm = _final_norm(hf, found)
         hooks.append(norm.register_forward_pre_hook(lambda m, args: final_in.append(args[0][0, query].detach())))
         with torch.no_grad():
-            logits = backend.logits(ids, capture, positions=_at(n, query, device))[0].float()
+            logits, got = backend.run(ids, capture, positions=_at(n, query, device))
+            logits = logits[0].float()
     finally:
         for h in hooks:
             h.remove()
-    attention = torch.stack([capture.pattern(layer, head)[0, query, key] for layer, head in capture.heads])
+    attention = torch.stack([got[capture].pattern(layer, head)[0, query, key] for layer, head in capture.heads])
     probs = logits.softmax(-1)
     p_target = float(probs[target])
 
