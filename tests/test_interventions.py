@@ -136,7 +136,9 @@ def test_captures_record_into_the_runs_captures_not_into_the_capture():
     assert torch.equal(got[cap].pattern(2, 3), pattern[:, 3]) and torch.equal(got[cap].pattern(2, 0), pattern[:, 0])
     with pytest.raises(hk.HeadkitError, match="nothing captured for layer 0"):
         got[cap].patterns
+    before = got[cap]
     got.put(cap, 0, cap.read("pattern", 0, pattern, "blocks.0.attn.hook_pattern"))
+    assert list(before.layers) == [2]  # what was read out is a snapshot; a later pass adds to the Captures only
     assert torch.equal(got[cap].patterns, pattern[:, [1, 0, 3]])
     assert torch.equal(got.pattern(cap, 0, 1), pattern[:, 1])
     with pytest.raises(hk.HeadkitError, match="got head L1H1.*captured heads 'L0H1 L2H0 L2H3'"):

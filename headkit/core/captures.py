@@ -135,7 +135,7 @@ class Captures:
                 "pass the capture to applied(model, ...), hk_nn.apply(model, ...) or backend.run(...) and run "
                 "the model before reading",
             )
-        return Captured(reader, layers)
+        return Captured(reader, dict(layers))  # a snapshot: later forward passes of a block do not change it
 
     def pattern(self, capture: CaptureAttention, layer: int, head: int) -> Float[torch.Tensor, "batch query key"]:
         """``self[capture].pattern(layer, head)``."""
