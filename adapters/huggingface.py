@@ -5,6 +5,10 @@
 
     with hk_hf.applied(model, hk.zero_ablate("L5H1"), hk.mask_attention("L9H9", keys=[(3, 8)])):
         logits = model(input_ids).logits          # generate() works too
+    cap = hk.capture_attention("L9H9")
+    with hk_hf.applied(model, cap) as got:        # the block yields what its captures record
+        model(input_ids)
+    got[cap].pattern(9, 9)                        # [batch, query, key]
 
 How each site is reached (all architecture knowledge sits in ``headkit.core.architectures.ARCHITECTURES``):
 
@@ -43,6 +47,7 @@ from headkit.core.architectures import (
     head_outputs,
     layout,
 )
+from headkit.core.captures import Captures, Run
 from headkit.core.errors import fail
 from headkit.core.inputs import check_inputs
 from headkit.core.interventions import CaptureAttention, Intervention, MaskAttention, apply_masks
@@ -50,7 +55,7 @@ from headkit.core.plan import plan
 from headkit.core.sites import ModelShape
 
 if TYPE_CHECKING:
-    from jaxtyping import Bool, Float, Int
+    from jaxtyping import Bool, Int
 
 __all__ = ["backend_for", "applied", "model_shape", "HFBackend", "head_paths"]
 
@@ -72,14 +77,17 @@ def model_shape(model: Any) -> ModelShape:
 
 
 # ------------------------------------------------------------------------------------------------- z site
-def _z_hook(ivs: list[Intervention], layer: int, shape: ModelShape, where: str) -> Callable:
+def _z_hook(ivs: list[Intervention], layer: int, shape: ModelShape, where: str, got: Captures) -> Callable:
     heads = (shape.n_heads, shape.d_head)
 
     def hook(module: torch.nn.Module, args: tuple) -> tuple:
         x = args[0]  # [batch, pos, n_heads * d_head]
         z = x.unflatten(-1, heads)
         for iv in ivs:
-            z = iv.edit("z", layer, z, where)
+            if iv.reads_only:
+                got.put(iv, layer, iv.read("z", layer, z, where))
+            else:
+                z = iv.edit("z", layer, z, where)
         return (z.flatten(-2), *args[1:])
 
     return hook
@@ -95,7 +103,8 @@ class _LayerRun:
     base: str  # the implementation the model was loaded with: "eager" or "sdpa"
     eager: Callable
     masks: list[MaskAttention] = field(default_factory=list)
-    readers: list[Intervention] = field(default_factory=list)  # pattern-site: captures
+    readers: list[tuple[Intervention, Captures]] = field(default_factory=list)  # pattern-site captures, each with
+    # the Captures of the block that applied it (blocks sharing a layer record into their own)
     cache: dict[str, Any] = field(default_factory=dict)  # {"kv": the forward's KV cache}, set by a model pre-hook
 
     def __call__(
@@ -110,7 +119,7 @@ class _LayerRun:
         batch, n_heads, q_len, _ = query.shape
         k_len = key.shape[-2]
         rows = _POOL_CHUNK_ELEMENTS // max(1, batch * n_heads * k_len)
-        if self.readers and not self.masks and q_len == k_len > rows and all(_pools(iv) for iv in self.readers):
+        if self.readers and not self.masks and q_len == k_len > rows and all(_pools(iv) for iv, _ in self.readers):
             return self._pooled(module, query, key, value, attention_mask, max(rows, 1), **kwargs)
         use_eager = self.base == "eager" or bool(self.readers)
         mask = attention_mask
@@ -129,8 +138,8 @@ class _LayerRun:
             if weights is not None:
                 weights = weights.masked_fill(dead[..., None], 0)
         if weights is not None:
-            for iv in self.readers:
-                weights = iv.edit("pattern", self.layer, weights, self.where)
+            for iv, got in self.readers:
+                got.put(iv, self.layer, iv.read("pattern", self.layer, weights, self.where))
         return out, weights
 
     def _first_key(self, q_len: int, k_len: int) -> int:
@@ -170,8 +179,9 @@ class _LayerRun:
             else:
                 mask = additive_mask(attention_mask[:, :, part], n, k_len, query.dtype, query.device)
             out, weights = self.eager(module, query[:, :, part], key, value, mask, **kwargs)
-            for iv in self.readers:
-                iv.pool_rows(self.layer, weights, start, self.where)  # type: ignore[attr-defined]
+            for iv, got in self.readers:
+                part = iv.pool_rows(self.layer, weights, start, self.where)  # type: ignore[attr-defined]
+                (got.put if start == 0 else got.add)(iv, self.layer, part)
             outs.append(out)
             del weights
         return torch.cat(outs, dim=1), None
@@ -239,7 +249,7 @@ class _Attached:
         runs = self.runs
         run = runs[0] if len(runs) == 1 else _LayerRun(
             runs[0].layer, runs[0].where, runs[0].base, runs[0].eager,
-            [m for r in runs for m in r.masks], [iv for r in runs for iv in r.readers],
+            [m for r in runs for m in r.masks], [reader for r in runs for reader in r.readers],
             next((r.cache for r in runs if r.cache.get("kv") is not None), runs[0].cache),
         )
         return run(module, *args, **kwargs)
@@ -271,11 +281,13 @@ def _point_at_headkit(attn: torch.nn.Module, run: _LayerRun) -> Callable[[], Non
 
 # ------------------------------------------------------------------------------------------------- public
 @contextmanager
-def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
+def applied(model: Any, *interventions: Intervention) -> Iterator[Captures]:
     """Apply interventions to every forward pass of a transformers model inside the ``with`` block.
 
     Validates everything before attaching anything; removes everything on exit, also after an exception.
-    ``model.generate`` inside the block runs with the interventions applied at every step.
+    ``model.generate`` inside the block runs with the interventions applied at every step. The block
+    yields a fresh :class:`~headkit.core.captures.Captures`: what its captures read (each layer's record
+    from the latest forward pass), ``got[cap].pattern(layer, head)``; the captures themselves never change.
 
     Example:
         >>> import torch, headkit as hk
@@ -286,9 +298,15 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
         ...     logits = model(ids).logits
         >>> logits.shape
         torch.Size([1, 4, 100])
+        >>> cap = hk.capture_attention("L1H3")
+        >>> with hk_hf.applied(model, cap) as got:
+        ...     _ = model(ids)
+        >>> got[cap].pattern(1, 3).shape, got[cap].pattern(1, 3).sum(-1)
+        (torch.Size([1, 4, 4]), tensor([[1., 1., 1., 1.]]))
     """
     found = layout(model, "huggingface.applied")
     groups = plan(interventions, found.shape, "huggingface.applied")
+    got = Captures()
     runs: dict[int, _LayerRun] = {}
     for (site, layer), ivs in groups.items():
         if site == "z":
@@ -308,14 +326,14 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
         if site == "scores":
             run.masks.extend(iv for iv in ivs if isinstance(iv, MaskAttention))
         else:  # pattern: the mask's own pattern step is done by the run's dead-row zeroing
-            run.readers.extend(iv for iv in ivs if not isinstance(iv, MaskAttention))
+            run.readers.extend((iv, got) for iv in ivs if not isinstance(iv, MaskAttention))
     undo: list[Callable[[], None]] = []
     holder: dict[str, Any] = {}  # the current forward pass's KV cache, for masks on sliding-window layers
     needs_cache = False
     try:
         for (site, layer), ivs in groups.items():
             if site == "z":
-                hook = _z_hook(ivs, layer, found.shape, found.where(layer, "z"))
+                hook = _z_hook(ivs, layer, found.shape, found.where(layer, "z"), got)
                 undo.append(found.out_proj(layer).register_forward_pre_hook(hook).remove)
         if runs:
             _register()
@@ -326,7 +344,7 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
             undo.append(_point_at_headkit(attn, run))
         if needs_cache:
             undo.append(model.register_forward_pre_hook(_keep_cache(holder), with_kwargs=True).remove)
-        yield
+        yield got
     finally:
         for step in reversed(undo):
             step()
@@ -342,6 +360,10 @@ class HFBackend(AdapterBase):
         >>> backend = HFBackend(model, tok)
         >>> backend.logits(torch.tensor([[1, 5, 6]]), hk.zero_ablate("L0H1")).shape
         torch.Size([1, 3, 100])
+        >>> cap = hk.capture_attention("L1H2")
+        >>> logits, got = backend.run(torch.tensor([[1, 5, 6]]), cap)
+        >>> got[cap].pattern(1, 2).shape
+        torch.Size([1, 3, 3])
     """
 
     def __init__(self, model: Any, tokenizer: Any = None) -> None:
@@ -355,18 +377,18 @@ class HFBackend(AdapterBase):
         return self.model
 
     def applied(self, *interventions: Intervention) -> Any:
-        """Apply interventions inside a ``with`` block (see :func:`applied`)."""
+        """Apply interventions inside a ``with`` block, which yields the Captures (see :func:`applied`)."""
         return applied(self.model, *interventions)
 
-    def logits(
+    def run(
         self,
         input_ids: Int[torch.Tensor, "batch pos"],
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
         last_only: bool = False,
         positions: Bool[torch.Tensor, "batch pos"] | None = None,
-    ) -> Float[torch.Tensor, "batch pos vocab"] | Float[torch.Tensor, "n vocab"]:
-        """One forward pass with interventions applied; returns the logits.
+    ) -> Run:
+        """One forward pass with interventions applied; returns its logits and what its captures read.
 
         With an ``attention_mask``, positions count real tokens only (as in ``generate`` and
         TransformerLens), so a left-padded row sees the same positions as when it runs alone.
@@ -381,9 +403,9 @@ class HFBackend(AdapterBase):
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
             kwargs.update(attention_mask=attention_mask, position_ids=self.position_ids(attention_mask))
-        with applied(self.model, *interventions), unembedding_only_at(self.model.get_output_embeddings(), positions):
+        with applied(self.model, *interventions) as got, unembedding_only_at(self.model.get_output_embeddings(), positions):
             logits = self.model(input_ids=input_ids.to(device), **kwargs).logits
-        return logits if positions is None else logits[0]
+        return Run(logits if positions is None else logits[0], got)
 
     def head_paths(self, input_ids: Int[torch.Tensor, "1 pos"], position: int, *interventions: Intervention) -> HeadPaths:
         """Every head's direct path to the logits at ``position`` of one sequence (see :class:`HeadPaths`)."""
@@ -445,7 +467,7 @@ def head_paths(
             hooks.append(found.out_proj(layer).register_forward_pre_hook(keep_input(z, layer)))
             hooks.append(found.out_proj(layer).register_forward_hook(keep_output(attn_out, layer)))
         with torch.no_grad():
-            logits = backend.logits(input_ids, *interventions, positions=at)[0].float()
+            run = backend.run(input_ids, *interventions, positions=at)
     finally:
         for hook in hooks:
             hook.remove()
@@ -456,7 +478,8 @@ def head_paths(
         outs.append(frozen_norm(block_norm, attn_out[layer])(contrib) if block_norm is not None else contrib)
     unembed = model.get_output_embeddings().weight.detach().float()
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    return HeadPaths(torch.stack(outs), frozen_norm(norm, final_in[0]), unembed, logits, softcap)
+    return HeadPaths(torch.stack(outs), frozen_norm(norm, final_in[0]), unembed, run.logits[0].float(), softcap,
+                     run.captures)
 
 
 def backend_for(model: Any, tokenizer: Any = None) -> HFBackend | None:

@@ -5,9 +5,9 @@
 
     ablate, cap = hk.zero_ablate("L5H1 L9H9"), hk.capture_attention("L9H9")   # build them outside the block
     with model.trace(prompt):                      # or model.trace(prompt, remote=True) for NDIF
-        patterns, = hk_nn.apply(model, ablate, cap)    # one {(layer, head): pattern} per capture, saved
+        got = hk_nn.apply(model, ablate, cap)      # what the captures read (a Captures), saved
         logits = model.output.logits.save()
-    patterns[9, 9]                                 # [batch, query, key]; locally cap.pattern(9, 9) too
+    got[cap].pattern(9, 9)                         # [batch, query, key], after a local or a remote run
 
 ``apply`` runs where the trace runs: in this process, or on the NDIF server. It touches modules in forward
 order, layer by layer, so call it before reading modules it passes (or read those in an earlier trace):
@@ -28,8 +28,9 @@ Remote runs: :func:`register` (called by :func:`check_remote` and by a remote :c
 tells nnsight to ship headkit's kernel (``headkit.core``) and this module by value with each request
 (NDIF does not have headkit installed); everything that runs in the trace imports only torch, nnsight and
 the standard library, and nothing else of headkit travels. What comes back is plain data:
-captures as the dicts ``apply`` returns (bind them to names in the block), gradients only when
-``.save()``d inside the trace (see :func:`apply`).
+the Captures ``apply`` returns (bind it to a name in the block; it pickles as tensors and plain fields
+and is rebuilt here, so ``got[cap]`` finds the capture by value), gradients only when ``.save()``d inside
+the trace (see :func:`apply`).
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ import torch
 
 from headkit.core.adapter import AdapterBase, pad_id
 from headkit.core.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
+from headkit.core.captures import Captures, Run
 from headkit.core.errors import HeadkitError, fail
 from headkit.core.inputs import check_inputs
 from headkit.core.interventions import Intervention, MaskAttention, apply_masks
 from headkit.core.plan import plan
 
 if TYPE_CHECKING:
-    from jaxtyping import Bool, Float, Int
+    from jaxtyping import Bool, Int
 
 __all__ = ["backend_for", "apply", "NNsightBackend", "check_remote", "register", "TRAVELS"]
 
@@ -74,14 +76,14 @@ def register() -> None:
         nnsight.register(name)
 
 
-def apply(model: Any, *interventions: Intervention) -> tuple[dict[tuple[int, int], torch.Tensor], ...]:
-    """Apply interventions inside an nnsight trace (or ``generate``); return what captures recorded, saved.
+def apply(model: Any, *interventions: Intervention) -> Captures:
+    """Apply interventions inside an nnsight trace (or ``generate``); return what captures read, saved.
 
     Call it inside ``with model.trace(...)``. It validates every intervention against the model first
-    and then edits modules in forward order. It returns one plain dict ``{(layer, head): pattern}`` per
-    capture it was given (in order), each marked with ``nnsight.save``: bind them
-    (``patterns, = hk_nn.apply(model, ablate, cap)``) and a remote run sends them back. Locally the
-    capture objects are also filled in place (``cap.pattern(layer, head)``).
+    and then edits modules in forward order. It returns a fresh :class:`~headkit.core.captures.Captures`
+    marked with ``nnsight.save``: bind it (``got = hk_nn.apply(model, ablate, cap)``) and read
+    ``got[cap].pattern(layer, head)`` after the block. A remote run sends it back as plain data (tensors,
+    the captures' fields) and it is rebuilt here as the same type. The captures themselves never change.
 
     Gates stay differentiable. Locally, call ``loss.backward()`` after the trace as usual. Remotely the
     gate tensor travels as a copy, so run the backward inside the trace and save the gradient:
@@ -91,14 +93,14 @@ def apply(model: Any, *interventions: Intervention) -> tuple[dict[tuple[int, int
         >>> import torch, headkit as hk
         >>> from nnsight import TransformersModel
         >>> from headkit.adapters import nnsight as hk_nn
-        >>> hf_model, tokenizer = hk.models.tiny("llama")
+        >>> hf_model, tokenizer = hk.models.tiny("llama", attn_implementation="eager")  # captures need eager
         >>> model = TransformersModel(hf_model, tokenizer=tokenizer)
-        >>> ablate = hk.zero_ablate("L1H2")
+        >>> ablate, cap = hk.zero_ablate("L1H2"), hk.capture_attention("L0H1")
         >>> with model.trace(torch.tensor([[1, 5, 6, 7]])):
-        ...     captured = hk_nn.apply(model, ablate)
+        ...     got = hk_nn.apply(model, ablate, cap)
         ...     logits = model.output.logits.save()
-        >>> logits.shape, captured
-        (torch.Size([1, 4, 100]), ())
+        >>> logits.shape, got[cap].pattern(0, 1).shape
+        (torch.Size([1, 4, 100]), torch.Size([1, 4, 4]))
     """
     worker = _worker()
     module = getattr(model, "_module", None)
@@ -114,6 +116,7 @@ def apply(model: Any, *interventions: Intervention) -> tuple[dict[tuple[int, int
     for part in found.path.split("."):
         blocks = getattr(blocks, part)
     heads = (found.shape.n_heads, found.shape.d_head)
+    got = Captures()
     for layer in sorted({layer for _, layer in groups}):
         attention = getattr(blocks[layer], found.arch.attention)
         masks = [iv for iv in groups.get(("scores", layer), ()) if isinstance(iv, MaskAttention)]
@@ -126,7 +129,10 @@ def apply(model: Any, *interventions: Intervention) -> tuple[dict[tuple[int, int
             x = out_proj.input  # [batch, pos, n_heads * d_head]
             z = x.unflatten(-1, heads)
             for iv in edits:
-                z = iv.edit("z", layer, z, where)
+                if iv.reads_only:
+                    got.put(iv, layer, iv.read("z", layer, z, where))
+                else:
+                    z = iv.edit("z", layer, z, where)
             if dead is not None:
                 z = z.masked_fill(dead.transpose(1, 2)[..., None], 0)
             out_proj.input = z.flatten(-2)
@@ -145,9 +151,8 @@ def apply(model: Any, *interventions: Intervention) -> tuple[dict[tuple[int, int
                 weights = weights.masked_fill(dead[..., None], 0)
                 attention.output = (output[0], weights, *output[2:])
             for iv in readers:
-                iv.edit("pattern", layer, weights, found.where(layer, "pattern"))
-    captured = tuple(nnsight.save(iv._export()) for iv in interventions if iv.reads_only)
-    return nnsight.save(captured)
+                got.put(iv, layer, iv.read("pattern", layer, weights, found.where(layer, "pattern")))
+    return nnsight.save(got)
 
 
 def _worker() -> Any:
@@ -248,19 +253,19 @@ class NNsightBackend(AdapterBase):
             )
         from headkit.adapters.huggingface import applied
 
-        return applied(self.model._module, *interventions)
+        return applied(self.model._module, *interventions)  # yields the Captures, as there
 
-    def logits(
+    def run(
         self,
         input_ids: Int[torch.Tensor, "batch pos"],
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
         last_only: bool = False,
         positions: Bool[torch.Tensor, "batch pos"] | None = None,
-    ) -> Float[torch.Tensor, "batch pos vocab"] | Float[torch.Tensor, "n vocab"]:
-        """One traced forward pass with interventions applied; returns the logits.
+    ) -> Run:
+        """One traced forward pass with interventions applied; returns its logits and what its captures read.
 
-        Captures given here are filled in place also after a remote run. With an ``attention_mask``,
+        The captures come back the same way after a remote run. With an ``attention_mask``,
         positions count real tokens only, as in the other backends. ``positions`` (bool ``[batch, pos]``)
         unembeds only its True cells and returns ``[n, vocab]`` (row-major), also remotely.
         """
@@ -296,9 +301,7 @@ class NNsightBackend(AdapterBase):
                 "check nnsight.status() for served models and NDIF_API_KEY / nnsight.login() for the key, "
                 "or run locally (remote=False)",
             ) from None
-        for iv, data in zip([iv for iv in interventions if iv.reads_only], captured):
-            iv._import(data)
-        return logits if positions is None else logits[0]
+        return Run(logits if positions is None else logits[0], captured)
 
     def head_paths(self, input_ids: Int[torch.Tensor, "1 pos"], position: int, *interventions: Intervention) -> Any:
         """Every head's direct path to the logits at ``position`` (see :class:`headkit.core.adapter.HeadPaths`).

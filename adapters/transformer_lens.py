@@ -6,6 +6,14 @@
     logits = model.run_with_hooks(tokens, fwd_hooks=hk_tl.fwd_hooks(model, hk.zero_ablate("L5H1")))
     with hk_tl.applied(model, hk.gate(G), hk.mask_attention("L9H9", keys=[(10, 20)])):
         logits = model(tokens)
+    cap = hk.capture_attention("L9H9")
+    with hk_tl.applied(model, cap) as got:            # what captures read comes back as the block's Captures
+        model(tokens)
+    got[cap].pattern(9, 9)                            # [batch, query, key]
+    hooks = hk_tl.fwd_hooks(model, cap)               # plain hooks carry theirs: hooks.captures[cap]
+
+A capture keeps nothing itself, so attached by hand as a bare hook (``fwd_hooks=[(name, cap)]``) it raises
+a HeadkitError pointing here: :func:`fwd_hooks` routes it into the ``captures`` those hooks carry.
 
 Sites map to ``blocks.{l}.attn.hook_z``, ``hook_attn_scores`` and ``hook_pattern``, which every
 TransformerLens model since 2.0 has; the adapter uses each hook point's live name, so a bridge works with
@@ -51,6 +59,7 @@ import torch
 from headkit.backend import unembedding_only_at
 from headkit.core.adapter import AdapterBase, HeadPaths
 from headkit.core.architectures import cached_tokens, find_cache, frozen_norm, head_outputs, layout
+from headkit.core.captures import Captures, Run
 from headkit.core.errors import fail
 from headkit.core.inputs import check_inputs
 from headkit.core.interventions import Gate, Intervention, MaskAttention, MeanAblate, ZeroAblate
@@ -58,10 +67,10 @@ from headkit.core.plan import plan
 from headkit.core.sites import ModelShape, Site, tl_hook_name
 
 if TYPE_CHECKING:
-    from jaxtyping import Bool, Float, Int
+    from jaxtyping import Bool, Int
 
 __all__ = [
-    "fwd_hooks", "applied", "model_shape", "is_bridge", "is_hooked_transformer", "is_tl_model", "value_biases_folded",
+    "fwd_hooks", "FwdHooks", "applied", "model_shape", "is_bridge", "is_hooked_transformer", "is_tl_model", "value_biases_folded",
     "TLBackend",
 ]
 
@@ -128,15 +137,17 @@ def model_shape(model: Any) -> ModelShape:
 
 # ------------------------------------------------------------------------------------------------- hooks
 class _SiteHook:
-    """One TransformerLens hook function running a site's interventions in order."""
+    """One TransformerLens hook function running a site's interventions in order; readers record into ``got``."""
 
-    def __init__(self, site: Site, layer: int, interventions: list[Intervention]) -> None:
-        self.site, self.layer, self.interventions = site, layer, interventions
+    def __init__(self, site: Site, layer: int, interventions: list[Intervention], got: Captures) -> None:
+        self.site, self.layer, self.interventions, self.got = site, layer, interventions, got
         self.seen = 0  # tokens in the layer's KV cache before this pass; applied() keeps it current
 
     def __call__(self, activation: torch.Tensor, /, hook: Any) -> torch.Tensor:
         for iv in self.interventions:
-            if isinstance(iv, MaskAttention):  # a sliding-window cache holds only the latest keys
+            if iv.reads_only:
+                self.got.put(iv, self.layer, iv.read(self.site, self.layer, activation, hook.name))
+            elif isinstance(iv, MaskAttention):  # a sliding-window cache holds only the latest keys
                 k_start = max(0, self.seen + activation.shape[-2] - activation.shape[-1])
                 activation = iv.edit(self.site, self.layer, activation, hook.name, k_start)
             else:
@@ -155,15 +166,30 @@ class _SiteHook:
         return f"headkit[{', '.join(map(repr, self.interventions))}]"
 
 
-def fwd_hooks(model: Any, *interventions: Intervention) -> list[tuple[str, Any]]:
+class FwdHooks(list):
+    """The ``[(hook_name, fn), ...]`` list :func:`fwd_hooks` returns, carrying the ``captures`` its hooks record.
+
+    It is a plain list to TransformerLens. Every forward pass run with these hooks records what the
+    captures among them read into ``captures`` (each layer's latest pass): ``hooks.captures[cap]``.
+    """
+
+    def __init__(self, hooks: list[tuple[str, Any]], captures: Captures) -> None:
+        list.__init__(self, hooks)
+        self.captures = captures
+
+
+def fwd_hooks(model: Any, *interventions: Intervention) -> FwdHooks:
     """TransformerLens ``fwd_hooks`` for ``run_with_hooks`` / ``model.hooks``: ``[(hook_name, fn), ...]``.
 
-    Validates every intervention against the model first. Names are the model's live hook names.
+    Validates every intervention against the model first. Names are the model's live hook names. What
+    captures read while these hooks run is in the returned list's ``captures``.
 
     Example:
         >>> import headkit as hk
         >>> from headkit.adapters import transformer_lens as hk_tl
         >>> # logits = model.run_with_hooks(tokens, fwd_hooks=hk_tl.fwd_hooks(model, hk.zero_ablate("L1H0")))
+        >>> # hooks = hk_tl.fwd_hooks(model, cap); model.run_with_hooks(tokens, fwd_hooks=hooks)
+        >>> # hooks.captures[cap].pattern(1, 0)                              -> [batch, query, key]
     """
     _require_tl_model(model, "fwd_hooks")
     shape = model_shape(model)
@@ -171,7 +197,11 @@ def fwd_hooks(model: Any, *interventions: Intervention) -> list[tuple[str, Any]]
     _refuse_delegated_masks(model, groups)
     _warn_folded_value_biases(model, interventions)
     hook_dict = model.hook_dict
-    return [(_live_name(hook_dict, site, layer), _SiteHook(site, layer, ivs)) for (site, layer), ivs in groups.items()]
+    got = Captures()
+    return FwdHooks(
+        [(_live_name(hook_dict, site, layer), _SiteHook(site, layer, ivs, got)) for (site, layer), ivs in groups.items()],
+        got,
+    )
 
 
 def _add_hook(point: Any, fn: Any) -> Any:
@@ -196,18 +226,19 @@ def _remove_hook(point: Any, handle: Any) -> None:
 
 
 @contextmanager
-def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
+def applied(model: Any, *interventions: Intervention) -> Iterator[Captures]:
     """Apply interventions to every forward pass of a TransformerLens model inside the ``with`` block.
 
     Works with ``model(...)``, ``run_with_cache`` and ``generate`` (see the module notes on a bridge's cached
     generation). Everything it attached is removed on exit, also after an exception; hooks you attached
-    yourself are left alone.
+    yourself are left alone. The block yields a fresh Captures: what its captures read.
 
     Example:
         >>> import headkit as hk
         >>> from headkit.adapters import transformer_lens as hk_tl
-        >>> # with hk_tl.applied(model, hk.zero_ablate("L1H0")):
+        >>> # with hk_tl.applied(model, hk.zero_ablate("L1H0"), cap) as got:
         >>> #     logits = model(tokens)
+        >>> # got[cap].pattern(0, 1)  -> [batch, query, key]
     """
     hooks = fwd_hooks(model, *interventions)
     hook_dict = model.hook_dict
@@ -220,7 +251,7 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[None]:
             if fn.site != "z" and any(isinstance(iv, MaskAttention) for iv in fn.interventions):
                 handle = model.blocks[fn.layer].attn.register_forward_pre_hook(fn.count_cached, with_kwargs=True)
                 counters.append(handle)
-        yield
+        yield hooks.captures
     finally:
         for counter in counters:
             counter.remove()
@@ -269,18 +300,18 @@ class TLBackend(AdapterBase):
         return getattr(getattr(getattr(self.model, "original_model", None), "config", None), "model_type", None)
 
     def applied(self, *interventions: Intervention) -> Any:
-        """Apply interventions inside a ``with`` block (see :func:`applied`)."""
+        """Apply interventions inside a ``with`` block, which yields the Captures (see :func:`applied`)."""
         return applied(self.model, *interventions)
 
-    def logits(
+    def run(
         self,
         input_ids: Int[torch.Tensor, "batch pos"],
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
         last_only: bool = False,
         positions: Bool[torch.Tensor, "batch pos"] | None = None,
-    ) -> Float[torch.Tensor, "batch pos vocab"] | Float[torch.Tensor, "n vocab"]:
-        """One forward pass with interventions applied; returns the logits.
+    ) -> Run:
+        """One forward pass with interventions applied; returns its logits and what its captures read.
 
         ``[batch, 1, vocab]`` if last_only; ``[n, vocab]`` for the True cells of ``positions`` (row-major),
         the unembedding then running on those hidden states only. With an ``attention_mask`` TransformerLens
@@ -293,11 +324,11 @@ class TLBackend(AdapterBase):
         if last_only:  # the output layer runs on the last column only
             at = torch.zeros(input_ids.shape, dtype=torch.bool)
             at[:, -1] = True
-        with applied(self.model, *interventions), unembedding_only_at(self.model.unembed, at):
+        with applied(self.model, *interventions) as got, unembedding_only_at(self.model.unembed, at):
             logits = self.model(input_ids.to(device), return_type="logits", **kwargs)
         if positions is not None:
-            return logits[0]
-        return logits[0][:, None] if last_only else logits
+            return Run(logits[0], got)
+        return Run(logits[0][:, None] if last_only else logits, got)
 
     def head_paths(self, input_ids: Int[torch.Tensor, "1 pos"], position: int, *interventions: Intervention) -> HeadPaths:
         """Every head's direct path to the logits at ``position`` (see :class:`headkit.core.adapter.HeadPaths`).
@@ -335,7 +366,7 @@ class TLBackend(AdapterBase):
             for name, key in names:
                 attached.append((hook_dict[name], _add_hook(hook_dict[name], keep(key))))
             with torch.no_grad():
-                logits = self.logits(input_ids, *interventions, positions=at)[0].float()
+                run = self.run(input_ids, *interventions, positions=at)
         finally:
             for point, handle in reversed(attached):
                 _remove_hook(point, handle)
@@ -359,7 +390,7 @@ class TLBackend(AdapterBase):
             unembed = model.W_U.detach().float().T
             cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
             softcap = cap if cap > 0 else None
-        return HeadPaths(torch.stack(outs), final, unembed, logits, softcap)
+        return HeadPaths(torch.stack(outs), final, unembed, run.logits[0].float(), softcap, run.captures)
 
     def generate(
         self, input_ids: Int[torch.Tensor, "batch pos"], *interventions: Intervention, max_new_tokens: int = 20, **kwargs: Any

@@ -5,7 +5,7 @@
     mean_ablate(heads, means)    replace z by its mean over a reference set (compute_means)
     gate(values)                 scale z by values [layer, head] or per row [batch, layer, head]
     mask_attention(heads, keys)  -inf on chosen keys before softmax, in chosen heads
-    capture_attention(heads)     keep chosen heads' patterns, optionally pooled to sentences
+    capture_attention(heads)     read chosen heads' patterns (optionally pooled) into the run's Captures
     get_backend(model)           the adapter for a model (forward passes with interventions)
     load_default()               the embedded default model, Gemma 3 270M, offline
     HeadkitError                 raised on bad input (a ValueError)

@@ -1,8 +1,9 @@
 """The backend protocol every adapter implements, so each analysis is written once.
 
 A backend wraps one model in one framework. It knows the model's head geometry and tokenizer, runs a
-forward pass with interventions applied, and applies interventions for the length of a ``with`` block
-(removing everything it attached when the block ends, also on error). :func:`get_backend` picks the
+forward pass with interventions applied (``run`` returns its logits and what its captures read, the same
+way in every adapter, remote nnsight included), and applies interventions for the length of a ``with``
+block (removing everything it attached when the block ends, also on error). :func:`get_backend` picks the
 adapter from the model's type, looking only at frameworks that are already imported (as einops does).
 """
 
@@ -24,6 +25,8 @@ from headkit.core.sites import ModelShape
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
+    from headkit.core.captures import Captures, Run
+
 __all__ = ["Backend", "get_backend", "register_adapter", "ADAPTERS", "unembedding_only_at"]
 
 @runtime_checkable
@@ -31,9 +34,14 @@ class Backend(Protocol):
     """What analyses need from a model: head geometry, tokenizer, and forward passes with interventions.
 
     Example:
-        >>> import headkit as hk
-        >>> # backend = hk.get_backend(model)            # a transformers model or TransformerLens bridge
-        >>> # logits = backend.logits(ids, hk.zero_ablate("L5H1"))
+        >>> import torch, headkit as hk
+        >>> from headkit.backend import Backend
+        >>> model, tok = hk.models.tiny("llama")
+        >>> backend = hk.get_backend(model, tok)
+        >>> cap = hk.capture_attention("L1H2")
+        >>> logits, got = backend.run(torch.tensor([[1, 5, 6]]), hk.zero_ablate("L0H1"), cap)
+        >>> isinstance(backend, Backend), logits.shape, got[cap].pattern(1, 2).shape
+        (True, torch.Size([1, 3, 100]), torch.Size([1, 3, 3]))
     """
 
     shape: ModelShape
@@ -51,21 +59,35 @@ class Backend(Protocol):
         """No weight gradients inside the block (restored after): gates are fitted with frozen weights."""
         ...
 
-    def run(
+    def captures(
         self,
         input_ids: Int[torch.Tensor, "batch pos"],
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
-    ) -> None:
-        """A forward pass without logits, for what reader interventions (captures) collect."""
+    ) -> Captures:
+        """A forward pass without logits, for what its reader interventions (captures) collect."""
         ...
 
     def head_paths(self, input_ids: Int[torch.Tensor, "1 pos"], position: int, *interventions: Intervention) -> HeadPaths:
         """Every head's direct path to the logits at one position (:class:`headkit.core.adapter.HeadPaths`)."""
         ...
 
-    def applied(self, *interventions: Intervention) -> AbstractContextManager[None]:
-        """Apply interventions to every forward pass inside the ``with`` block."""
+    def applied(self, *interventions: Intervention) -> AbstractContextManager[Captures]:
+        """Apply interventions to every forward pass inside the ``with`` block; it yields their Captures."""
+        ...
+
+    def run(
+        self,
+        input_ids: Int[torch.Tensor, "batch pos"],
+        *interventions: Intervention,
+        attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+        last_only: bool = False,
+        positions: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> Run:
+        """One forward pass with interventions applied: ``Run(logits, captures)``, logits as :meth:`logits`.
+
+        ``captures[cap]`` is what each capture among the interventions read (a fresh Captures per call).
+        """
         ...
 
     def logits(
@@ -76,7 +98,7 @@ class Backend(Protocol):
         last_only: bool = False,
         positions: Bool[torch.Tensor, "batch pos"] | None = None,
     ) -> Float[torch.Tensor, "batch pos vocab"] | Float[torch.Tensor, "n vocab"]:
-        """One forward pass with interventions applied; returns the logits.
+        """One forward pass with interventions applied; returns the logits (``run(...).logits``).
 
         ``[batch, pos, vocab]``; ``[batch, 1, vocab]`` with ``last_only``; ``[n, vocab]`` with ``positions``
         (only the True cells, in row-major order; the unembedding runs on those hidden states only).

@@ -639,9 +639,9 @@ def _induction_heads(backend: Any, task: Task, top: int) -> hk.Heads:
     shape = backend.shape
     capture = hk.capture_attention(hk.Heads.all(shape.n_layers, shape.n_heads))
     with torch.no_grad():
-        backend.logits(task.input_ids, capture, attention_mask=task.attention_mask, last_only=True)
+        got = backend.run(task.input_ids, capture, attention_mask=task.attention_mask, last_only=True).captures
     target_keys = (task.input_ids == task.targets[:, None]) & task.first_sentence  # [n, pos]
-    last_row = capture.patterns[:, :, -1, :]  # [n, heads, key]
+    last_row = got[capture].patterns[:, :, -1, :]  # [n, heads, key]
     score = (last_row * target_keys[:, None, :]).sum(-1).mean(0)  # [heads]
     best = score.topk(min(top, score.numel())).indices.tolist()
     return hk.Heads([capture.heads.pairs[i] for i in best])

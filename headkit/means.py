@@ -8,7 +8,7 @@ import torch
 
 from headkit.backend import get_backend
 from headkit.core.errors import describe, fail
-from headkit.core.interventions import _SumZ
+from headkit.core.interventions import SumZ
 from headkit.readouts import NoLogits
 from headkit.sweep import Rows, RowSizer, Variants, sweep
 
@@ -30,7 +30,8 @@ def compute_means(
 
     Runs ``model`` (a transformers model, a TransformerLens bridge, an nnsight model, or a headkit backend) over
     ``input_ids [n, pos]``, ``rows_per_pass`` rows per forward pass (None: sized by measured throughput),
-    reading ``z`` through the same machinery as the other interventions, without computing logits. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
+    without computing logits, reading ``z`` with a reader (:class:`~headkit.core.interventions.SumZ`) whose
+    per-layer sums come back in each pass's captures, as captured patterns do. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
     d_head]`` averaged over rows and positions, or ``[n_layers, pos, n_heads, d_head]`` with
     ``per_position=True``.
 
@@ -58,21 +59,15 @@ def compute_means(
     weights_all = (
         torch.ones(input_ids.shape, dtype=torch.float64) if attention_mask is None else attention_mask.double().cpu()
     )
-    readers: list[_SumZ] = []
-
-    def reader(variant: torch.Tensor, prompt: torch.Tensor) -> tuple[_SumZ]:
-        readers.append(_SumZ(weights_all[prompt], per_position))
-        return (readers[-1],)
-
     sums: dict[int, torch.Tensor] = {}
     n = input_ids.shape[0]
-    passes = sweep(backend, input_ids, attention_mask, NoLogits(), Variants(1, reader), Rows(torch.zeros(n), torch.arange(n)),
+    readers = Variants(1, lambda variant, prompt: (SumZ(weights_all[prompt], per_position),))
+    passes = sweep(backend, input_ids, attention_mask, NoLogits(), readers, Rows(torch.zeros(n), torch.arange(n)),
                    rows_per_pass=sizer, trim=False)
-    for _ in passes:
-        done = readers[-1]  # the reader of the pass that just ran (one after an out-of-memory retry)
-        readers.clear()
-        for layer, total in done.sums.items():
-            sums[layer] = sums[layer] + total if layer in sums else total
+    for got in passes:  # each pass's Captures: its one reader's per-layer sums
+        for reader in got:
+            for layer, total in got[reader].layers.items():
+                sums[layer] = sums[layer] + total if layer in sums else total
     counts = weights_all.sum(0) if per_position else weights_all.sum()  # [pos] or scalar
     if (counts == 0).any():
         if per_position:

@@ -6,7 +6,7 @@ them into one value per row (or per position). The engine computes logits only w
     NextToken(targets, metric="top1")     top-1 / log p / margin / logit difference of the next token
     SequenceLogProb(target_mask)          mean log p of each row's target tokens (a continuation)
     KL(reference, positions)              KL(reference || row) at chosen positions, per position
-    NoLogits()                            no logits at all (reader interventions collect what is needed)
+    NoLogits()                            no logits at all: the pass's Captures (what its readers collected)
 
 The scoring functions on ``[rows, vocab]`` logits are public too: :func:`score_next_token`, :func:`kl`.
 """
@@ -215,16 +215,18 @@ class KL(Readout):
 
 
 class NoLogits(Readout):
-    """No logits: the pass runs for its reader interventions (captures, sums of z); reads ``None``.
+    """No logits: the pass runs for its reader interventions (captures, sums of z); reads their Captures.
 
     Example:
         >>> import torch
+        >>> from headkit.core.captures import Captures
         >>> from headkit.readouts import NoLogits
-        >>> NoLogits()(None, torch.arange(2), torch.arange(2), slice(0, 3)) is None
+        >>> got = Captures()
+        >>> NoLogits()(got, torch.arange(2), torch.arange(2), slice(0, 3)) is got
         True
     """
 
     at: At = "none"
 
-    def __call__(self, logits, variant, prompt, cols):  # type: ignore[override]
-        return None
+    def __call__(self, captures, variant, prompt, cols):  # type: ignore[override]
+        return captures

@@ -277,8 +277,8 @@ def _one_pass(
     interventions = variants.build(variant, prompt)
     attention_mask = row_mask if masked else None
     if readout.at == "none":
-        backend.run(row_ids, *interventions, attention_mask=attention_mask)
-        return readout(None, variant, prompt, cols)
+        got = backend.captures(row_ids, *interventions, attention_mask=attention_mask)
+        return readout(got, variant, prompt, cols)
     if readout.at == "last":
         logits = backend.logits(row_ids, *interventions, attention_mask=attention_mask, last_only=True)[:, -1]
     else:

@@ -218,11 +218,9 @@ def test_mask_zeroes_blocked_keys_and_leaves_other_heads_untouched(runner):
     ids = token_ids()
     n_heads = runner.shape.n_heads
     everything = hk.capture_attention(hk.Heads.all(runner.shape.n_layers, n_heads))
-    runner.logits(ids, everything)
-    plain = everything.patterns.clone()
+    plain = runner.backend.run(ids, everything).captures[everything].patterns.clone()
     masked = hk.capture_attention(hk.Heads.all(runner.shape.n_layers, n_heads))
-    runner.logits(ids, hk.mask_attention("L1H2", keys=[(0, 4)]), masked)
-    after = masked.patterns
+    after = runner.backend.run(ids, hk.mask_attention("L1H2", keys=[(0, 4)]), masked).captures[masked].patterns
     for i, (layer, head) in enumerate(masked.heads):
         if (layer, head) == (1, 2):
             assert (after[:, i, :, 0:4] == 0).all()
@@ -313,14 +311,14 @@ def test_capture_equals_eager_output_attentions(runner):
     ids = token_ids()
     heads = hk.Heads.parse("L0H0 L0H3 L1H2")
     cap = hk.capture_attention(heads)
-    runner.logits(ids, cap)
+    got = runner.backend.run(ids, cap).captures[cap]
     eager = copy.deepcopy(runner.plain)
     eager.set_attn_implementation("eager")
     with torch.no_grad():
         attentions = eager(ids, output_attentions=True).attentions
     for layer, head in heads:
-        assert max_diff(cap.pattern(layer, head), attentions[layer][:, head]) <= TOL
-    assert cap.patterns.shape == (2, 3, 9, 9)
+        assert max_diff(got.pattern(layer, head), attentions[layer][:, head]) <= TOL
+    assert got.patterns.shape == (2, 3, 9, 9)
 
 
 def test_pooled_capture_equals_pooling_the_full_pattern(runner):
@@ -330,14 +328,37 @@ def test_pooled_capture_equals_pooling_the_full_pattern(runner):
     spans = [(0, 3), (3, 4), (4, 8), (8, 10)]
     full = hk.capture_attention("L1H1 L0H2")
     pooled = hk.capture_attention("L1H1 L0H2", pool=spans)
-    runner.logits(ids, full, pooled)
+    got = runner.backend.run(ids, full, pooled).captures
     for layer, head in pooled.heads:
-        p = full.pattern(layer, head)
+        p = got[full].pattern(layer, head)
         want = torch.zeros(p.shape[0], len(spans), len(spans))
         for i, (a, b) in enumerate(spans):
             for j, (c, d) in enumerate(spans):
                 want[:, i, j] = p[:, a:b, c:d].mean((-1, -2))
-        assert max_diff(pooled.pattern(layer, head), want) <= 1e-6
+        assert max_diff(got[pooled].pattern(layer, head), want) <= 1e-6
+
+
+@pytest.mark.parametrize("adapter", ["hf-eager", "hf-sdpa", "tl", "tl-hooked", "nnsight-eager", "nnsight-remote"])
+def test_a_forward_pass_changes_no_capture_or_reader(adapter):
+    """State out of the spec: what captures read is the run's result; the capture objects stay as built."""
+    from headkit.core.interventions import SumZ
+
+    runner = Runner(adapter, "llama")
+    ids = token_ids()
+    readers = [hk.capture_attention("L0H1 L1H2"), hk.capture_attention("L1H0", pool=[(0, 4), (4, 9)]),
+               SumZ(torch.ones(ids.shape, dtype=torch.float64), per_position=False)]
+    before = [(dict(vars(r)), repr(r), hash(r)) for r in readers]
+    got = runner.backend.run(ids, hk.zero_ablate("L0H0"), *readers).captures
+    assert [(dict(vars(r)), repr(r), hash(r)) for r in readers] == before
+    assert set(got) == set(readers) and got[readers[0]].patterns.shape == (2, 2, 9, 9)
+    again = runner.backend.run(ids, hk.zero_ablate("L0H0"), *readers).captures
+    assert again is not got and torch.equal(again[readers[1]].patterns, got[readers[1]].patterns)
+    if not adapter.startswith("nnsight"):
+        with runner.applied(hk.zero_ablate("L0H0"), *readers) as block:
+            assert len(block) == 0  # nothing recorded before a forward pass runs in the block
+            runner.backend.logits(ids)
+        assert set(block) == set(readers) and torch.equal(block[readers[0]].patterns, got[readers[0]].patterns)
+        assert [(dict(vars(r)), repr(r), hash(r)) for r in readers] == before
 
 
 # ------------------------------------------------------------------------------------------------- across adapters
@@ -357,10 +378,9 @@ def test_transformer_lens_and_transformers_adapters_agree(arch):
     ]
     for interventions in cases:
         assert max_diff(hf.logits(ids, *interventions), tl.logits(ids, *interventions)) <= TOL, interventions
-    caps = [hk.capture_attention("L0H1 L1H2") for _ in range(2)]
-    hf.logits(ids, hk.mask_attention("L1H2", keys=[(1, 3)]), caps[0])
-    tl.logits(ids, hk.mask_attention("L1H2", keys=[(1, 3)]), caps[1])
-    assert max_diff(caps[0].patterns, caps[1].patterns) <= TOL
+    cap = hk.capture_attention("L0H1 L1H2")
+    got = [r.backend.run(ids, hk.mask_attention("L1H2", keys=[(1, 3)]), cap).captures[cap] for r in (hf, tl)]
+    assert max_diff(got[0].patterns, got[1].patterns) <= TOL
 
 
 # ------------------------------------------------------------------------------------------------- gradients

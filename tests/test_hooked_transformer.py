@@ -93,8 +93,10 @@ def test_non_transformer_lens_models_are_pointed_to_the_right_adapter():
 def test_applied_removes_exactly_what_it_attached_after_errors(kind):
     runner = Runner(kind, "llama")
     model, ids = runner.model, token_ids()
-    own = hk.capture_attention("L0H0")
-    model.add_hook("blocks.0.attn.hook_pattern", own)  # the user's own hook stays
+    def own(pattern, hook):  # the user's own hook stays
+        return pattern
+
+    model.add_hook("blocks.0.attn.hook_pattern", own)
     clean = runner.backend.logits(ids)  # (a 3.9 bridge adds hooks of its own on the first forward pass)
     before = attachments(model)
     with pytest.raises(hk.HeadkitError, match="L7H0"):  # validation error: nothing attached

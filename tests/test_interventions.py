@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import headkit as hk
+from headkit.core.interventions import SumZ
 
 NEG = torch.finfo(torch.float32).min
 
@@ -124,20 +125,70 @@ def test_cached_decoding_uses_absolute_positions():
     assert out.isneginf()[0, 0, 0].tolist() == [True] + [False] * 5
 
 
-def test_capture_store():
+def test_captures_record_into_the_runs_captures_not_into_the_capture():
+    from headkit.core.captures import Captures
+
     cap = hk.capture_attention("L0H1 L2H0 L2H3")
     pattern = torch.softmax(causal_scores(batch=2, heads=4, n=3), -1)
-    assert cap(pattern, hook=hook("blocks.2.attn.hook_pattern")) is pattern
-    assert torch.equal(cap.pattern(2, 3), pattern[:, 3]) and torch.equal(cap.pattern(2, 0), pattern[:, 0])
+    got = Captures()
+    got.put(cap, 2, cap.read("pattern", 2, pattern, "blocks.2.attn.hook_pattern"))
+    assert vars(cap) == vars(hk.capture_attention("L0H1 L2H0 L2H3"))  # the capture itself holds no results
+    assert torch.equal(got[cap].pattern(2, 3), pattern[:, 3]) and torch.equal(got[cap].pattern(2, 0), pattern[:, 0])
     with pytest.raises(hk.HeadkitError, match="nothing captured for layer 0"):
-        cap.patterns
-    cap(pattern, hook=hook("blocks.0.attn.hook_pattern"))
-    assert torch.equal(cap.patterns, pattern[:, [1, 0, 3]])
+        got[cap].patterns
+    before = got[cap]
+    got.put(cap, 0, cap.read("pattern", 0, pattern, "blocks.0.attn.hook_pattern"))
+    assert list(before.layers) == [2]  # what was read out is a snapshot; a later pass adds to the Captures only
+    assert torch.equal(got[cap].patterns, pattern[:, [1, 0, 3]])
+    assert torch.equal(got.pattern(cap, 0, 1), pattern[:, 1])
     with pytest.raises(hk.HeadkitError, match="got head L1H1.*captured heads 'L0H1 L2H0 L2H3'"):
-        cap.pattern(1, 1)
-    cap.clear()
-    with pytest.raises(hk.HeadkitError, match="nothing captured"):
-        cap.pattern(0, 1)
+        got[cap].pattern(1, 1)
+    with pytest.raises(hk.HeadkitError, match=r"nothing recorded for CaptureAttention\(heads='L0H0'\).*recorded: Capt"):
+        got[hk.capture_attention("L0H0")]
+    with pytest.raises(hk.HeadkitError, match="as key.*got\\[cap\\]"):
+        got[hk.zero_ablate("L0H0")]
+    assert cap in got and hk.capture_attention("L2H3 L0H1 L2H0") in got and len(got) == 1 and list(got) == [cap]
+    assert repr(got) == "Captures({CaptureAttention(heads='L0H1 L2H0 L2H3'): {0: f32[2, 1, 3, 3], 2: f32[2, 2, 3, 3]}})"
+
+
+def test_pooled_chunks_add_up_to_the_whole_pattern():
+    from headkit.core.captures import Captures
+
+    cap = hk.capture_attention("L0H0 L0H1", pool=[(0, 2), (2, 5)])
+    pattern = torch.softmax(causal_scores(batch=1, heads=2, n=5), -1)
+    whole, chunked = Captures(), Captures()
+    whole.put(cap, 0, cap.read("pattern", 0, pattern, "test"))
+    for start in (0, 2, 4):
+        part = cap.pool_rows(0, pattern[:, :, start : start + 2], start, "test")
+        (chunked.put if start == 0 else chunked.add)(cap, 0, part)
+    assert torch.allclose(chunked[cap].patterns, whole[cap].patterns, atol=1e-7)
+    assert whole[cap].pattern(0, 1).shape == (1, 2, 2)
+
+
+def test_captures_pickle_as_plain_data_and_come_back_equal():
+    import pickle
+    import pickletools
+
+    from headkit.core.captures import Captures
+
+    cap = hk.capture_attention("L1H0", pool=[(0, 2), (2, 4)])
+    got = Captures()
+    got.put(cap, 1, torch.rand(2, 1, 2, 2))
+    blob = pickle.dumps(got)
+    globals_named = {arg for op, arg, _ in pickletools.genops(blob) if op.name in ("GLOBAL", "STACK_GLOBAL")} - {None}
+    assert b"headkit" not in blob.split(b"headkit.core.captures:Captures.from_plain")[0]  # only the rebuild's name
+    assert not any("headkit" in str(name) for name in globals_named)
+    back = pickle.loads(blob)
+    assert type(back) is Captures and list(back) == [cap] and torch.equal(back[cap].patterns, got[cap].patterns)
+    plain = got.plain()
+    assert plain[0][:2] == ("CaptureAttention", (((1, 0),), ((0, 2), (2, 4))))
+    assert list(Captures.from_plain(plain)) == [cap]
+
+
+def test_a_bare_capture_as_a_hook_names_the_fix():
+    pattern = torch.softmax(causal_scores(batch=1, heads=2, n=3), -1)
+    with pytest.raises(hk.HeadkitError, match=r"plain TransformerLens hook.*keeps nothing.*fwd_hooks\(model, cap\).*hooks\.captures\[cap\]"):
+        hk.capture_attention("L0H1")(pattern, hook=hook("blocks.0.attn.hook_pattern"))
 
 
 def test_reprs_read_like_the_call_and_never_print_tensors():
@@ -153,6 +204,77 @@ def test_reprs_read_like_the_call_and_never_print_tensors():
     for obj, text in cases.items():
         assert repr(obj) == text
     assert len(repr(hk.zero_ablate(hk.Heads.all(32, 40)))) < 200
+
+
+def every_kind(tensor=None):
+    """One of each intervention, built fresh (tensor fields from ``tensor`` if given, else new ones)."""
+    means = torch.zeros(2, 4, 3) if tensor is None else tensor
+    return [
+        hk.zero_ablate("L1H0 L0H2"),
+        hk.zero_ablate("L1H0 L0H2", inplace=True),
+        hk.mean_ablate("L1H0", means),
+        hk.mean_ablate("L1H0", means, inplace=True),
+        hk.gate(torch.ones(2, 4) if tensor is None else tensor[:, :, 0]),
+        hk.mask_attention("L1H0", keys=[(0, 2)]),
+        hk.mask_attention("L1H0", keys=[(0, 2)], queries=[(2, 5)]),
+        hk.mask_attention("L1H0", keys=torch.tensor([True, False, True])),
+        hk.capture_attention("L1H0"),
+        hk.capture_attention("L1H0", pool=[(0, 2), (2, 4)]),
+        SumZ(torch.ones(2, 5), per_position=False),
+    ]
+
+
+def test_equal_fields_give_equal_values_with_equal_hashes():
+    for a, b in zip(every_kind(), every_kind()):
+        assert a is not b and a == b and hash(a) == hash(b) and not (a != b), a
+    # the same set of heads written another way, and a tensor equal by value but not the same object
+    assert hk.zero_ablate("L0H2 L1H0") == hk.zero_ablate([(1, 0), (0, 2)]) == hk.zero_ablate({0: [2], 1: [0]})
+    means = torch.randn(2, 4, 3)
+    assert hk.mean_ablate("L1H0", means) == hk.mean_ablate("L1H0", means.clone())
+    assert hash(hk.mean_ablate("L1H0", means)) == hash(hk.mean_ablate("L1H0", means.clone()))
+    assert hk.mask_attention("L0H0", keys=[(1, 3)]) == hk.mask_attention("L0H0", keys=(1, 3))  # one (start, end)
+
+
+def test_different_fields_give_different_values():
+    kinds = every_kind()
+    for i, a in enumerate(kinds):
+        for j, b in enumerate(kinds):
+            assert (a == b) == (i == j), (a, b)
+    means = torch.zeros(2, 4, 3)
+    different = [
+        (hk.zero_ablate("L1H0"), hk.zero_ablate("L1H1")),
+        (hk.mean_ablate("L1H0", means), hk.mean_ablate("L1H0", means + 1)),  # values
+        (hk.mean_ablate("L1H0", means), hk.mean_ablate("L1H0", means.double())),  # dtype
+        (hk.gate(torch.ones(2, 4)), hk.gate(torch.ones(1, 2, 4))),  # shape
+        (hk.mask_attention("L0H0", keys=[(1, 3)]), hk.mask_attention("L0H0", keys=torch.tensor([False, True, True]))),
+        (hk.capture_attention("L0H0", pool=[(0, 2)]), hk.capture_attention("L0H0", pool=[(0, 3)])),
+        (SumZ(torch.ones(2, 5), False), SumZ(torch.ones(2, 5), True)),
+    ]
+    for a, b in different:
+        assert a != b and not (a == b), (a, b)
+    assert hk.zero_ablate("L0H0") != "ZeroAblate(heads='L0H0')" and hk.zero_ablate("L0H0") != hk.capture_attention("L0H0")
+
+
+def test_interventions_are_dict_keys_and_set_members():
+    first, second = every_kind(), every_kind()
+    table = {iv: i for i, iv in enumerate(first)}
+    assert len(table) == len(first) and all(table[iv] == i for i, iv in enumerate(second))
+    assert set(first) == set(second) and len(set(first) | set(second)) == len(first)
+    assert len({hk.zero_ablate("L0H0"), hk.zero_ablate("L0H0"), hk.zero_ablate("L0H1")}) == 2
+
+
+def test_a_gate_over_a_parameter_stays_differentiable_and_hashes_stably():
+    values = torch.nn.Parameter(torch.full((2, 4), 0.5))
+    g = hk.gate(values)
+    key = hash(g)
+    z = torch.randn(1, 3, 4, 2)
+    g(z, hook=hook("blocks.1.attn.hook_z")).sum().backward()
+    assert torch.allclose(values.grad[1], z.sum((0, 1, 3))) and not values.grad[0].any()
+    with torch.no_grad():
+        values.add_(1.0)  # an optimiser step: the hash reads no values, so the gate stays findable
+    assert hash(g) == key and g in {g} and g == hk.gate(values)
+    assert g == hk.gate(values.detach().clone())  # by value: autograd history is not part of it
+    assert g != hk.gate(values.detach() + 1)
 
 
 def test_interventions_are_frozen():

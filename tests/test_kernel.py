@@ -42,7 +42,8 @@ def runtime_imports(path: Path) -> set[str]:
 
 def test_the_kernel_is_the_core_subpackage():
     assert {p.stem for p in KERNEL} == {
-        "__init__", "errors", "heads", "sites", "positions", "inputs", "interventions", "architectures", "plan", "adapter"
+        "__init__", "errors", "heads", "sites", "positions", "inputs", "interventions", "captures", "architectures",
+        "plan", "adapter",
     }
 
 

@@ -38,7 +38,7 @@ def run_as_script(code: str, folder: Path) -> dict:
 def test_the_local_nnsight_example_runs_as_written(nnsight_blocks, tmp_path):
     namespace = run_as_script(nnsight_blocks[0], tmp_path)  # nothing defined for it: its own imports only
     assert namespace["logits"].shape[:2] == (1, 7)  # BOS + 6 words
-    assert namespace["patterns"][0, 1].shape == namespace["cap"].pattern(0, 1).shape == (1, 7, 7)
+    assert namespace["got"][namespace["cap"]].pattern(0, 1).shape == (1, 7, 7)
 
 
 def test_the_remote_nnsight_example_fails_offline_with_the_cause(nnsight_blocks, monkeypatch, tmp_path):

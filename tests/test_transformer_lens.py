@@ -53,6 +53,22 @@ def test_interventions_are_transformer_lens_hooks_themselves(tl_runner):
     assert torch.equal(by_hand, runner.logits(ids, mask))
 
 
+def test_captures_as_plain_hooks_record_into_the_hooks_captures(tl_runner):
+    runner = tl_runner
+    ids = token_ids()
+    cap = hk.capture_attention("L0H1 L1H3")
+    hooks = hk_tl.fwd_hooks(runner.model, cap)
+    assert isinstance(hooks, list) and len(hooks) == 2 and len(hooks.captures) == 0
+    runner.model.run_with_hooks(ids, fwd_hooks=hooks)
+    want = runner.backend.run(ids, cap).captures[cap].patterns
+    assert torch.equal(hooks.captures[cap].patterns, want)
+    with hk_tl.applied(runner.model, cap) as got:
+        runner.model(ids)
+    assert torch.equal(got[cap].patterns, want)
+    with pytest.raises(hk.HeadkitError, match=r"plain TransformerLens hook at 'blocks\.0\.attn\.hook_pattern'.*hooks\.captures\[cap\]"):
+        runner.model.run_with_hooks(ids, fwd_hooks=[("blocks.0.attn.hook_pattern", cap)])
+
+
 def test_fwd_hooks_use_live_names_in_both_modes():
     default = Runner("tl", "gpt2")
     names = [name for name, _ in hk_tl.fwd_hooks(default.model, hk.zero_ablate("L1H0"), hk.capture_attention("L0H0"))]

@@ -327,8 +327,8 @@ def scan(
     with torch.no_grad():
         for trace in tqdm(traces, desc="traces", disable=not progress or len(traces) < 2):
             capture = capture_attention(every, pool=trace.spans)
-            backend.run(trace.input_ids, capture)  # no logits: the capture is what this pass is for
-            pooled = capture.patterns[0]  # [n_layers * n_heads, sentence, sentence]
+            got = backend.captures(trace.input_ids, capture)  # no logits: the capture is what this pass is for
+            pooled = got[capture].patterns[0]  # [n_layers * n_heads, sentence, sentence]
             pooled = pooled.reshape(shape.n_layers, shape.n_heads, len(trace), len(trace))
             out.append(vertical_scores(pooled.cpu(), proximity_ignore, control_depth))
     return Scan(out, list(traces), proximity_ignore, control_depth)

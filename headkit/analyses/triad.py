@@ -149,7 +149,7 @@ def triad(
     # one forward pass: the attention pattern and every head's direct path at the query
     capture = capture_attention(torch.ones(shape.n_layers, shape.n_heads, dtype=torch.bool))
     paths = backend.head_paths(ids, query, capture)
-    attention = torch.stack([capture.pattern(layer, head)[0, query, key] for layer, head in capture.heads])
+    attention = torch.stack([paths.captures[capture].pattern(layer, head)[0, query, key] for layer, head in capture.heads])
     logits = paths.logits
     probs = logits.softmax(-1)
     p_target = float(probs[target])

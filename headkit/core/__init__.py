@@ -5,6 +5,7 @@
     sites           the canonical tensors interventions act on (z, scores, pattern) and their layouts
     positions       token positions and spans (masks, sentence pooling)
     interventions   the intervention values (zero-ablate, mean-ablate, gate, mask, capture)
+    captures        what captures read in a run (Captures, Captured) and a forward pass's result (Run)
     architectures   where each supported transformers architecture keeps its attention parts
     plan            interventions grouped by (site, layer) in forward order
     inputs          checks of token ids, attention masks and positions; real-token position ids

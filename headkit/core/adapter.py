@@ -2,14 +2,12 @@
 
 An adapter subclass says how to run one forward pass (``logits``) and where its torch module is
 (``torch_module``); the base gives the rest of the backend protocol (:mod:`headkit.backend`): input checks,
-real-token position ids, the pad id for generation, device and dtype, frozen weights, a pass without
-logits. It lives in the kernel because the nnsight adapter, which travels to NDIF by value, builds on it.
+real-token position ids, the pad id for generation, device and dtype, frozen weights, ``logits`` and
+``captures`` (a pass without logits) on top of the adapter's ``run``. It lives in the kernel because the nnsight adapter, which travels to NDIF by value, builds on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,8 +15,9 @@ import torch
 from headkit.core.inputs import check_inputs, check_last_only, check_positions, real_token_positions
 
 if TYPE_CHECKING:
-    from jaxtyping import Bool, Int
+    from jaxtyping import Bool, Float, Int
 
+    from headkit.core.captures import Captures, Run
     from headkit.core.interventions import Intervention
 
 __all__ = ["AdapterBase", "HeadPaths", "pad_id"]
@@ -43,6 +42,22 @@ def pad_id(config: Any) -> int:
     return pad if isinstance(pad, int) and not isinstance(pad, bool) else 0
 
 
+class _Frozen:
+    """The context manager of :meth:`AdapterBase.frozen` (a plain class: code shipped by source keeps no decorators)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module, self.params = module, []
+
+    def __enter__(self) -> None:
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.params:
+            p.requires_grad_(True)
+
+
 class HeadPaths:
     """What one forward pass shows of every head's direct path to the logits, at one position of one sequence.
 
@@ -50,8 +65,8 @@ class HeadPaths:
     the block's attention-output norm with its scale frozen where the architecture has one (Gemma 2/3,
     OLMo 2); ``final``: the final norm with its scale frozen at that position (a linear map on
     ``[..., d_model]``); ``unembed [vocab, d_model]``; ``logits [vocab]`` at the position; ``softcap``: the
-    final logit soft-capping (Gemma) or None. With frozen scales the heads' direct effects add up exactly.
-    The backends' ``head_paths`` build it.
+    final logit soft-capping (Gemma) or None; ``captures``: what the pass's captures read. With frozen scales
+    the heads' direct effects add up exactly. The backends' ``head_paths`` build it.
 
     Example:
         >>> import torch, headkit as hk
@@ -61,11 +76,12 @@ class HeadPaths:
         (torch.Size([2, 4, 64]), torch.Size([100]), torch.Size([2, 4, 64]))
     """
 
-    __slots__ = ("head_out", "final", "unembed", "logits", "softcap")
+    __slots__ = ("head_out", "final", "unembed", "logits", "softcap", "captures")
 
     def __init__(self, head_out: torch.Tensor, final: Any, unembed: torch.Tensor, logits: torch.Tensor,
-                 softcap: float | None) -> None:
-        self.head_out, self.final, self.unembed, self.logits, self.softcap = head_out, final, unembed, logits, softcap
+                 softcap: float | None, captures: Captures) -> None:
+        self.head_out, self.final, self.unembed, self.logits = head_out, final, unembed, logits
+        self.softcap, self.captures = softcap, captures
 
 
 class AdapterBase:
@@ -110,28 +126,47 @@ class AdapterBase:
         """The transformers ``config.model_type`` of the model (``"gemma3_text"``, ``"llama"`` ...), if known."""
         return getattr(getattr(self.torch_module, "config", None), "model_type", None)
 
-    @contextmanager
-    def frozen(self) -> Iterator[None]:
+    def frozen(self) -> _Frozen:
         """No weight gradients inside the block (fitting gates then costs about a forward pass per backward);
         the flags are restored after, also on error."""
-        params = [p for p in self.torch_module.parameters() if p.requires_grad]
-        for p in params:
-            p.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for p in params:
-                p.requires_grad_(True)
+        return _Frozen(self.torch_module)
 
     def run(
         self,
         input_ids: Int[torch.Tensor, "batch pos"],
         *interventions: Intervention,
         attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
-    ) -> None:
-        """A forward pass for its reader interventions only: the unembedding runs on no position."""
+        last_only: bool = False,
+        positions: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> Run:
+        """One forward pass with interventions applied: its logits and what its captures read."""
+        raise NotImplementedError
+
+    def logits(
+        self,
+        input_ids: Int[torch.Tensor, "batch pos"],
+        *interventions: Intervention,
+        attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+        last_only: bool = False,
+        positions: Bool[torch.Tensor, "batch pos"] | None = None,
+    ) -> Float[torch.Tensor, "batch pos vocab"] | Float[torch.Tensor, "n vocab"]:
+        """One forward pass with interventions applied; its logits (``run(...).logits``).
+
+        ``[batch, pos, vocab]``; ``[batch, 1, vocab]`` with ``last_only``; ``[n, vocab]`` with ``positions``
+        (the True cells only, row-major: the unembedding runs on those hidden states alone).
+        """
+        return self.run(input_ids, *interventions, attention_mask=attention_mask, last_only=last_only,
+                        positions=positions).logits
+
+    def captures(
+        self,
+        input_ids: Int[torch.Tensor, "batch pos"],
+        *interventions: Intervention,
+        attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    ) -> Captures:
+        """A forward pass for its readers only: what the captures read; the unembedding runs on no position."""
         none = torch.zeros(input_ids.shape, dtype=torch.bool) if isinstance(input_ids, torch.Tensor) else None
-        self.logits(input_ids, *interventions, attention_mask=attention_mask, positions=none)
+        return self.run(input_ids, *interventions, attention_mask=attention_mask, positions=none).captures
 
     def check(
         self,

@@ -1,15 +1,23 @@
 """The five head interventions: zero-ablate, mean-ablate, gate, pre-softmax mask, attention capture.
 
-Each factory returns a small frozen object that is validated when built, prints like the call that made
-it, and is callable as a TransformerLens hook ``fn(activation, /, *, hook) -> activation`` (it reads its
-site and layer from ``hook.name``). Adapters place the same objects on any framework. Activations
-arrive in the canonical layouts of :mod:`headkit.core.sites`; nothing is edited in place unless asked.
+Each factory returns a small immutable value with declared fields: validated when built, equal (and
+hashing equal) to any other built from equal fields, printing like the call that made it, and callable as
+a TransformerLens hook ``fn(activation, /, *, hook) -> activation`` (it reads its site and layer from
+``hook.name``). Adapters place the same values on any framework. Activations arrive in the canonical
+layouts of :mod:`headkit.core.sites`; nothing is edited in place unless asked. A capture holds no state:
+what it reads is a result of the run, in :class:`headkit.core.captures.Captures`.
+
+    >>> import headkit as hk
+    >>> hk.zero_ablate("L0H0 L1H2") == hk.zero_ablate([(1, 2), (0, 0)])
+    True
+    >>> len({hk.zero_ablate("L0H0"), hk.zero_ablate("L0H0"), hk.capture_attention("L0H0")})
+    2
 
     zero_ablate(heads)                      z[:, :, h] = 0
     mean_ablate(heads, means)               z[:, :, h] = mean of z over a reference set
     gate(values)                            z[:, :, h] *= values[layer, h]   (or per row [batch, layer, h])
     mask_attention(heads, keys, queries)    scores[:, h, q, k] = -inf before softmax
-    capture_attention(heads, pool=None)     keep pattern[:, h] (optionally pooled to sentences)
+    capture_attention(heads, pool=None)     read pattern[:, h] (optionally pooled to sentences) into the run's Captures
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ from headkit.core.positions import (
     position_spec,
     require_data,
     spans,
-    spec_repr,
 )
 from headkit.core.sites import LAYOUTS, parse_hook_name, tl_hook_name
 
@@ -52,18 +59,69 @@ __all__ = [
     "gate",
     "mask_attention",
     "capture_attention",
+    "SumZ",
 ]
 
-class Intervention:
-    """Base of the five interventions: a site edit (or read) per layer, callable as a TransformerLens hook.
 
-    Subclasses declare ``sites`` and implement ``edit(site, layer, activation, where)`` on canonical layouts.
-    ``reads_only`` ones (captures) are placed after every edit at the same site. Instances are immutable
-    (plain classes rather than dataclasses, so that nnsight can ship them to a remote server by source).
+def same_value(a: Any, b: Any) -> bool:
+    """Field equality: tensors by value (shape, dtype, device, elements; never by autograd state), else ``==``."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        if a is b:
+            return True
+        if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+            return False
+        return bool(torch.equal(a.detach(), b.detach()))
+    return bool(a == b)
+
+
+def hash_key(value: Any) -> Any:
+    """What a field contributes to the hash: a tensor's shape, dtype and device (values never read), else itself."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), str(value.dtype), str(value.device))
+    return value
+
+
+def show_value(value: Any) -> str:
+    """A field as the repr shows it: heads as their text, a tensor as ``f32[2, 4]``, spans as a list."""
+    if isinstance(value, Heads):
+        return repr(value.short())
+    if isinstance(value, torch.Tensor):
+        return describe(value)
+    if isinstance(value, tuple):
+        return repr(list(value))
+    return repr(value)
+
+
+def plain_value(value: Any) -> Any:
+    """A field as plain data (builtins and tensors): heads become their (layer, head) pairs."""
+    return value.pairs if isinstance(value, Heads) else value
+
+
+class Intervention:
+    """Base of the interventions: a declared value placed as a site edit (or read) per layer.
+
+    **Declared values.** Each subclass declares ``fields``, the names its constructor takes and stores
+    (validated there); ``defaults`` names the fields a repr leaves out at their default. Equality, hashing
+    and the constructor-like repr are generated from ``fields`` by the plain methods below (no dataclass:
+    generated code has no source, and nnsight ships this module to NDIF by source). Two interventions are
+    equal when they are of the same type and every field is equal; tensor fields compare by value (same
+    shape, dtype, device and elements, ``torch.equal``, autograd history ignored), and hash by shape,
+    dtype and device only, so hashing never reads a tensor (no device sync) and stays stable while a gate's
+    parameter trains in place. Instances are immutable; they hold no run state (what a capture reads is a
+    :class:`headkit.core.captures.Captures` result).
+
+    **Placement.** Subclasses declare ``sites`` and implement ``edit(site, layer, activation, where)`` on
+    canonical layouts. ``reads_only`` ones (captures) implement ``read(site, layer, activation, where)``,
+    returning what to record for that layer; they are placed after every edit at the same site and record
+    into the Captures of the run.
     """
 
     sites: tuple[Site, ...] = ()
     reads_only: bool = False
+    fields: tuple[str, ...] = ()
+    defaults: dict[str, Any] = {}
 
     def _set(self, **fields: Any) -> None:
         for name, value in fields.items():
@@ -75,6 +133,32 @@ class Intervention:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable; build a new one with its factory")
 
+    # ------------------------------------------------------------------------------------ the declared value
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(same_value(getattr(self, name), getattr(other, name)) for name in self.fields)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *(hash_key(getattr(self, name)) for name in self.fields)))
+
+    def __repr__(self) -> str:
+        shown = []
+        for name in self.fields:
+            value = getattr(self, name)
+            if name in self.defaults and same_value(value, self.defaults[name]):
+                continue
+            shown.append(f"{name}={self.show(name, value)}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def show(self, name: str, value: Any) -> str:
+        """How a field prints in the repr: heads as text, tensors as ``f32[2, 4]``, never their values."""
+        return show_value(value)
+
+    def plain_fields(self) -> tuple[Any, ...]:
+        """The fields as plain data (heads as (layer, head) pairs): ``type(self)(*plain_fields())`` is equal."""
+        return tuple(plain_value(getattr(self, name)) for name in self.fields)
+
     def layers(self, n_layers: int) -> tuple[int, ...]:
         """The layers this intervention acts on, in a model with ``n_layers`` layers."""
         return self.heads.layers  # type: ignore[attr-defined]
@@ -85,6 +169,14 @@ class Intervention:
 
     def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
         """Return the edited activation of ``site`` in ``layer``; ``where`` names the hook point for errors."""
+        raise NotImplementedError
+
+    def read(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor | None:
+        """What a reader (``reads_only``) records for ``layer`` from the activation (None: nothing there).
+
+        The adapter keeps it in the run's Captures (``captures.put(self, layer, ...)``); the reader itself
+        never changes.
+        """
         raise NotImplementedError
 
     def __call__(self, activation: torch.Tensor, /, hook: Any) -> torch.Tensor:
@@ -108,7 +200,20 @@ class Intervention:
         return layer in self.heads.layers  # type: ignore[attr-defined]
 
     def hook_edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
-        """The edit made when called as a plain TransformerLens hook (the same as :meth:`edit` unless overridden)."""
+        """The edit made when called as a plain TransformerLens hook (the same as :meth:`edit` unless overridden).
+
+        A reader has nowhere to keep what it reads (it holds no state), so it refuses and names the fix:
+        ``hk_tl.fwd_hooks(model, capture)`` routes it into the Captures those hooks carry.
+        """
+        if self.reads_only:
+            raise fail(
+                f"{self!r} was called as a plain TransformerLens hook at {where!r}",
+                "somewhere to record what it reads: a capture is a value and keeps nothing itself; what it "
+                "reads goes into the Captures of a run",
+                "let the adapter place it: hooks = headkit.adapters.transformer_lens.fwd_hooks(model, cap); "
+                "model.run_with_hooks(tokens, fwd_hooks=hooks); hooks.captures[cap].pattern(layer, head) "
+                "(or: with hk_tl.applied(model, cap) as got: model(tokens); got[cap])",
+            )
         return self.edit(site, layer, activation, where)
 
     def _check(self, site: Site, act: torch.Tensor, where: str, heads: Sequence[int]) -> None:
@@ -134,6 +239,8 @@ class ZeroAblate(Intervention):
     """Zero the chosen heads' outputs (``z``) before the output projection. Build with :func:`zero_ablate`."""
 
     sites = ("z",)
+    fields = ("heads", "inplace")
+    defaults = {"inplace": False}
 
     def __init__(self, heads: HeadsLike, inplace: bool = False) -> None:
         self._set(heads=coerce(heads, "zero_ablate"), inplace=bool(inplace))
@@ -147,10 +254,6 @@ class ZeroAblate(Intervention):
             activation[:, :, list(idx)] = 0
             return activation
         return activation.index_fill(2, torch.tensor(idx, device=activation.device), 0)
-
-    def __repr__(self) -> str:
-        extra = ", inplace=True" if self.inplace else ""
-        return f"ZeroAblate(heads={self.heads.short()!r}{extra})"
 
 
 def zero_ablate(heads: HeadsLike, *, inplace: bool = False) -> ZeroAblate:
@@ -174,6 +277,8 @@ class MeanAblate(Intervention):
     """Replace the chosen heads' ``z`` by reference means. Build with :func:`mean_ablate`."""
 
     sites = ("z",)
+    fields = ("heads", "means", "inplace")
+    defaults = {"inplace": False}
 
     def __init__(
         self,
@@ -245,10 +350,6 @@ class MeanAblate(Intervention):
             return activation.index_copy_(2, index, sel)
         return activation.index_copy(2, index, sel)
 
-    def __repr__(self) -> str:
-        extra = ", inplace=True" if self.inplace else ""
-        return f"MeanAblate(heads={self.heads.short()!r}, means={describe(self.means)}{extra})"
-
 
 def mean_ablate(
     heads: HeadsLike,
@@ -275,6 +376,8 @@ class Gate(Intervention):
     """Scale each head's ``z`` by a value, per layer and head or per batch row. Build with :func:`gate`."""
 
     sites = ("z",)
+    fields = ("values", "inplace")
+    defaults = {"inplace": False}
 
     def __init__(
         self, values: Float[torch.Tensor, "layer head"] | Float[torch.Tensor, "batch layer head"], inplace: bool = False
@@ -350,10 +453,6 @@ class Gate(Intervention):
             g = g[None, None, :, None]
         return activation.mul_(g) if self.inplace else activation * g
 
-    def __repr__(self) -> str:
-        extra = ", inplace=True" if self.inplace else ""
-        return f"Gate(values={describe(self.values)}{extra})"
-
 
 def gate(
     values: Float[torch.Tensor, "layer head"] | Float[torch.Tensor, "batch layer head"], *, inplace: bool = False
@@ -378,6 +477,8 @@ class MaskAttention(Intervention):
     """Set chosen keys to -inf before softmax in chosen heads. Build with :func:`mask_attention`."""
 
     sites = ("scores", "pattern")
+    fields = ("heads", "keys", "queries")
+    defaults = {"queries": None}
 
     def __init__(self, heads: HeadsLike, keys: PositionSpec, queries: PositionSpec | None = None) -> None:
         self._set(
@@ -472,10 +573,6 @@ class MaskAttention(Intervention):
             return scores.masked_fill(dead[..., None], float("-inf"))
         return self._zero_dead_rows(layer, activation, where, nan_rows=True)
 
-    def __repr__(self) -> str:
-        queries = "" if self.queries is None else f", queries={spec_repr(self.queries)}"
-        return f"MaskAttention(heads={self.heads.short()!r}, keys={spec_repr(self.keys)}{queries})"
-
 
 def apply_masks(
     masks: Sequence[MaskAttention],
@@ -523,35 +620,33 @@ def mask_attention(heads: HeadsLike, keys: PositionSpec, queries: PositionSpec |
 
 
 class CaptureAttention(Intervention):
-    """Keep the chosen heads' attention patterns (optionally pooled). Build with :func:`capture_attention`."""
+    """Read the chosen heads' attention patterns (optionally pooled). Build with :func:`capture_attention`.
+
+    A value like the other interventions: what it reads goes into the Captures of the run it is applied
+    in (``got[cap].pattern(layer, head)``), never into the capture itself.
+    """
 
     sites = ("pattern",)
     reads_only = True
+    fields = ("heads", "pool")
+    defaults = {"pool": None}
 
     def __init__(self, heads: HeadsLike, pool: Spans | None = None) -> None:
-        self._set(
-            heads=coerce(heads, "capture_attention"),
-            pool=None if pool is None else spans(pool, "pool"),
-            _store={},  # layer -> [batch, n_chosen, query, key] (or pooled)
-        )
+        self._set(heads=coerce(heads, "capture_attention"), pool=None if pool is None else spans(pool, "pool"))
 
-    def _export(self) -> dict[tuple[int, int], torch.Tensor]:
-        """What was captured as plain data, ``{(layer, head): pattern}`` (safe to send back from a server)."""
-        return {(layer, head): self.pattern(layer, head) for layer, head in self.heads if layer in self._store}
+    def show(self, name: str, value: Any) -> str:
+        if name == "pool":
+            return f"{len(value)} spans"
+        return show_value(value)
 
-    def _import(self, data: dict[tuple[int, int], torch.Tensor]) -> None:
-        """Load what :meth:`_export` produced (e.g. by a remote copy of this capture)."""
-        self._store.clear()
-        for layer in self.heads.layers:
-            rows = [data[layer, head] for head in self.heads.in_layer(layer) if (layer, head) in data]
-            if rows:
-                self._store[layer] = torch.stack(rows, dim=1)
-
-    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+    def read(
+        self, site: Site, layer: int, activation: torch.Tensor, where: str
+    ) -> Float[torch.Tensor, "batch heads query key"] | None:
+        """The chosen heads of one layer's pattern, detached: ``[batch, n_chosen, query, key]`` (or pooled)."""
         idx = self.heads.in_layer(layer)
         self._check(site, activation, where, idx)
         if not idx:
-            return activation
+            return None
         if self.pool is not None:
             q, k = activation.shape[-2:]
             if q != k:
@@ -560,63 +655,25 @@ class CaptureAttention(Intervention):
                     "a full forward pass when pooling to sentences",
                     "capture during a plain forward, or drop pool= to keep token-level rows",
                 )
-            self.pool_rows(layer, activation, 0, where)
-        else:
-            self._store[layer] = activation.detach()[:, list(idx)]  # [batch, k, query, key]
-        return activation
+            return self.pool_rows(layer, activation, 0, where)
+        return activation.detach()[:, list(idx)]  # [batch, k, query, key]
 
     def pool_rows(
         self, layer: int, rows: Float[torch.Tensor, "batch head rows key"], start: int, where: str
-    ) -> None:
-        """Add the pooled contribution of query rows ``start ...`` of one layer's pattern (all heads given).
+    ) -> Float[torch.Tensor, "batch heads sentence sentence"] | None:
+        """The pooled contribution of query rows ``start ...`` of one layer's pattern (all heads given).
 
         Sentence pooling is linear in the query rows, so an adapter may hand the pattern over in chunks of
-        rows (``start = 0`` begins a new forward pass) and never hold a whole layer's pattern.
+        rows and add the parts up (``captures.put`` the chunk at ``start = 0``, ``captures.add`` the others),
+        never holding a whole layer's pattern.
         """
         idx = self.heads.in_layer(layer)
         if not idx:
-            return
+            return None
         chunk = rows.detach()[:, list(idx)].float()  # [batch, k, rows, key]
         k_len = chunk.shape[-1]
         member = membership(self.pool, k_len, chunk.device, self, where)  # [sentences, pos]
-        part = torch.einsum("sq,bhqk,tk->bhst", member[:, start : start + chunk.shape[-2]], chunk, member)
-        self._store[layer] = part if start == 0 else self._store[layer] + part
-
-    def pattern(self, layer: int, head: int) -> Float[torch.Tensor, "batch query key"]:
-        """The captured pattern of one head: ``[batch, query, key]``, or ``[batch, sentence, sentence]`` pooled.
-
-        Example:
-            >>> import headkit as hk
-            >>> cap = hk.capture_attention("L1H2")
-            >>> # with hk_hf.applied(model, cap): model(input_ids)
-            >>> # cap.pattern(1, 2).shape  ->  [batch, query, key]
-        """
-        if (layer, head) not in self.heads:
-            raise fail(
-                f"{self!r}.pattern got head L{layer}H{head}",
-                f"one of the captured heads {self.heads.short()!r}",
-                "add the head to capture_attention(...)",
-            )
-        if layer not in self._store:
-            raise fail(
-                f"{self!r} has nothing captured for layer {layer}",
-                "a forward pass run with this capture applied",
-                "run the model inside an adapter's applied(model, capture) first",
-            )
-        return self._store[layer][:, self.heads.in_layer(layer).index(head)]
-
-    @property
-    def patterns(self) -> Float[torch.Tensor, "batch heads query key"]:
-        """All captured heads stacked in ``heads`` order: ``[batch, n_captured, query, key]`` (or pooled)."""
-        return torch.stack([self.pattern(layer, head) for layer, head in self.heads], dim=1)
-
-    def clear(self) -> None:
-        """Drop what was captured (each forward pass overwrites the previous one's layers anyway)."""
-        self._store.clear()
-
-    def __repr__(self) -> str:
-        pool = "" if self.pool is None else f", pool={len(self.pool)} spans"
-        return f"CaptureAttention(heads={self.heads.short()!r}{pool})"
+        return torch.einsum("sq,bhqk,tk->bhst", member[:, start : start + chunk.shape[-2]], chunk, member)
 
 
 def capture_attention(heads: HeadsLike, pool: Spans | None = None) -> CaptureAttention:
@@ -625,35 +682,37 @@ def capture_attention(heads: HeadsLike, pool: Spans | None = None) -> CaptureAtt
     ``pool`` is a list of half-open token spans ``[(start, end), ...]`` (e.g. sentences). With it, each
     head's ``[query, key]`` pattern is reduced on the fly to the ``[sentence, sentence]`` matrix of block
     means ``A[i, j] = mean(pattern[span_i, span_j])`` (causal zeros included), so long texts never
-    materialise full patterns. The returned object is the store: read ``pattern(layer, head)`` or
-    ``patterns`` after the forward pass.
+    materialise full patterns. The capture is a value: what it reads comes back in the run's Captures,
+    ``got[cap].pattern(layer, head)`` or ``got[cap].patterns``, where ``got`` is what an adapter's
+    ``applied(model, cap)`` yields, ``hk_nn.apply`` returns or ``backend.run(...).captures`` holds.
 
     Example:
         >>> import headkit as hk
         >>> cap = hk.capture_attention("L0H1 L1H0", pool=[(0, 5), (5, 12)])
         >>> cap
         CaptureAttention(heads='L0H1 L1H0', pool=2 spans)
+        >>> cap == hk.capture_attention("L1H0 L0H1", pool=[(0, 5), (5, 12)])  # a value: equal fields, equal
+        True
+        >>> # with hk_hf.applied(model, cap) as got: model(input_ids)
+        >>> # got[cap].pattern(1, 0).shape  ->  [batch, 2, 2] (sentence by sentence)
     """
     return CaptureAttention(heads, pool)
 
 
 # ------------------------------------------------------------------------------------------------- means
-class _SumZ(Intervention):
-    """Reads ``z`` and adds it into running sums (the capture machinery behind :func:`compute_means`)."""
+class SumZ(Intervention):
+    """Reads every layer's ``z`` and records its weighted sum over the batch (behind :func:`compute_means`).
+
+    ``weights [batch, pos]`` are 1 for real tokens and 0 for padding; each layer records ``[head, d_head]``
+    (or ``[pos, head, d_head]`` with ``per_position``) in float64, in the run's Captures.
+    """
 
     sites = ("z",)
     reads_only = True
+    fields = ("weights", "per_position")
 
     def __init__(self, weights: torch.Tensor, per_position: bool) -> None:
-        # weights [batch, pos]: 1 for real tokens, 0 for padding
-        self._set(weights=weights, per_position=per_position, sums={})
-
-    def _export(self) -> dict[int, torch.Tensor]:
-        return dict(self.sums)
-
-    def _import(self, data: dict[int, torch.Tensor]) -> None:
-        self.sums.clear()
-        self.sums.update(data)
+        self._set(weights=weights, per_position=bool(per_position))
 
     def layers(self, n_layers: int) -> tuple[int, ...]:
         return tuple(range(n_layers))
@@ -664,15 +723,10 @@ class _SumZ(Intervention):
     def validate(self, shape: ModelShape) -> None:
         pass
 
-    def edit(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
+    def read(self, site: Site, layer: int, activation: torch.Tensor, where: str) -> torch.Tensor:
         z = activation.detach().double()
         w = self.weights.to(device=z.device, dtype=z.dtype)
-        total = torch.einsum("bp,bphd->phd" if self.per_position else "bp,bphd->hd", w, z)
-        self.sums[layer] = self.sums[layer] + total if layer in self.sums else total
-        return activation
-
-    def __repr__(self) -> str:
-        return "SumZ()"
+        return torch.einsum("bp,bphd->phd" if self.per_position else "bp,bphd->hd", w, z)
 
 
 def check_interventions(interventions: Sequence[object], owner: str) -> None:

@@ -18,7 +18,8 @@ def plan(
     """Validate interventions against a model and group them by (site, layer), in forward order.
 
     At each site the edits keep the order they were given in, and reads (captures) come after every edit,
-    so a capture sees the activation as the model uses it.
+    so a capture sees the activation as the model uses it. Equal reads are placed once: they would record
+    the same thing under the same key of the run's Captures.
 
     Example:
         >>> import headkit as hk
@@ -28,9 +29,15 @@ def plan(
         [('z', 1)]
     """
     check_interventions(interventions, owner)
-    ivs: list[Intervention] = list(interventions)  # type: ignore[arg-type]
-    for iv in ivs:
-        iv.validate(shape)
+    ivs: list[Intervention] = []
+    readers: set[Intervention] = set()
+    for iv in interventions:
+        iv.validate(shape)  # type: ignore[attr-defined]
+        if iv.reads_only:  # type: ignore[attr-defined]
+            if iv in readers:  # an equal reader records the same thing into the same key: place it once
+                continue
+            readers.add(iv)  # type: ignore[arg-type]
+        ivs.append(iv)  # type: ignore[arg-type]
     groups: dict[tuple[Site, int], list[Intervention]] = {}
     for iv in sorted(ivs, key=lambda iv: iv.reads_only):  # stable: edits in given order, then reads
         for site in iv.sites:

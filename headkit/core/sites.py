@@ -22,9 +22,10 @@ from headkit.core.errors import fail
 
 __all__ = ["Site", "LAYOUTS", "ModelShape", "TL_HOOKS", "tl_hook_name", "parse_hook_name"]
 
-# This module, errors.py, heads.py and interventions.py run inside nnsight traces, possibly on a remote
-# NDIF server that receives them by value: they import only torch and the standard modules NDIF allows,
-# use no dataclasses (their generated methods have no source to ship) and no jaxtyping at run time.
+# This module and the rest of headkit.core run inside nnsight traces, possibly on a remote NDIF server
+# that receives them by value: they import only torch and the standard modules NDIF allows, use no
+# dataclasses (their generated methods have no source to ship; interventions generate equality, hashing
+# and reprs from declared fields with plain methods instead) and no jaxtyping at run time.
 
 Site = Literal["z", "scores", "pattern"]
 
