@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import doctest
+import importlib
 import inspect
 import json
+import pkgutil
 import subprocess
 import sys
 import zipfile
@@ -104,12 +108,81 @@ def public_api():
                         yield f"{module.__name__}.{name}.{attr}", getattr(obj, attr), False
 
 
+SETUP = (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Pass)
+
+
+def tautology(tree: ast.AST) -> bool:
+    """``x or True`` (or ``x and False``): an expression whose printed value cannot depend on ``x``."""
+    return any(
+        isinstance(node, ast.BoolOp)
+        and any(isinstance(v, ast.Constant) and v.value is (isinstance(node.op, ast.Or)) for v in node.values)
+        for node in ast.walk(tree)
+    )
+
+
+def checks_something(example: doctest.Example) -> bool:
+    """An example that executes more than setup (imports, comments, assignments) and compares an output."""
+    if not example.want.strip():
+        return False
+    try:
+        body = ast.parse(example.source).body
+    except SyntaxError:
+        return False
+    return bool(body) and not all(isinstance(stmt, SETUP) for stmt in body) and not tautology(ast.Module(body, []))
+
+
+def unchecked(doc: str) -> str | None:
+    """Why a docstring's examples check nothing (None when at least one checks an output and none is skipped)."""
+    if "+SKIP" in doc:
+        return "skips an example (+SKIP): every example must run"
+    examples = doctest.DocTestParser().get_examples(doc)
+    if not examples:
+        return "has no example"
+    if not any(checks_something(example) for example in examples):
+        return ("has examples that check nothing: no statement beyond imports, comments and assignments "
+                "is followed by an expected output (or the output is a tautology such as `... or True`)")
+    return None
+
+
 @pytest.mark.parametrize("name, obj, needs_example", list(public_api()), ids=lambda x: x if isinstance(x, str) else "")
 def test_public_api_opens_with_what_it_does_and_shows_an_example(name, obj, needs_example):
     doc = inspect.getdoc(obj) or ""
     assert doc.split("\n")[0].strip(), f"{name} has no docstring"
     if needs_example:
-        assert ">>>" in doc, f"{name} has no example"
+        problem = unchecked(doc)
+        assert problem is None, f"{name} {problem}"
+
+
+def all_modules():
+    """Every module under headkit/ (adapters/ installs as headkit.adapters), imported."""
+    import headkit.adapters
+
+    names = ["headkit"] + [m.name for m in pkgutil.walk_packages(hk.__path__, "headkit.")]
+    names += [m.name for m in pkgutil.iter_modules(headkit.adapters.__path__, "headkit.adapters.") if m.name not in names]
+    return [importlib.import_module(name) for name in sorted(set(names)) if not name.endswith("__main__")]
+
+
+def collected_doctests():
+    """(name, docstring) for every docstring pytest --doctest-modules runs that has examples."""
+    finder = doctest.DocTestFinder()
+    for module in all_modules():
+        for test in finder.find(module):
+            if test.examples:
+                yield test.name, test.docstring or ""
+
+
+def test_the_rule_tells_checking_examples_from_empty_ones():
+    assert unchecked(">>> import headkit\n>>> # backend.logits(ids)\n>>> x = 1\n") is not None
+    assert unchecked(">>> hk.models.cache_dir().name in ('headkit',) or True\nTrue\n") is not None
+    assert unchecked(">>> 1 + 1  # doctest: +SKIP\n2\n>>> 2\n2\n") is not None
+    assert unchecked(">>> x = 1\n>>> x + 1\n2\n") is None
+    assert unchecked(">>> try:\n...     int('a')\n... except ValueError:\n...     print('bad')\nbad\n") is None
+
+
+@pytest.mark.parametrize("name, doc", list(collected_doctests()), ids=lambda x: x if "\n" not in x and len(x) < 90 else "")
+def test_every_doctest_checks_an_output(name, doc):
+    problem = unchecked(doc)
+    assert problem is None, f"{name} {problem}"
 
 
 def test_ci_runs_the_readme_test_command():
