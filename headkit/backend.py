@@ -31,9 +31,21 @@ class Backend(Protocol):
     """What analyses need from a model: head geometry, tokenizer, and forward passes with interventions.
 
     Example:
-        >>> import headkit as hk
-        >>> # backend = hk.get_backend(model)            # a transformers model or TransformerLens bridge
-        >>> # logits = backend.logits(ids, hk.zero_ablate("L5H1"))
+        >>> import torch, headkit as hk
+        >>> from headkit.backend import Backend
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> backend = hk.get_backend(model, tok)   # likewise for a TransformerLens or nnsight model
+        >>> isinstance(backend, Backend), backend.vocab_size, backend.shape.n_heads
+        (True, 100, 4)
+        >>> ids = tok("Tom eats apples", return_tensors="pt").input_ids
+        >>> backend.logits(ids, hk.zero_ablate("L1H0")).shape, backend.logits(ids, last_only=True).shape
+        (torch.Size([1, 4, 100]), torch.Size([1, 1, 100]))
+        >>> backend.logits(ids, positions=torch.tensor([[False, True, False, True]])).shape   # the True cells only
+        torch.Size([2, 100])
+        >>> with backend.applied(hk.zero_ablate("L1H0")):
+        ...     inside = model(ids).logits
+        >>> torch.equal(inside, backend.logits(ids, hk.zero_ablate("L1H0")))
+        True
     """
 
     shape: ModelShape
