@@ -8,6 +8,7 @@ import importlib
 import inspect
 import json
 import pkgutil
+import re
 import subprocess
 import sys
 import zipfile
@@ -111,12 +112,14 @@ def public_api():
 SETUP = (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Pass)
 
 
-def tautology(tree: ast.AST) -> bool:
-    """``x or True`` (or ``x and False``): an expression whose printed value cannot depend on ``x``."""
+def tautology(body: list[ast.stmt]) -> bool:
+    """``x or True`` (or ``x and False``), or a bare constant: an output that cannot depend on the code."""
+    if len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        return True
     return any(
         isinstance(node, ast.BoolOp)
         and any(isinstance(v, ast.Constant) and v.value is (isinstance(node.op, ast.Or)) for v in node.values)
-        for node in ast.walk(tree)
+        for stmt in body for node in ast.walk(stmt)
     )
 
 
@@ -128,13 +131,19 @@ def checks_something(example: doctest.Example) -> bool:
         body = ast.parse(example.source).body
     except SyntaxError:
         return False
-    return bool(body) and not all(isinstance(stmt, SETUP) for stmt in body) and not tautology(ast.Module(body, []))
+    return bool(body) and not all(isinstance(stmt, SETUP) for stmt in body) and not tautology(body)
+
+
+COMMENTED_OUT = re.compile(r"^\s*>>>\s*#", re.MULTILINE)
+"""``>>> # model(ids)``: doctest drops an example that is only a comment, so it shows code that never runs."""
 
 
 def unchecked(doc: str) -> str | None:
     """Why a docstring's examples check nothing (None when at least one checks an output and none is skipped)."""
     if "+SKIP" in doc:
         return "skips an example (+SKIP): every example must run"
+    if COMMENTED_OUT.search(doc):
+        return "has a commented-out example (`>>> # ...`), which doctest never runs: make it run or move it to prose"
     examples = doctest.DocTestParser().get_examples(doc)
     if not examples:
         return "has no example"
@@ -144,7 +153,25 @@ def unchecked(doc: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("name, obj, needs_example", list(public_api()), ids=lambda x: x if isinstance(x, str) else "")
+PENDING = {
+    "headkit.zero_ablate": "headkit/core/interventions.py",
+    "headkit.core.interventions.zero_ablate": "headkit/core/interventions.py",
+    "headkit.core.interventions.CaptureAttention.pattern": "headkit/core/interventions.py",
+    "headkit.analyses.gating.GateFit.plot": "headkit/analyses/gating.py",
+    **{f"headkit.cli.{name}": "headkit/cli.py" for name in ("main", "demo", "mc", "chg", "receivers", "suppress", "triad")},
+}
+"""Docstrings known to break the rule, in files being rewritten elsewhere: expected to fail (strictly, so a
+fixed one must leave this list). Do not add to it."""
+
+
+def pending(params: list[tuple]) -> list:
+    reason = "{} is being rewritten; its examples are to be fixed there"
+    return [pytest.param(*p, marks=pytest.mark.xfail(strict=True, reason=reason.format(PENDING[p[0]])))
+            if p[0] in PENDING else p for p in params]
+
+
+@pytest.mark.parametrize("name, obj, needs_example", pending(list(public_api())),
+                         ids=lambda x: x if isinstance(x, str) else "")
 def test_public_api_opens_with_what_it_does_and_shows_an_example(name, obj, needs_example):
     doc = inspect.getdoc(obj) or ""
     assert doc.split("\n")[0].strip(), f"{name} has no docstring"
@@ -163,11 +190,14 @@ def all_modules():
 
 
 def collected_doctests():
-    """(name, docstring) for every docstring pytest --doctest-modules runs that has examples."""
+    """(name, docstring) for every docstring pytest --doctest-modules collects that shows a ``>>>`` prompt.
+
+    Also those whose examples doctest drops entirely (only comments): they count as examples that run nothing.
+    """
     finder = doctest.DocTestFinder()
     for module in all_modules():
         for test in finder.find(module):
-            if test.examples:
+            if test.examples or ">>>" in (test.docstring or ""):
                 yield test.name, test.docstring or ""
 
 
@@ -175,11 +205,14 @@ def test_the_rule_tells_checking_examples_from_empty_ones():
     assert unchecked(">>> import headkit\n>>> # backend.logits(ids)\n>>> x = 1\n") is not None
     assert unchecked(">>> hk.models.cache_dir().name in ('headkit',) or True\nTrue\n") is not None
     assert unchecked(">>> 1 + 1  # doctest: +SKIP\n2\n>>> 2\n2\n") is not None
+    assert unchecked(">>> import headkit\n>>> # backend.logits(ids)\n>>> 1 + 1\n2\n") is not None
+    assert unchecked(">>> True\nTrue\n") is not None
     assert unchecked(">>> x = 1\n>>> x + 1\n2\n") is None
     assert unchecked(">>> try:\n...     int('a')\n... except ValueError:\n...     print('bad')\nbad\n") is None
 
 
-@pytest.mark.parametrize("name, doc", list(collected_doctests()), ids=lambda x: x if "\n" not in x and len(x) < 90 else "")
+@pytest.mark.parametrize("name, doc", pending(list(collected_doctests())),
+                         ids=lambda x: x if "\n" not in x and len(x) < 90 else "")
 def test_every_doctest_checks_an_output(name, doc):
     problem = unchecked(doc)
     assert problem is None, f"{name} {problem}"
