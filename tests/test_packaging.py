@@ -157,7 +157,7 @@ PENDING = {
     "headkit.zero_ablate": "headkit/core/interventions.py",
     "headkit.core.interventions.zero_ablate": "headkit/core/interventions.py",
     "headkit.core.interventions.CaptureAttention.pattern": "headkit/core/interventions.py",
-    "headkit.analyses.gating.GateFit.plot": "headkit/analyses/gating.py",
+    "headkit.analyses.gate_fits.GateFit.plot": "headkit/analyses/gate_fits.py",
     **{f"headkit.cli.{name}": "headkit/cli.py" for name in ("main", "demo", "mc", "chg", "receivers", "suppress", "triad")},
 }
 """Docstrings known to break the rule, in files being rewritten elsewhere: expected to fail (strictly, so a
@@ -199,6 +199,11 @@ def collected_doctests():
         for test in finder.find(module):
             if test.examples or ">>>" in (test.docstring or ""):
                 yield test.name, test.docstring or ""
+
+
+def test_every_pending_docstring_still_exists():
+    collected = {name for name, _ in collected_doctests()} | {name for name, _, _ in public_api()}
+    assert sorted(set(PENDING) - collected) == [], "renamed or removed: update PENDING"
 
 
 def test_the_rule_tells_checking_examples_from_empty_ones():
