@@ -294,10 +294,13 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[Captures]:
         >>> from headkit.adapters import huggingface as hk_hf
         >>> model, tok = hk.models.tiny("llama")
         >>> ids = torch.tensor([[1, 5, 6, 7]])
+        >>> plain = model(ids).logits
         >>> with hk_hf.applied(model, hk.zero_ablate("L1H0"), hk.mask_attention("L0H1", keys=[(1, 2)])):
         ...     logits = model(ids).logits
-        >>> logits.shape
-        torch.Size([1, 4, 100])
+        >>> logits.shape, torch.allclose(logits, plain)   # the interventions change the logits inside the block
+        (torch.Size([1, 4, 100]), False)
+        >>> torch.equal(model(ids).logits, plain)         # and leave nothing attached after it
+        True
         >>> cap = hk.capture_attention("L1H3")
         >>> with hk_hf.applied(model, cap) as got:
         ...     _ = model(ids)

@@ -88,9 +88,13 @@ def is_bridge(model: Any) -> bool:
     """Whether ``model`` is a TransformerLens ``TransformerBridge`` (3.x or 4.x).
 
     Example:
+        >>> import headkit as hk
+        >>> from transformer_lens.model_bridge import TransformerBridge
         >>> from headkit.adapters import transformer_lens as hk_tl
-        >>> hk_tl.is_bridge(object())
-        False
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> bridge = TransformerBridge.boot_transformers("tiny/gpt2", hf_model=model, tokenizer=tok, device="cpu")
+        >>> hk_tl.is_bridge(bridge), hk_tl.is_bridge(model)
+        (True, False)
     """
     return _has_class(model, "TransformerBridge", "transformer_lens.model_bridge")
 
@@ -99,9 +103,13 @@ def is_hooked_transformer(model: Any) -> bool:
     """Whether ``model`` is a TransformerLens 2.x/3.x ``HookedTransformer``.
 
     Example:
+        >>> import headkit as hk
+        >>> from transformer_lens.model_bridge import TransformerBridge
         >>> from headkit.adapters import transformer_lens as hk_tl
-        >>> hk_tl.is_hooked_transformer(object())
-        False
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> bridge = TransformerBridge.boot_transformers("tiny/gpt2", hf_model=model, tokenizer=tok, device="cpu")
+        >>> hk_tl.is_hooked_transformer(bridge), hk_tl.is_hooked_transformer(model)
+        (False, False)
     """
     return _has_class(model, "HookedTransformer", "transformer_lens")
 
@@ -111,9 +119,12 @@ def is_tl_model(model: Any) -> bool:
 
     Example:
         >>> import headkit as hk
+        >>> from transformer_lens.model_bridge import TransformerBridge
         >>> from headkit.adapters import transformer_lens as hk_tl
-        >>> hk_tl.is_tl_model(hk.models.tiny("gpt2")[0])
-        False
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> bridge = TransformerBridge.boot_transformers("tiny/gpt2", hf_model=model, tokenizer=tok, device="cpu")
+        >>> hk_tl.is_tl_model(bridge), hk_tl.is_tl_model(model)   # the bridge, not the transformers model inside
+        (True, False)
     """
     return is_bridge(model) or is_hooked_transformer(model)
 
@@ -122,8 +133,13 @@ def model_shape(model: Any) -> ModelShape:
     """The head geometry of a TransformerBridge or HookedTransformer (from its ``cfg``).
 
     Example:
+        >>> import headkit as hk
+        >>> from transformer_lens.model_bridge import TransformerBridge
         >>> from headkit.adapters import transformer_lens as hk_tl
-        >>> # hk_tl.model_shape(bridge) -> ModelShape(n_layers=18, n_heads=4, d_head=256, n_kv_heads=1)
+        >>> model, tok = hk.models.tiny("llama")   # 4 query heads sharing 2 key/value heads
+        >>> bridge = TransformerBridge.boot_transformers("tiny/llama", hf_model=model, tokenizer=tok, device="cpu")
+        >>> hk_tl.model_shape(bridge)
+        ModelShape(n_layers=2, n_heads=4, d_head=16, n_kv_heads=2)
     """
     _require_tl_model(model, "model_shape")
     cfg = model.cfg
@@ -171,6 +187,18 @@ class FwdHooks(list):
 
     It is a plain list to TransformerLens. Every forward pass run with these hooks records what the
     captures among them read into ``captures`` (each layer's latest pass): ``hooks.captures[cap]``.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.adapters import transformer_lens as hk_tl
+        >>> from transformer_lens.model_bridge import TransformerBridge
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> bridge = TransformerBridge.boot_transformers("tiny/gpt2", hf_model=model, tokenizer=tok, device="cpu")
+        >>> cap = hk.capture_attention("L1H2")
+        >>> hooks = hk_tl.fwd_hooks(bridge, cap)
+        >>> _ = bridge.run_with_hooks(tok("Tom eats apples", return_tensors="pt").input_ids, fwd_hooks=hooks)
+        >>> isinstance(hooks, list), hooks.captures[cap].pattern(1, 2).shape
+        (True, torch.Size([1, 4, 4]))
     """
 
     def __init__(self, hooks: list[tuple[str, Any]], captures: Captures) -> None:
@@ -185,11 +213,24 @@ def fwd_hooks(model: Any, *interventions: Intervention) -> FwdHooks:
     captures read while these hooks run is in the returned list's ``captures``.
 
     Example:
+        >>> import torch
         >>> import headkit as hk
+        >>> from transformer_lens.model_bridge import TransformerBridge
         >>> from headkit.adapters import transformer_lens as hk_tl
-        >>> # logits = model.run_with_hooks(tokens, fwd_hooks=hk_tl.fwd_hooks(model, hk.zero_ablate("L1H0")))
-        >>> # hooks = hk_tl.fwd_hooks(model, cap); model.run_with_hooks(tokens, fwd_hooks=hooks)
-        >>> # hooks.captures[cap].pattern(1, 0)                              -> [batch, query, key]
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> bridge = TransformerBridge.boot_transformers("tiny/gpt2", hf_model=model, tokenizer=tok, device="cpu")
+        >>> hooks = hk_tl.fwd_hooks(bridge, hk.zero_ablate("L1H0"), hk.mask_attention("L0H1", keys=[(1, 2)]))
+        >>> [name for name, fn in hooks]   # a mask acts on the scores and the pattern; a bridge names hook_z o.hook_in
+        ['blocks.0.attn.hook_attn_scores', 'blocks.0.attn.hook_pattern', 'blocks.1.attn.o.hook_in']
+        >>> tokens = tok("Tom eats apples", return_tensors="pt").input_ids
+        >>> logits = bridge.run_with_hooks(tokens, fwd_hooks=hk_tl.fwd_hooks(bridge, hk.zero_ablate("L1H0")))
+        >>> logits.shape, torch.allclose(logits, bridge(tokens))   # head L1H0 removed: the logits change
+        (torch.Size([1, 4, 100]), False)
+        >>> cap = hk.capture_attention("L0H1")
+        >>> hooks = hk_tl.fwd_hooks(bridge, cap)
+        >>> _ = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        >>> hooks.captures[cap].pattern(0, 1).shape          # what the capture read, [batch, query, key]
+        torch.Size([1, 4, 4])
     """
     _require_tl_model(model, "fwd_hooks")
     shape = model_shape(model)
@@ -234,11 +275,25 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[Captures]:
     yourself are left alone. The block yields a fresh Captures: what its captures read.
 
     Example:
+        >>> import torch
         >>> import headkit as hk
+        >>> from transformer_lens.model_bridge import TransformerBridge
         >>> from headkit.adapters import transformer_lens as hk_tl
-        >>> # with hk_tl.applied(model, hk.zero_ablate("L1H0"), cap) as got:
-        >>> #     logits = model(tokens)
-        >>> # got[cap].pattern(0, 1)  -> [batch, query, key]
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> bridge = TransformerBridge.boot_transformers("tiny/gpt2", hf_model=model, tokenizer=tok, device="cpu")
+        >>> tokens = tok("Tom eats apples", return_tensors="pt").input_ids
+        >>> with hk_tl.applied(bridge, hk.zero_ablate("L1H0")):
+        ...     logits = bridge(tokens)
+        >>> reference, _ = hk.models.tiny("gpt2")   # the same weights (same seed), ablated through transformers
+        >>> torch.allclose(logits, hk.get_backend(reference).logits(tokens, hk.zero_ablate("L1H0")), atol=1e-5)
+        True
+        >>> sum(len(point.fwd_hooks) for point in bridge.hook_dict.values())   # every hook removed on exit
+        0
+        >>> cap = hk.capture_attention("L0H1")
+        >>> with hk_tl.applied(bridge, cap) as got:
+        ...     _ = bridge(tokens)
+        >>> got[cap].pattern(0, 1).shape
+        torch.Size([1, 4, 4])
     """
     hooks = fwd_hooks(model, *interventions)
     hook_dict = model.hook_dict
@@ -279,8 +334,19 @@ class TLBackend(AdapterBase):
     ``tokenizer`` defaults to the model's own (a HookedTransformer built from a config has none).
 
     Example:
+        >>> import headkit as hk
+        >>> from transformer_lens.model_bridge import TransformerBridge
         >>> from headkit.adapters.transformer_lens import TLBackend
-        >>> # TLBackend(model).logits(tokens, hk.zero_ablate("L1H0"))
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> bridge = TransformerBridge.boot_transformers("tiny/gpt2", hf_model=model, tokenizer=tok, device="cpu")
+        >>> backend = TLBackend(bridge)   # what hk.get_backend(bridge) returns
+        >>> backend
+        TLBackend(TransformerBridge, ModelShape(n_layers=2, n_heads=4, d_head=16, n_kv_heads=4))
+        >>> tokens = tok("Tom eats apples", return_tensors="pt").input_ids
+        >>> backend.logits(tokens, hk.zero_ablate("L1H0"), last_only=True).shape
+        torch.Size([1, 1, 100])
+        >>> backend.generate(tokens, hk.zero_ablate("L1H0"), max_new_tokens=3).shape   # 4 prompt tokens + 3
+        torch.Size([1, 7])
     """
 
     def __init__(self, model: Any, tokenizer: Any = None) -> None:
@@ -523,10 +589,15 @@ def value_biases_folded(model: Any) -> bool:
 
     Example:
         >>> import headkit as hk
+        >>> from transformer_lens.model_bridge import TransformerBridge
         >>> from headkit.adapters import transformer_lens as hk_tl
-        >>> hk_tl.value_biases_folded(hk.models.tiny("gpt2")[0])  # no TransformerLens b_V: nothing folded
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> bridge = TransformerBridge.boot_transformers("tiny/gpt2", hf_model=model, tokenizer=tok, device="cpu")
+        >>> hk_tl.value_biases_folded(bridge)   # a bridge boots with its weights unprocessed
         False
-        >>> # hk_tl.value_biases_folded(HookedTransformer.from_pretrained("gpt2"))  -> True
+        >>> bridge.enable_compatibility_mode(disable_warnings=True)   # processes them, folding b_V into b_O
+        >>> hk_tl.value_biases_folded(bridge)
+        True
     """
     if is_bridge(model):
         return bool(getattr(model, "_weights_processed", False))

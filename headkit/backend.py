@@ -36,12 +36,23 @@ class Backend(Protocol):
     Example:
         >>> import torch, headkit as hk
         >>> from headkit.backend import Backend
-        >>> model, tok = hk.models.tiny("llama")
-        >>> backend = hk.get_backend(model, tok)
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> backend = hk.get_backend(model, tok)   # likewise for a TransformerLens or nnsight model
+        >>> isinstance(backend, Backend), backend.vocab_size, backend.shape.n_heads
+        (True, 100, 4)
+        >>> ids = tok("Tom eats apples", return_tensors="pt").input_ids
+        >>> backend.logits(ids, hk.zero_ablate("L1H0")).shape, backend.logits(ids, last_only=True).shape
+        (torch.Size([1, 4, 100]), torch.Size([1, 1, 100]))
+        >>> backend.logits(ids, positions=torch.tensor([[False, True, False, True]])).shape   # the True cells only
+        torch.Size([2, 100])
+        >>> with backend.applied(hk.zero_ablate("L1H0")):
+        ...     inside = model(ids).logits
+        >>> torch.equal(inside, backend.logits(ids, hk.zero_ablate("L1H0")))
+        True
         >>> cap = hk.capture_attention("L1H2")
-        >>> logits, got = backend.run(torch.tensor([[1, 5, 6]]), hk.zero_ablate("L0H1"), cap)
-        >>> isinstance(backend, Backend), logits.shape, got[cap].pattern(1, 2).shape
-        (True, torch.Size([1, 3, 100]), torch.Size([1, 3, 3]))
+        >>> logits, got = backend.run(ids, hk.zero_ablate("L0H1"), cap)   # logits and what the capture read
+        >>> got[cap].pattern(1, 2).shape
+        torch.Size([1, 4, 4])
     """
 
     shape: ModelShape

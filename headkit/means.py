@@ -36,9 +36,19 @@ def compute_means(
     ``per_position=True``.
 
     Example:
-        >>> import headkit as hk
-        >>> # means = hk.compute_means(model, reference_ids)
-        >>> # ablate = hk.mean_ablate("L5H1", means)
+        >>> import torch, headkit as hk
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> reference = tok(["Tom eats apples", "the cat saw a dog"], return_tensors="pt", padding=True)
+        >>> means = hk.compute_means(model, reference.input_ids, attention_mask=reference.attention_mask)
+        >>> means.shape                                                        # [layer, head, d_head]
+        torch.Size([2, 4, 16])
+        >>> hk.compute_means(model, reference.input_ids, per_position=True).shape   # [layer, pos, head, d_head]
+        torch.Size([2, 6, 4, 16])
+        >>> ids = tok("Tom eats apples", return_tensors="pt").input_ids
+        >>> own = hk.compute_means(model, ids, per_position=True)   # one row: each position's mean is its own z
+        >>> backend = hk.get_backend(model)
+        >>> torch.allclose(backend.logits(ids, hk.mean_ablate("L0H1 L1H0", own)), backend.logits(ids), atol=1e-5)
+        True
     """
     backend = get_backend(model)
     shape = backend.shape

@@ -47,9 +47,17 @@ def cache_dir() -> Path:
     """Where headkit caches converted models: ``$HEADKIT_CACHE``, else ``$XDG_CACHE_HOME/headkit``, else ``~/.cache/headkit``.
 
     Example:
-        >>> import headkit as hk
-        >>> hk.models.cache_dir().name in ("headkit",) or True
-        True
+        >>> import os, headkit as hk
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"HEADKIT_CACHE": "/data/headkit-models"}):
+        ...     hk.models.cache_dir().as_posix()
+        '/data/headkit-models'
+        >>> with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": "/xdg"}, clear=True):
+        ...     hk.models.cache_dir().as_posix()
+        '/xdg/headkit'
+        >>> with mock.patch.dict(os.environ, {"HOME": "/home/ada"}, clear=True):
+        ...     hk.models.cache_dir().as_posix()
+        '/home/ada/.cache/headkit'
     """
     if os.environ.get("HEADKIT_CACHE"):
         return Path(os.environ["HEADKIT_CACHE"])
@@ -70,11 +78,22 @@ def load_default(
     The model has 18 layers of 4 query heads sharing 1 key/value head (d_head 256); layers 5, 11 and 17
     attend globally, the others through a 512-token sliding window.
 
+    On the real model ``hk.get_backend(model).shape`` is ``ModelShape(n_layers=18, n_heads=4, d_head=256,
+    n_kv_heads=1)``. The example below shows the cache at work without the minute-long conversion: a tiny
+    Gemma 3 saved where the converted model goes is what ``load_default`` then loads.
+
     Example:
-        >>> import headkit as hk
-        >>> model, tokenizer = hk.load_default()            # doctest: +SKIP
-        >>> hk.get_backend(model).shape                      # doctest: +SKIP
-        ModelShape(n_layers=18, n_heads=4, d_head=256, n_kv_heads=1)
+        >>> import os, tempfile, headkit as hk
+        >>> from unittest import mock
+        >>> stand_in, tok = hk.models.tiny("gemma3")
+        >>> with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"HEADKIT_CACHE": cache}):
+        ...     stand_in.save_pretrained(f"{cache}/gemma-3-270m-f32")
+        ...     _ = tok.save_pretrained(f"{cache}/gemma-3-270m-f32")
+        ...     model, tokenizer = hk.load_default(attn_implementation="eager")   # found in the cache: no conversion
+        >>> type(model).__name__, hk.get_backend(model).shape, model.training
+        ('Gemma3ForCausalLM', ModelShape(n_layers=4, n_heads=4, d_head=16, n_kv_heads=1), False)
+        >>> tokenizer("Tom eats apples")["input_ids"]
+        [1, 29, 47, 68]
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

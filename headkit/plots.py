@@ -62,9 +62,16 @@ def head_map(
     """A layer x head heatmap of one value per head (layer 0 at the top).
 
     Example:
-        >>> import torch
+        >>> import tempfile, torch
+        >>> from pathlib import Path
         >>> from headkit.plots import head_map
-        >>> fig = head_map(torch.rand(4, 8), title="gates")  # doctest: +SKIP
+        >>> fig = head_map(torch.rand(4, 8), title="gates")
+        >>> len(fig.axes), fig.axes[0].get_title(), fig.axes[0].images[0].get_array().shape   # map + colour bar
+        (2, 'gates', (4, 8))
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     _ = head_map(torch.rand(4, 8), path=f"{out}/gates.png")
+        ...     Path(out, "gates.png").read_bytes()[1:4]   # the PNG signature
+        b'PNG'
     """
     v = torch.as_tensor(values).detach().float().cpu()
     fig, (ax,) = _figure(1, max(3.0, 0.35 * v.shape[1] + 1.5), max(2.5, 0.25 * v.shape[0] + 1.0))
@@ -83,7 +90,9 @@ def role_maps(
     Example:
         >>> import torch
         >>> from headkit.plots import role_maps
-        >>> fig = role_maps({"always": torch.rand(4, 8, 3)})  # doctest: +SKIP
+        >>> fig = role_maps({"always": torch.rand(4, 8, 3), "sometimes": torch.rand(4, 8, 3)})
+        >>> [ax.get_title() for ax in fig.axes], fig.axes[0].images[0].get_array().shape
+        (['always', 'sometimes'], (4, 8, 3))
     """
     first = next(iter(maps.values()))
     n_layers, n_heads = first.shape[:2]
@@ -105,8 +114,13 @@ def ablation_curves(curves: pd.DataFrame, *, path: str | None = None, title: str
     Example:
         >>> import pandas as pd
         >>> from headkit.plots import ablation_curves
-        >>> df = pd.DataFrame({"seed": 0, "score": "facilitation", "k": [1, 2], "delta": [-0.5, -1.0]})
-        >>> fig = ablation_curves(df)  # doctest: +SKIP
+        >>> df = pd.DataFrame({"seed": [0, 0, 1, 1] * 2, "score": ["facilitation"] * 4 + ["interference"] * 4,
+        ...                    "k": [1, 2] * 4, "delta": [-0.5, -1.0, -0.7, -1.2, 0.1, 0.3, 0.2, 0.2]})
+        >>> ax = ablation_curves(df).axes[0]
+        >>> ax.get_legend_handles_labels()[1], len(ax.collections)   # one band per score (two seeds)
+        (['facilitation', 'interference'], 2)
+        >>> [float(y) for y in ax.lines[0].get_ydata()]                 # facilitation: the mean over seeds
+        [-0.6, -1.1]
     """
     fig, (ax,) = _figure(1, 6.0, 4.0)
     for name, group in curves.groupby("score", sort=False):
@@ -131,8 +145,14 @@ def receivers(scan: Any, *, path: str | None = None, trace: int = 0, k: int = 20
     ``scan`` is what :func:`headkit.analyses.receivers.scan` returns.
 
     Example:
+        >>> import headkit as hk
         >>> from headkit.plots import receivers
-        >>> # fig = receivers(hk.receivers.scan(model, traces), path="receivers.png")
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> text = " ".join(f"the {w} eats apples ." for w in ["cat", "dog", "boy", "girl", "man", "chef", "team", "bird"])
+        >>> scan = hk.receivers.scan(model, [hk.sentences.locate(tok, text)], proximity_ignore=1, progress=False)
+        >>> fig = receivers(scan, k=3)
+        >>> [ax.get_title() for ax in fig.axes], len(fig.axes[1].patches)   # one bar per sentence
+        (['1 trace(s); red: top 3 receiver heads', 'trace 0: receiver scores per sentence'], 8)
     """
     kurt = scan.kurtosis.double().mean(0)  # [layer, head]
     n_layers, n_heads = kurt.shape
@@ -168,8 +188,13 @@ def suppression(result: Any, *, path: str | None = None, centre: bool = True, ti
     :class:`headkit.analyses.suppression.Suppression`.
 
     Example:
+        >>> import headkit as hk
         >>> from headkit.plots import suppression
-        >>> # fig = suppression(hk.suppression.kl_matrix(model, sentences), path="suppression.png")
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> sentences = hk.sentences.locate(tok, "the cat eats . the dog eats . Tom reads books .")
+        >>> fig = suppression(hk.suppression.kl_matrix(model, sentences, progress=False))
+        >>> fig.axes[0].get_title(), fig.axes[0].images[0].get_array().shape
+        ('attention to sentence j suppressed in 8 heads', (3, 3))
     """
     m = result.centred() if centre else result.matrix.clone()
     m[torch.ones_like(m, dtype=torch.bool).triu()] = torch.nan
@@ -203,7 +228,10 @@ def head_maps(
     Example:
         >>> import torch
         >>> from headkit.plots import head_maps
-        >>> fig = head_maps({"a": torch.rand(4, 8), "b": torch.randn(4, 8)}, centre=[False, True])  # doctest: +SKIP
+        >>> maps = {"a": torch.arange(4.0).reshape(2, 2), "b": torch.tensor([[-1.0, 3.0], [0.5, 2.0]])}
+        >>> fig = head_maps(maps, centre=[False, True])
+        >>> len(fig.axes), [ax.images[0].get_clim() for ax in fig.axes[:2]]   # 2 maps + 2 colour bars; b centred
+        (4, [(0.0, 3.0), (-3.0, 3.0)])
     """
     first = next(iter(maps.values()))
     n_layers, n_heads = first.shape
@@ -228,8 +256,14 @@ def importance_exclusion(scores: pd.DataFrame, *, path: str | None = None) -> An
     ``scores`` is :attr:`headkit.analyses.stochastic_ablation.Study.scores` (columns importance, exclusion, outlier).
 
     Example:
+        >>> import pandas as pd
         >>> from headkit.plots import importance_exclusion
-        >>> # fig = importance_exclusion(result.scores, path="outliers.png")
+        >>> index = pd.MultiIndex.from_product([range(2), range(2)], names=["layer", "head"])
+        >>> scores = pd.DataFrame({"importance": [0.1, 0.5, 0.2, 0.2], "exclusion": [0.2, 0.5, 0.1, 0.2],
+        ...                        "outlier": [False, True, False, False]}, index=index)
+        >>> ax = importance_exclusion(scores).axes[0]
+        >>> ax.get_title(), [label.get_text() for label in ax.texts]
+        ('1 outlier heads (red) of 4', ['L0H1'])
     """
     fig, (ax,) = _figure(1, 6.5, 5.0)
     out = scores["outlier"].astype(bool)
@@ -253,7 +287,9 @@ def synergy(
     Example:
         >>> import torch
         >>> from headkit.plots import synergy
-        >>> fig = synergy(torch.randn(8, 8), n_heads=4)  # doctest: +SKIP
+        >>> fig = synergy(torch.randn(8, 8), n_heads=4)   # 2 layers x 4 heads
+        >>> len(fig.axes), [label.get_text() for label in fig.axes[0].get_xticklabels()]
+        (2, ['L0', 'L1'])
     """
     m = torch.as_tensor(matrix).detach().double().cpu()
     shown = m[torch.isfinite(m)]

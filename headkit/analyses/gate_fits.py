@@ -149,7 +149,9 @@ class GateFit:
         Example:
             >>> import torch
             >>> from headkit.analyses.gate_fits import GateFit
-            >>> fig = GateFit(*(torch.rand(3, 2, 4) for _ in range(3))).plot()  # doctest: +SKIP
+            >>> fig = GateFit(*(torch.rand(3, 2, 4) for _ in range(3))).plot()
+            >>> [axes.get_title() for axes in fig.axes]
+            ['always', 'any']
         """
         from headkit import plots
 

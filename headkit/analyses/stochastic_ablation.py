@@ -116,7 +116,19 @@ class Study:
         """The pairwise interaction contrast of one phase, rows and columns indexed by (layer, head).
 
         Example:
-            >>> result.synergy("many_ablated").loc[(5, 1), (11, 2)]   # doctest: +SKIP
+            >>> import torch, headkit as hk
+            >>> from headkit import stochastic_ablation
+            >>> model, tok = hk.models.tiny("llama")   # 2 layers x 4 heads
+            >>> prompts = ["Tom eats apples . Tom eats", "Sarah wears hats . Sarah", "Alice reads books . Alice reads"]
+            >>> backend = hk.get_backend(model, tok)   # targets: the model's own answers, so no prompt is dropped
+            >>> targets = torch.stack([backend.logits(tok(p, return_tensors="pt").input_ids)[0, -1].argmax() for p in prompts])
+            >>> result = stochastic_ablation.study(model, prompts, targets, tokenizer=tok, n_masks=40, n_boot=20,
+            ...                                    rows_per_pass=64, progress=False)
+            >>> matrix = result.synergy("many_ablated")
+            >>> matrix.shape, list(matrix.index.names), matrix.columns[-1]
+            ((8, 8), ['layer', 'head'], (1, 3))
+            >>> bool((matrix.fillna(0) == matrix.fillna(0).T).all().all())   # a pair's contrast either way round
+            True
         """
         import pandas as pd
 
@@ -129,7 +141,18 @@ class Study:
         """The ``k`` heads with the largest ``by`` score (a column of ``scores``).
 
         Example:
-            >>> result.top(5, by="effect_few")   # doctest: +SKIP
+            >>> import torch, headkit as hk
+            >>> from headkit import stochastic_ablation
+            >>> model, tok = hk.models.tiny("llama")   # 2 layers x 4 heads
+            >>> prompts = ["Tom eats apples . Tom eats", "Sarah wears hats . Sarah", "Alice reads books . Alice reads"]
+            >>> backend = hk.get_backend(model, tok)   # targets: the model's own answers, so no prompt is dropped
+            >>> targets = torch.stack([backend.logits(tok(p, return_tensors="pt").input_ids)[0, -1].argmax() for p in prompts])
+            >>> result = stochastic_ablation.study(model, prompts, targets, tokenizer=tok, n_masks=40, n_boot=20,
+            ...                                    rows_per_pass=64, progress=False)
+            >>> top = result.top(3, by="effect_few")
+            >>> len(top), top["effect_few"].is_monotonic_decreasing, top.index.equals(
+            ...     result.scores["effect_few"].nlargest(3).index)
+            (3, True, True)
         """
         if by not in self.scores.columns:
             raise fail(f"Study.top got by={by!r}", f"one of {list(self.scores.columns)}", "pass by='importance'")
@@ -139,7 +162,19 @@ class Study:
         """Write the figures to ``out_dir``: score heatmaps, importance vs exclusion, synergy; returns the paths.
 
         Example:
-            >>> paths = result.plot("mc_out")   # doctest: +SKIP
+            >>> import tempfile
+            >>> import torch, headkit as hk
+            >>> from headkit import stochastic_ablation
+            >>> model, tok = hk.models.tiny("llama")   # 2 layers x 4 heads
+            >>> prompts = ["Tom eats apples . Tom eats", "Sarah wears hats . Sarah", "Alice reads books . Alice reads"]
+            >>> backend = hk.get_backend(model, tok)   # targets: the model's own answers, so no prompt is dropped
+            >>> targets = torch.stack([backend.logits(tok(p, return_tensors="pt").input_ids)[0, -1].argmax() for p in prompts])
+            >>> result = stochastic_ablation.study(model, prompts, targets, tokenizer=tok, n_masks=40, n_boot=20,
+            ...                                    rows_per_pass=64, progress=False)
+            >>> with tempfile.TemporaryDirectory() as out:
+            ...     paths = result.plot(out)
+            ...     [(path.name, path.stat().st_size > 0) for path in paths]
+            [('scores.png', True), ('outliers.png', True), ('synergy.png', True)]
         """
         from headkit import plots
 
@@ -209,12 +244,24 @@ def study(
     ``path`` keeps every outcome on disk; calling again with the same arguments resumes (or extends, with a
     larger ``n_masks``) and gives the same scores.
 
+    On Gemma 3 270M (:func:`headkit.load_default`) the seed-003 prompts and ``n_masks=10_000`` are the study
+    as published; the example runs a tiny model on three prompts.
+
     Example:
-        >>> import headkit as hk
+        >>> import torch, headkit as hk
         >>> from headkit import stochastic_ablation
-        >>> model, tok = hk.load_default()                                        # doctest: +SKIP
-        >>> result = stochastic_ablation.study(model, tokenizer=tok, n_masks=500)  # doctest: +SKIP
-        >>> result.top(5)                                                          # doctest: +SKIP
+        >>> model, tok = hk.models.tiny("llama")   # 2 layers x 4 heads
+        >>> prompts = ["Tom eats apples . Tom eats", "Sarah wears hats . Sarah", "Alice reads books . Alice reads"]
+        >>> backend = hk.get_backend(model, tok)   # targets: the model's own answers, so no prompt is dropped
+        >>> targets = torch.stack([backend.logits(tok(p, return_tensors="pt").input_ids)[0, -1].argmax() for p in prompts])
+        >>> result = stochastic_ablation.study(model, prompts, targets, tokenizer=tok, n_masks=40, n_boot=20,
+        ...                                    rows_per_pass=64, progress=False)
+        >>> result.dropped, result.scores.shape, [name for name in result.phases]
+        ([], (8, 11), ['many_ablated', 'few_ablated'])
+        >>> [round(float(result.scores[name].sum()), 6) for name in ("importance", "exclusion")]   # shares of events
+        [1.0, 1.0]
+        >>> result.validation.loc["full model", ["correct", "prompts"]].tolist()   # right on every kept prompt
+        [3, 3]
     """
     import pandas as pd
     from tqdm.auto import tqdm

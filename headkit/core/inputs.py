@@ -95,7 +95,18 @@ def check_token_ids(
 
 
 def check_last_only(last_only: bool, attention_mask: torch.Tensor | None) -> None:
-    """``last_only`` reads the last column, which is every row's last real token only under left padding."""
+    """``last_only`` reads the last column, which is every row's last real token only under left padding.
+
+    Example:
+        >>> import torch
+        >>> from headkit.core.inputs import check_last_only
+        >>> check_last_only(True, torch.tensor([[0, 1, 1], [1, 1, 1]]))   # left padding: fine, returns None
+        >>> try:
+        ...     check_last_only(True, torch.tensor([[1, 1, 0], [1, 1, 1]]))   # right padding
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        logits(last_only=True) got an attention mask whose last column has padding
+    """
     if last_only and attention_mask is not None and not bool(attention_mask[:, -1].all()):
         raise fail(
             "logits(last_only=True) got an attention mask whose last column has padding",
@@ -108,7 +119,21 @@ def check_last_only(last_only: bool, attention_mask: torch.Tensor | None) -> Non
 def check_positions(
     positions: Bool[torch.Tensor, "batch pos"] | None, input_ids: torch.Tensor, last_only: bool
 ) -> None:
-    """``positions`` must be a bool ``[batch, pos]`` mask like ``input_ids``, and excludes ``last_only``."""
+    """``positions`` must be a bool ``[batch, pos]`` mask like ``input_ids``, and excludes ``last_only``.
+
+    Example:
+        >>> import torch
+        >>> from headkit.core.inputs import check_positions
+        >>> ids = torch.tensor([[1, 5, 6]])
+        >>> check_positions(torch.tensor([[False, True, True]]), ids, last_only=False)   # fine: returns None
+        >>> for positions, last_only in [(torch.tensor([[True, True]]), False), (ids.bool(), True)]:
+        ...     try:
+        ...         check_positions(positions, ids, last_only)
+        ...     except ValueError as error:
+        ...         print(str(error).split(";")[0])
+        logits got positions bool[1, 2] for input_ids i64[1, 3]
+        logits got both last_only=True and positions
+    """
     if positions is None:
         return
     if last_only:

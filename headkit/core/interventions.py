@@ -267,8 +267,11 @@ def zero_ablate(heads: HeadsLike, *, inplace: bool = False) -> ZeroAblate:
         >>> ablate = hk.zero_ablate("L1H0 L1H2")
         >>> ablate
         ZeroAblate(heads='L1H0 L1H2')
-        >>> # TransformerLens:  model.run_with_hooks(tokens, fwd_hooks=hk_tl.fwd_hooks(model, ablate))
-        >>> # transformers:     with hk_hf.applied(model, ablate): model(input_ids)
+        >>> import torch
+        >>> z = torch.ones(1, 2, 4, 3)                          # [batch, pos, head, d_head] of layer 1
+        >>> hook = type("HookPoint", (), {"name": "blocks.1.attn.hook_z"})()
+        >>> ablate(z, hook=hook)[0, 0, :, 0].tolist()          # as a TransformerLens hook: heads 0 and 2 zeroed
+        [0.0, 1.0, 0.0, 1.0]
     """
     return ZeroAblate(heads, inplace=inplace)
 
@@ -693,8 +696,11 @@ def capture_attention(heads: HeadsLike, pool: Spans | None = None) -> CaptureAtt
         CaptureAttention(heads='L0H1 L1H0', pool=2 spans)
         >>> cap == hk.capture_attention("L1H0 L0H1", pool=[(0, 5), (5, 12)])  # a value: equal fields, equal
         True
-        >>> # with hk_hf.applied(model, cap) as got: model(input_ids)
-        >>> # got[cap].pattern(1, 0).shape  ->  [batch, 2, 2] (sentence by sentence)
+        >>> import torch
+        >>> model, tok = hk.models.tiny("gpt2")
+        >>> logits, got = hk.get_backend(model).run(torch.arange(1, 13)[None], cap)
+        >>> got[cap].pattern(1, 0).shape                       # [batch, sentence, sentence]
+        torch.Size([1, 2, 2])
     """
     return CaptureAttention(heads, pool)
 

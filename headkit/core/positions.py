@@ -23,7 +23,19 @@ __all__ = ["spans", "require_data", "position_spec", "position_mask", "membershi
 
 
 def spans(spans: object, name: str) -> tuple[tuple[int, int], ...]:
-    """Validate half-open, non-empty, non-negative token ranges."""
+    """Validate half-open, non-empty, non-negative token ranges; a single ``(start, end)`` becomes a list of one.
+
+    Example:
+        >>> from headkit.core.positions import spans
+        >>> spans((4, 9), "keys"), spans([(0, 2), [5, 7]], "keys")
+        (((4, 9),), ((0, 2), (5, 7)))
+        >>> try:
+        ...     spans([(5, 2)], "keys")
+        ... except ValueError as error:
+        ...     given, fix = str(error).split("; expected ")[0], str(error).split("Fix: ")[1]
+        ...     print(given, "->", fix)
+        keys got a reversed range (5, 2) -> write the range as (2, 5)
+    """
     if isinstance(spans, tuple) and len(spans) == 2 and all(isinstance(x, int) for x in spans):
         spans = [spans]  # a single (start, end)
     if isinstance(spans, (str, bytes)) or not isinstance(spans, Sequence) or len(spans) == 0:
@@ -60,7 +72,18 @@ def spans(spans: object, name: str) -> tuple[tuple[int, int], ...]:
 
 
 def require_data(tensor: torch.Tensor, name: str) -> None:
-    """HeadkitError for a tensor on the meta device (shapes only, no values to compute with)."""
+    """HeadkitError for a tensor on the meta device (shapes only, no values to compute with).
+
+    Example:
+        >>> import torch
+        >>> from headkit.core.positions import require_data
+        >>> require_data(torch.zeros(2, 3), "gate")   # has data: returns None
+        >>> try:
+        ...     require_data(torch.empty(2, 3, device="meta"), "gate")
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        gate got a tensor on the meta device (f32[2, 3])
+    """
     if tensor.device.type == "meta":
         raise fail(
             f"{name} got a tensor on the meta device ({describe(tensor)})",
@@ -70,6 +93,21 @@ def require_data(tensor: torch.Tensor, name: str) -> None:
 
 
 def position_spec(spec: object, name: str) -> PositionSpec:
+    """Validate a position spec when an intervention is built: a bool mask ``[pos]`` / ``[batch, pos]`` or ranges.
+
+    A bool tensor is returned as it is; anything else is validated as ranges (:func:`spans`).
+
+    Example:
+        >>> import torch
+        >>> from headkit.core.positions import position_spec
+        >>> position_spec(torch.tensor([True, False, True]), "keys"), position_spec((1, 3), "keys")
+        (tensor([ True, False,  True]), ((1, 3),))
+        >>> try:
+        ...     position_spec(torch.tensor([1, 0, 1]), "keys")
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        keys got i64[3]
+    """
     if hasattr(spec, "__array__") and not isinstance(spec, torch.Tensor):  # numpy and friends
         raise fail(
             f"{name} got a {type(spec).__name__} {describe(spec)}",
@@ -91,7 +129,25 @@ def position_spec(spec: object, name: str) -> PositionSpec:
 def position_mask(
     spec: PositionSpec, name: str, k_len: int, q_len: int, batch: int, device: torch.device, owner: object, where: str
 ) -> Bool[torch.Tensor, "batch pos"]:
-    """A position spec as a bool mask [1 or batch, k_len] over absolute positions 0..k_len-1."""
+    """A position spec as a bool mask [1 or batch, k_len] over absolute positions 0..k_len-1.
+
+    Ranges and a ``[pos]`` mask give one row shared by the batch. During cached decoding (``q_len < k_len``)
+    a mask shorter than the keys is padded with False: tokens generated after it was written stay unmasked.
+
+    Example:
+        >>> import torch
+        >>> from headkit.core.positions import position_mask
+        >>> cpu = torch.device("cpu")
+        >>> position_mask(((1, 3),), "keys", 5, 5, 2, cpu, "mask", "L0").int().tolist()
+        [[0, 1, 1, 0, 0]]
+        >>> position_mask(torch.tensor([True, False, True]), "keys", 5, 1, 2, cpu, "mask", "L0").int().tolist()
+        [[1, 0, 1, 0, 0]]
+        >>> try:
+        ...     position_mask(((1, 9),), "keys", 5, 5, 2, cpu, "mask", "L0")
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        'mask' at 'L0' got keys range ending at 9, but the sequence has 5 tokens
+    """
     if not isinstance(spec, torch.Tensor):
         last = max(end for _, end in spec)
         if last > k_len:
@@ -127,7 +183,17 @@ def position_mask(
 
 
 def membership(spans: Spans, k_len: int, device: torch.device, owner: object, where: str) -> torch.Tensor:
-    """Row-normalised membership [n_spans, pos]: row i averages the positions of span i."""
+    """Row-normalised membership [n_spans, pos]: row i averages the positions of span i.
+
+    Example:
+        >>> import torch
+        >>> from headkit.core.positions import membership
+        >>> member = membership(((0, 2), (2, 5)), 5, torch.device("cpu"), "pool", "L0")
+        >>> member.shape, member.sum(-1).tolist()
+        (torch.Size([2, 5]), [1.0, 1.0])
+        >>> (member @ torch.arange(5.0)).tolist()   # the mean position of each span
+        [0.5, 3.0]
+    """
     last = max(end for _, end in spans)
     if last > k_len:
         raise fail(
@@ -142,4 +208,12 @@ def membership(spans: Spans, k_len: int, device: torch.device, owner: object, wh
 
 
 def spec_repr(spec: PositionSpec) -> str:
+    """A short repr of a position spec for intervention reprs: a mask's dtype and shape, or the ranges.
+
+    Example:
+        >>> import torch
+        >>> from headkit.core.positions import spec_repr
+        >>> spec_repr(torch.ones(2, 5, dtype=torch.bool)), spec_repr(((1, 3), (4, 6)))
+        ('bool[2, 5]', '[(1, 3), (4, 6)]')
+    """
     return describe(spec) if isinstance(spec, torch.Tensor) else repr(list(spec))
