@@ -21,7 +21,7 @@ import torch
 
 import headkit as hk
 from headkit import montecarlo
-from headkit.tasks import copy_task
+from headkit.prompts import copy_task
 
 
 def main() -> None:

@@ -24,7 +24,8 @@ import torch
 
 import headkit as hk
 from headkit import gating
-from headkit.tasks import copy_pairs, examples
+from headkit.data import copy_pairs
+from headkit.prompts import examples
 
 
 def sync(device: str) -> None:

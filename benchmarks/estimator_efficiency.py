@@ -18,7 +18,7 @@ For each N, ``--splits`` random disjoint pairs give the mean overlap of the two 
 - ``importance`` / ``exclusion``: seed 003's sum-normalised scores (importance on the low-p pools,
   exclusion on the high-p pool);
 - ``kept - ablated``: P(success | head kept) - P(success | head ablated) (``Counts.effect``);
-- ``regression``: least squares of each mask's success rate on its bits (``montecarlo.regression``'s
+- ``regression``: least squares of each mask's success rate on its bits (``mask_statistics.regression``'s
   point estimate), defined from N > heads + 1 masks;
 - ``regression (margin)``: the same on the mean margin, a continuous metric.
 """
@@ -35,19 +35,20 @@ import torch
 
 import headkit as hk
 from headkit import montecarlo
+from headkit.analyses import mask_statistics
 from headkit.analyses.outcome_log import OutcomeLog
-from headkit.tasks import copy_task
+from headkit.prompts import copy_task
 
 
 def scores_of(masks: torch.Tensor, success: torch.Tensor, margin: torch.Tensor, name: str) -> torch.Tensor:
     """One score per head (flat), larger = more important, from masks [n, L, H] and outcomes [n, P]."""
     if name in ("importance", "exclusion", "kept - ablated"):
-        counts = montecarlo.Counts(*masks.shape[1:])
+        counts = mask_statistics.Counts(*masks.shape[1:])
         counts.update(masks, success.double())
         value = {"importance": counts.importance, "exclusion": counts.exclusion, "kept - ablated": counts.effect}[name]()
         return value.flatten()
     outcomes = success.double() if name == "regression" else margin.double()
-    return torch.tensor(montecarlo.regression(masks, outcomes, n_boot=0)["effect"].to_numpy())
+    return torch.tensor(mask_statistics.regression(masks, outcomes, n_boot=0)["effect"].to_numpy())
 
 
 def pool(model, task, p: float, n: int, seed: int, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +147,7 @@ def main() -> None:
 
     def counts(design):
         masks, margins = pools[design]
-        c = montecarlo.Counts(18, 4)
+        c = mask_statistics.Counts(18, 4)
         c.update(masks, (margins > 0).double())
         return c
 
@@ -163,7 +164,7 @@ def main() -> None:
                      f"{correct[1]}/{len(task)}; full model {correct[2]}/{len(task)}")
     for design in designs:
         masks, margins = pools[design]
-        table = montecarlo.regression(masks, (margins > 0).double(), n_boot=200, seed=0)
+        table = mask_statistics.regression(masks, (margins > 0).double(), n_boot=200, seed=0)
         top = table.sort_values("effect", ascending=False).head(args.k)
         study.append(f"- `{design}`, regression, top {args.k} effects on the success rate [95% bootstrap]: " + ", ".join(
             f"L{l}H{h} {r.effect:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" for (l, h), r in top.iterrows()))

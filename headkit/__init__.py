@@ -15,15 +15,15 @@ counts, regression), ``headkit.analyses.stochastic_ablation`` (seed 003's study:
 effects with intervals, synergy; outcomes on disk, resumable), ``headkit.analyses.gating`` (causal head gating: G, G+, G-, taxonomy, contrastive), ``headkit.analyses.receivers``
 (receiver heads: vertical scores, kurtosis), ``headkit.analyses.suppression`` (sentence-suppression KL matrix),
 ``headkit.analyses.triad`` (attention vs direct effect vs ablation effect per head), ``headkit.sentences`` (sentences
-to token spans), ``headkit.tasks`` (prompt sets with answers or target
-continuations), ``headkit.plots`` (figures).
+to token spans), ``headkit.prompts`` (tokenised prompt sets with answers or target
+continuations), ``headkit.data`` (built-in prompts and traces), ``headkit.plots`` (figures).
 
 Adapters place the same interventions on each framework:
 ``headkit.adapters.transformer_lens``, ``headkit.adapters.huggingface``. Importing headkit imports
 neither TransformerLens nor nnsight.
 """
 
-from headkit import models, plots, sentences, tasks
+from headkit import data, models, plots, prompts, sentences
 from headkit.analyses import gating, montecarlo, receivers, stochastic_ablation, suppression, triad
 from headkit.backend import get_backend
 from headkit.core.errors import HeadkitError
@@ -46,7 +46,8 @@ __all__ = [
     "gating",
     "montecarlo",
     "stochastic_ablation",
-    "tasks",
+    "prompts",
+    "data",
     "sentences",
     "receivers",
     "suppression",

@@ -22,8 +22,8 @@ import torch
 
 import headkit as hk
 from headkit.core.interventions import Intervention
+from headkit.prompts import Task, copy_task
 from headkit.readouts import score_next_token
-from headkit.tasks import Task, copy_task
 
 __all__ = ["main", "demo", "chg", "mc", "receivers", "suppress", "triad"]
 
@@ -248,7 +248,7 @@ def chg(
     """
     import os
 
-    from headkit import plots, tasks
+    from headkit import data, plots, prompts
     from headkit.analyses import gating
 
     started = time.perf_counter()
@@ -260,7 +260,7 @@ def chg(
     out(f"headkit chg: {task} task, {shape.n_layers} layers x {shape.n_heads} heads, {seeds} seed(s) batched, "
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     if task == "antonym":
-        retain, forget = tasks.antonym_pairs("instruction"), tasks.antonym_pairs("icl")
+        retain, forget = data.antonym_pairs("instruction"), data.antonym_pairs("icl")
         full = [gating.sequence_logprob(backend, d).mean().item() for d in (retain, forget)]
         fitted = gating.fit_contrastive(backend, retain, forget, seeds=seeds, steps=steps, batch_size=batch_size,
                                         lam=lam)
@@ -278,8 +278,8 @@ def chg(
         out(f"\nwrote {out_dir}/contrastive.png and contrastive.csv in {time.perf_counter() - started:.0f} s")
         return {"fit": fitted, "full": full, "gated": gated}
 
-    pairs = {"copy": tasks.copy_pairs, "ioi": tasks.ioi_pairs, "arithmetic": tasks.arithmetic_pairs}[task]()
-    data = tasks.examples(backend.tokenizer, pairs)
+    pairs = {"copy": data.copy_pairs, "ioi": data.ioi_pairs, "arithmetic": data.arithmetic_pairs}[task]()
+    data = prompts.examples(backend.tokenizer, pairs)
     fitted = gating.fit(backend, data, seeds=seeds, steps=steps, reg_steps=reg_steps, batch_size=batch_size, lam=lam)
     taxonomy = fitted.taxonomy()
     out(f"fitted in {time.perf_counter() - started:.0f} s on {len(data)} examples "
@@ -427,7 +427,7 @@ def _read_pairs(path: str) -> tuple[list[str], list[str]]:
 
 
 def _read_texts(paths: Sequence[str]) -> list[str]:
-    from headkit.tasks import reasoning_traces
+    from headkit.data import reasoning_traces
 
     if not paths:
         return reasoning_traces()

@@ -10,7 +10,7 @@ import torch
 
 import headkit as hk
 from headkit import gating
-from headkit.tasks import Examples, examples
+from headkit.prompts import Examples, examples
 from tests import reference as ref
 from tests.conftest import Runner, max_diff
 
@@ -315,7 +315,7 @@ def test_contrastive_fit_turns_off_the_head_only_the_forget_variant_needs(plante
 
 
 def test_antonym_variants_are_matched_pairs():
-    icl, instr = hk.tasks.antonym_pairs("icl", n=8), hk.tasks.antonym_pairs("instruction", n=8)
+    icl, instr = hk.data.antonym_pairs("icl", n=8), hk.data.antonym_pairs("instruction", n=8)
     assert [t for _, t in icl] == [t for _, t in instr]
     assert all(p.split("\n")[-1] == q.split("\n")[-1] for (p, _), (q, _) in zip(icl, instr))
     assert icl[0][0].count("\n") == 5 and instr[0][0].startswith("Give the opposite")

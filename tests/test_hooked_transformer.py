@@ -20,7 +20,7 @@ import torch
 import headkit as hk
 from headkit import gating, montecarlo, receivers, stochastic_ablation, suppression
 from headkit.adapters import transformer_lens as hk_tl
-from headkit.tasks import Examples
+from headkit.prompts import Examples
 from tests.conftest import Runner, max_diff, token_ids
 from tests.hooked import hooked_from, hooked_transformer_available
 from tests.test_errors import attachments

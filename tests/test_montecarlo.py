@@ -11,6 +11,7 @@ import torch
 import headkit as hk
 from headkit.sweep import RowSizer
 from headkit import montecarlo
+from headkit.analyses import mask_statistics
 from tests.conftest import Runner
 
 PROMPTS = ["Tom eats apples . Tom eats", "the cat saw a dog . the cat saw a", "Sarah wears hats . Sarah"]
@@ -206,7 +207,7 @@ def records(masks, outcomes):
 def test_counts_stream_equals_python_loops_over_records():
     masks = montecarlo.bernoulli(60, 0.4, 2, 3, seed=2)
     outcomes = (torch.rand(60, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
-    counts = montecarlo.Counts(2, 3)
+    counts = mask_statistics.Counts(2, 3)
     for start in range(0, 60, 7):  # streamed in uneven chunks
         counts.update(masks[start : start + 7], outcomes[start : start + 7])
     recs = records(masks, outcomes)
@@ -226,7 +227,7 @@ def test_counts_stream_equals_python_loops_over_records():
     assert counts.exclusion().flatten().tolist() == pytest.approx(exc, abs=1e-12)
     p_kept = [kept_s[i] / kept[i] for i in range(h)]
     p_abl = [sum((1 - m[i]) * s for m, s in recs) / sum(1 - m[i] for m, _ in recs) for i in range(h)]
-    assert counts.effect().flatten().tolist() == pytest.approx([a - b for a, b in zip(p_kept, p_abl)], abs=1e-12)
+    assert counts.delta().flatten().tolist() == pytest.approx([a - b for a, b in zip(p_kept, p_abl)], abs=1e-12)
 
 
 def test_regression_equals_least_squares_and_covers_planted_effects():
@@ -236,7 +237,7 @@ def test_regression_equals_least_squares_and_covers_planted_effects():
     g = torch.Generator().manual_seed(1)
     rate = 0.35 + 0.5 * masks[:, 0, 1].double() - 0.3 * masks[:, 1, 2].double()  # two planted heads, in [0.05, 0.85]
     outcomes = (torch.rand(3000, 8, generator=g, dtype=torch.float64) < rate[:, None]).double()
-    table = montecarlo.regression(masks, outcomes, n_boot=100)
+    table = mask_statistics.regression(masks, outcomes, n_boot=100)
     x = np.concatenate([np.ones((3000, 1)), masks.reshape(3000, -1).numpy().astype(float)], 1)
     want = np.linalg.lstsq(x, outcomes.mean(1).numpy(), rcond=None)[0][1:]
     np.testing.assert_allclose(table["effect"].to_numpy(), want, atol=1e-10)
@@ -247,19 +248,19 @@ def test_regression_equals_least_squares_and_covers_planted_effects():
         assert row["low"] - 0.01 <= true <= row["high"] + 0.01  # the 95% interval (nearly) covers the truth
         assert row["high"] - row["low"] < 0.05
     with pytest.raises(hk.HeadkitError, match=r"3 masks for 6 heads"):
-        montecarlo.regression(masks[:3], outcomes[:3])
+        mask_statistics.regression(masks[:3], outcomes[:3])
 
 
 def test_counts_bad_input():
     with pytest.raises(hk.HeadkitError, match=r"masks f32\[4, 2, 2\].*\[n, 2, 3\]"):
-        montecarlo.Counts(2, 3).update(torch.ones(4, 2, 2), torch.ones(4, 3))
+        mask_statistics.Counts(2, 3).update(torch.ones(4, 2, 2), torch.ones(4, 3))
 
 
 def test_synergy_equals_the_four_cells_counted_by_hand():
     masks = montecarlo.bernoulli(80, 0.5, 2, 2, seed=5)
     g = torch.Generator().manual_seed(3)
     outcomes = (torch.rand(80, 3, generator=g) < 0.2 + 0.6 * (masks[:, 0, 0] & masks[:, 1, 1]).float()[:, None]).float()
-    counts = montecarlo.Counts(2, 2)
+    counts = mask_statistics.Counts(2, 2)
     counts.update(masks[:50], outcomes[:50])
     counts.update(masks[50:], outcomes[50:])
     recs = records(masks, outcomes)

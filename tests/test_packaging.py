@@ -89,13 +89,14 @@ def public_api():
     import headkit.core.positions
     import headkit.core.plan
     import headkit.models
-    import headkit.tasks
+    import headkit.data
+    import headkit.prompts
     import headkit.core.architectures
     import headkit.core.errors
     import headkit.core.sites
     from headkit.adapters import huggingface, nnsight, transformer_lens
 
-    modules = (hk, huggingface, transformer_lens, nnsight, headkit.models, headkit.readouts, headkit.sweep, headkit.tasks,
+    modules = (hk, huggingface, transformer_lens, nnsight, headkit.models, headkit.readouts, headkit.sweep, headkit.prompts, headkit.data,
                headkit.core.adapter, headkit.core.inputs, headkit.core.positions, headkit.core.plan,
                headkit.core.heads, headkit.backend, headkit.core.architectures, headkit.core.sites, headkit.core.errors)
     for module in modules:

@@ -10,7 +10,7 @@ import torch
 
 import headkit as hk
 from headkit.readouts import score_next_token
-from headkit.tasks import copy_task
+from headkit.prompts import copy_task
 from tests import reference as ref
 from tests.conftest import max_diff
 
@@ -115,10 +115,10 @@ def test_demo_prints_the_table(gemma, capsys):
 
 def test_chg_on_gemma_runs_and_ablating_its_facilitating_heads_hurts(gemma):
     """A short CHG fit on the copy task (the full-length run is recorded in docs/results/chg_copy_gemma.md)."""
-    from headkit import gating, tasks
+    from headkit import data, gating, prompts
 
     model, tokenizer, _ = gemma
-    data = tasks.examples(tokenizer, tasks.copy_pairs()[:24])
+    data = prompts.examples(tokenizer, data.copy_pairs()[:24])
     with pytest.warns(UserWarning, match="RMS-normalises"):
         fit = gating.fit(model, data, seeds=2, steps=15, reg_steps=15, batch_size=8, progress=False)
     assert fit.G_minus.shape == (2, 18, 4) and torch.isfinite(fit.G_plus).all()
@@ -133,7 +133,7 @@ def test_receiver_scan_chunked_equals_full_patterns_on_the_real_model(gemma, mon
     from headkit.adapters import huggingface
 
     model, tokenizer, _ = gemma
-    trace = hk.sentences.locate(tokenizer, hk.tasks.reasoning_traces()[0])
+    trace = hk.sentences.locate(tokenizer, hk.data.reasoning_traces()[0])
     monkeypatch.setattr(huggingface, "_POOL_CHUNK_ELEMENTS", 7 * 4 * trace.n_tokens)
     sdpa, _ = hk.load_default()
     scan = hk.receivers.scan(sdpa, [trace], progress=False)

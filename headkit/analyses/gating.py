@@ -36,10 +36,10 @@ from headkit.backend import Backend, get_backend
 from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT
 from headkit.core.errors import describe, fail
 from headkit.core.interventions import gate
+from headkit.prompts import Examples, examples
 from headkit.readouts import SequenceLogProb
 from headkit.sweep import Rows, RowSizer, Variants, fixed, sweep, sweep_all
 from headkit.sweep import gates as sweep_gates
-from headkit.tasks import Examples, examples
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -218,8 +218,8 @@ def fit(
     ``recipe`` (default: the paper's, :class:`Recipe`) says how; keyword ``changes`` replace its fields
     (``fit(model, data, steps=100)``). ``seeds`` is a count (seeds 0..n-1) or a list of seeds; all are
     fitted in one batched run. ``data``
-    is anything :func:`headkit.tasks.examples` takes (pairs, records, a ``datasets.Dataset``) or
-    :class:`~headkit.tasks.Examples`. ``rows_per_pass`` is the rows of one forward pass (None: sized by
+    is anything :func:`headkit.prompts.examples` takes (pairs, records, a ``datasets.Dataset``) or
+    :class:`~headkit.prompts.Examples`. ``rows_per_pass`` is the rows of one forward pass (None: sized by
     measured throughput); a step's batch is processed in pieces and the gradients summed, so the result is
     the same. Model weights are frozen for
     the run and restored after.
@@ -509,7 +509,7 @@ def _examples(backend: Backend, data: Any, owner: str) -> Examples:
         raise fail(
             f"{owner} got text examples but the model has no tokenizer",
             "a tokenizer to turn prompts and targets into tokens",
-            f"pass tokenizer=... to {owner.split()[0]}, or pass headkit.tasks.Examples built from token ids",
+            f"pass tokenizer=... to {owner.split()[0]}, or pass headkit.prompts.Examples built from token ids",
         )
     return examples(backend.tokenizer, data)
 

@@ -10,7 +10,7 @@ Two phases of random keep/ablate masks, each head kept independently with probab
 Outliers follow the seed's rule (above the 88th percentile of either score), and are checked by running the
 model with only them kept and with only them ablated. On top of the seed's scores, each head's **effect** (the
 change in success rate when it is kept, by least squares on the mask bits, with bootstrap intervals) and
-the pairwise **synergy** (interaction contrast, see :meth:`headkit.analyses.montecarlo.Counts.synergy`).
+the pairwise **synergy** (interaction contrast, see :meth:`headkit.analyses.mask_statistics.Counts.synergy`).
 
 ``p_keep="auto"`` calibrates the two phases to 25% and 75% success, so neither score rests on a handful of
 records. ``path=`` logs every outcome to disk (masks bit-packed); running the same call again resumes and
@@ -33,14 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from headkit.analyses.montecarlo import (
-    Counts,
-    bernoulli,
-    calibrate,
-    evaluate,
-    evaluate_chunks,
-    regression,
-)
+from headkit.analyses.mask_statistics import Counts, regression
+from headkit.analyses.montecarlo import bernoulli, calibrate, evaluate, evaluate_chunks
 from headkit.core.errors import fail
 from headkit.core.heads import Heads
 
@@ -268,7 +262,7 @@ def study(
 
     from headkit.analyses.montecarlo import _prompt_ids, _token_ids
     from headkit.backend import get_backend
-    from headkit.tasks import COPY_PROMPTS
+    from headkit.data import COPY_PROMPTS
 
     backend = get_backend(model, tokenizer)
     n_layers, n_heads = backend.shape.n_layers, backend.shape.n_heads
@@ -374,7 +368,7 @@ def study(
     scores = pd.DataFrame({"importance": many.counts.importance().flatten().numpy(),
                            "exclusion": few.counts.exclusion().flatten().numpy()}, index=index)
     for short, phase in (("many", many), ("few", few)):
-        scores[f"delta_{short}"] = phase.counts.effect().flatten().numpy()
+        scores[f"delta_{short}"] = phase.counts.delta().flatten().numpy()
         if n_masks > n_layers * n_heads + 1:  # least squares needs more masks than heads + intercept
             fit = regression(phase.masks, phase.success.double(), n_boot=n_boot, seed=seed)
         else:
