@@ -82,6 +82,7 @@ def public_api():
     """(name, object, needs_example): public functions and classes need an example; their methods a docstring."""
     import headkit.backend
     import headkit.core.heads
+    import headkit.config
     import headkit.readouts
     import headkit.sweep
     import headkit.core.adapter
@@ -96,7 +97,7 @@ def public_api():
     import headkit.core.sites
     from headkit.adapters import huggingface, nnsight, transformer_lens
 
-    modules = (hk, huggingface, transformer_lens, nnsight, headkit.models, headkit.readouts, headkit.sweep, headkit.prompts, headkit.data,
+    modules = (hk, huggingface, transformer_lens, nnsight, headkit.models, headkit.readouts, headkit.sweep, headkit.config, headkit.prompts, headkit.data,
                headkit.core.adapter, headkit.core.inputs, headkit.core.positions, headkit.core.plan,
                headkit.core.heads, headkit.backend, headkit.core.architectures, headkit.core.sites, headkit.core.errors)
     for module in modules:

@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from headkit.analyses.gate_fits import SCORES, ContrastiveFit, GateFit, _history_frame
 from headkit.backend import Backend, get_backend
+from headkit.config import configure
 from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT
 from headkit.core.errors import describe, fail
 from headkit.core.interventions import gate
@@ -189,18 +190,6 @@ class ContrastiveRecipe:
             raise fail(f"fit_contrastive got max_diff={self.max_diff!r}", "a positive clamp in nats", "pass max_diff=5.0")
 
 
-def _recipe(kind: type, given: Any, changes: dict[str, Any], owner: str) -> Any:
-    """``given`` (or the default recipe) with ``changes`` applied; unknown names are a HeadkitError."""
-    base = kind() if given is None else given
-    if not isinstance(base, kind):
-        raise fail(f"{owner} got recipe {given!r:.60}", f"a {kind.__name__}", f"pass recipe={kind.__name__}(...)")
-    unknown = sorted(set(changes) - {f.name for f in fields(kind)})
-    if unknown:
-        raise fail(f"{owner} got unknown argument(s) {unknown}", f"fields of {kind.__name__}: "
-                   f"{[f.name for f in fields(kind)]}", "check the spelling (e.g. reg_steps, batch_size)")
-    return replace(base, **changes) if changes else base
-
-
 # ------------------------------------------------------------------------------------------------- fitting
 def fit(
     model: Any,
@@ -234,7 +223,7 @@ def fit(
         (torch.Size([3, 2, 4]), 8)
     """
     seed_list = _seeds(seeds, "fit")
-    how = _recipe(Recipe, recipe, changes, "fit")
+    how = configure(Recipe, recipe, changes, "fit")
     _check_rows_per_pass(rows_per_pass, "fit")
     lam = how.lam
     backend = _backend(model, tokenizer, "fit")
@@ -296,7 +285,7 @@ def fit_contrastive(
         torch.Size([1, 2, 4])
     """
     seed_list = _seeds(seeds, "fit_contrastive")
-    how = _recipe(ContrastiveRecipe, recipe, changes, "fit_contrastive")
+    how = configure(ContrastiveRecipe, recipe, changes, "fit_contrastive")
     _check_rows_per_pass(rows_per_pass, "fit_contrastive")
     lam = how.lam
     backend = _backend(model, tokenizer, "fit_contrastive")

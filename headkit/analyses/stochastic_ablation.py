@@ -35,6 +35,7 @@ import torch
 
 from headkit.analyses.mask_statistics import Counts, regression
 from headkit.analyses.montecarlo import bernoulli, calibrate, evaluate, evaluate_chunks
+from headkit.config import configure
 from headkit.core.errors import fail
 from headkit.core.heads import Heads
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from jaxtyping import Bool, Float, Int
 
-__all__ = ["study", "Study", "Phase", "outliers", "SEED_P_KEEP", "AUTO_SUCCESS"]
+__all__ = ["study", "StudyConfig", "Study", "Phase", "outliers", "SEED_P_KEEP", "AUTO_SUCCESS"]
 
 
 SEED_P_KEEP = (0.3, 0.85)
@@ -210,31 +211,72 @@ def outliers(
     return (above(importance) | above(exclusion)).reshape(importance.shape)
 
 
+@dataclass(frozen=True)
+class StudyConfig:
+    """How :func:`study` samples and scores: seed 003's settings by default, checked when built.
+
+    ``n_masks`` random masks per phase; ``p_keep`` the two phases' keep probabilities (many ablated, few
+    ablated) or ``"auto"`` (calibrated to the ``success`` rates on ``calibration_masks`` extra masks);
+    ``seed`` of the masks; ``percentile`` of the outlier rule; ``n_boot`` bootstrap resamples of the
+    regression.
+
+    Example:
+        >>> from headkit.analyses.stochastic_ablation import StudyConfig
+        >>> StudyConfig(n_masks=500).n_masks, StudyConfig().p_keep
+        (500, (0.3, 0.85))
+        >>> try:
+        ...     StudyConfig(percentile=100)
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        study got percentile=100
+    """
+
+    n_masks: int = 10_000
+    p_keep: tuple[float, float] | str = SEED_P_KEEP
+    success: tuple[float, float] = AUTO_SUCCESS
+    calibration_masks: int = 64
+    seed: int = 0
+    percentile: float = 88.0
+    n_boot: int = 200
+
+    def __post_init__(self) -> None:
+        n_masks, percentile, n_boot, calibration_masks = self.n_masks, self.percentile, self.n_boot, self.calibration_masks
+        if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 2:
+            raise fail(f"study got n_masks={n_masks!r}", "n_masks >= 2 per phase (thousands for stable scores)",
+                       "pass e.g. n_masks=10_000")
+        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
+            raise fail(f"study got percentile={percentile!r}", "a percentile strictly between 0 and 100 (the seed: 88)",
+                       "pass percentile=88")
+        if self.p_keep == "auto" and (isinstance(calibration_masks, bool) or not isinstance(calibration_masks, int)
+                                      or calibration_masks < 8):
+            raise fail(f"study got calibration_masks={calibration_masks!r}",
+                       "calibration_masks >= 8 (the logistic curve needs points; 64 by default)",
+                       "pass calibration_masks=64")
+        if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+            raise fail(f"study got n_boot={n_boot!r}", "a number of bootstrap resamples >= 0", "pass n_boot=200")
+
+
 def study(
     model: Any,
     prompts: Sequence[str] | Int[torch.Tensor, "prompt pos"] | None = None,
     targets: Sequence[str] | Int[torch.Tensor, " prompt"] | None = None,
     *,
+    config: StudyConfig | None = None,
     tokenizer: Any = None,
     attention_mask: Int[torch.Tensor, "prompt pos"] | None = None,
-    n_masks: int = 10_000,
-    p_keep: tuple[float, float] | str = SEED_P_KEEP,
-    success: tuple[float, float] = AUTO_SUCCESS,
-    calibration_masks: int = 64,
-    seed: int = 0,
     path: str | Path | None = None,
-    percentile: float = 88.0,
-    n_boot: int = 200,
     rows_per_pass: int | None = None,
     progress: bool = True,
+    **changes: Any,
 ) -> Study:
     """Run the stochastic-ablation study: ``n_masks`` random masks per phase, scores, outliers, synergy.
 
     ``prompts``/``targets`` default to the seed-003 copy prompts ("Tom eats apples. Tom eats" -> " apples");
     targets must be single tokens. Token ids work too (prompts left-padded, with ``attention_mask``).
     Prompts the full model gets wrong are dropped first (as the seed does).
-    ``p_keep`` is the pair (many ablated, few ablated) or ``"auto"``: calibrated to the ``success`` rates
-    by :func:`headkit.analyses.montecarlo.calibrate` on ``calibration_masks`` extra masks.
+    ``config`` (:class:`StudyConfig`, seed 003's by default; keyword ``changes`` replace its fields, e.g.
+    ``n_masks=500``) says how many masks, which keep probabilities (``p_keep``: a pair, or ``"auto"``,
+    calibrated by :func:`headkit.analyses.montecarlo.calibrate`), and how outliers and intervals are found.
     ``path`` keeps every outcome on disk; calling again with the same arguments resumes (or extends, with a
     larger ``n_masks``) and gives the same scores.
 
@@ -272,19 +314,8 @@ def study(
     if prompts is None or targets is None or isinstance(prompts, str) or isinstance(targets, str):
         raise fail("study got prompts without targets (or one string)", "a list of prompts and one target per prompt",
                    "pass prompts=[...] and targets=[...], or neither for the seed-003 copy prompts")
-    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 2:
-        raise fail(f"study got n_masks={n_masks!r}", "n_masks >= 2 per phase (thousands for stable scores)",
-                   "pass e.g. n_masks=10_000")
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
-        raise fail(f"study got percentile={percentile!r}", "a percentile strictly between 0 and 100 (the seed: 88)",
-                   "pass percentile=88")
-    if p_keep == "auto" and (isinstance(calibration_masks, bool) or not isinstance(calibration_masks, int)
-                             or calibration_masks < 8):
-        raise fail(f"study got calibration_masks={calibration_masks!r}",
-                   "calibration_masks >= 8 (the logistic curve needs points; 64 by default)",
-                   "pass calibration_masks=64")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
-        raise fail(f"study got n_boot={n_boot!r}", "a number of bootstrap resamples >= 0", "pass n_boot=200")
+    how = configure(StudyConfig, config, changes, "study")
+    n_masks, seed = how.n_masks, how.seed
     if isinstance(prompts, torch.Tensor):
         ids, attn = _prompt_ids(prompts, attention_mask, tok)
         prompts = [tok.decode(row[mask.bool()]) if tok is not None else f"prompt {i}"
@@ -297,7 +328,7 @@ def study(
     targets = [tok.decode([t]) if tok is not None else str(t) for t in target_ids.tolist()]
 
     # the full model must get a prompt right for ablations to say anything about it (as the seed)
-    full = evaluate(model, ids, target_ids, torch.ones(1, n_layers, n_heads), metric="margin", attention_mask=attn,
+    full = evaluate(backend, ids, target_ids, torch.ones(1, n_layers, n_heads), metric="margin", attention_mask=attn,
                     tokenizer=tok, progress=False)[0]
     solved = full > 0
     dropped = [p for p, ok in zip(prompts, solved.tolist()) if not ok]
@@ -317,8 +348,7 @@ def study(
     common = {"model": type(model).__name__, "n_layers": n_layers, "n_heads": n_heads,
               "prompts": _digest(ids.tolist(), attn.tolist()), "targets": target_ids.tolist(), "seed": seed}
     root = Path(path) if path is not None else None
-    p_pair = _p_keep(p_keep, success, calibration_masks, model, ids, target_ids, attn, tok, seed, root, common,
-                     progress)
+    p_pair = _p_keep(how, backend, (ids, target_ids, attn), tok, root, common, progress)
 
     phases: dict[str, Phase] = {}
     evaluations, seconds, largest = 0, 0.0, 0
@@ -343,7 +373,7 @@ def study(
                   disable=not progress) as bar:
             try:
                 if done < n_masks:
-                    chunks = evaluate_chunks(model, ids, target_ids, masks[done:], metric="margin",
+                    chunks = evaluate_chunks(backend, ids, target_ids, masks[done:], metric="margin",
                                              attention_mask=attn, tokenizer=tok, rows_per_pass=rows_per_pass,
                                              progress=False)
                     for chunk in chunks:
@@ -370,15 +400,15 @@ def study(
     for short, phase in (("many", many), ("few", few)):
         scores[f"delta_{short}"] = phase.counts.delta().flatten().numpy()
         if n_masks > n_layers * n_heads + 1:  # least squares needs more masks than heads + intercept
-            fit = regression(phase.masks, phase.success.double(), n_boot=n_boot, seed=seed)
+            fit = regression(phase.masks, phase.success.double(), n_boot=how.n_boot, seed=seed)
         else:
             fit = pd.DataFrame({"effect": np.nan, "low": np.nan, "high": np.nan}, index=index)
         scores[f"effect_{short}"], scores[f"low_{short}"], scores[f"high_{short}"] = fit["effect"], fit["low"], fit["high"]
-    chosen = outliers(many.counts.importance(), few.counts.exclusion(), percentile=percentile)
+    chosen = outliers(many.counts.importance(), few.counts.exclusion(), percentile=how.percentile)
     scores["outlier"] = chosen.flatten().numpy()
 
     check = torch.stack([chosen, ~chosen, torch.ones_like(chosen)])
-    correct = evaluate(model, ids, target_ids, check, metric="margin", attention_mask=attn, tokenizer=tok,
+    correct = evaluate(backend, ids, target_ids, check, metric="margin", attention_mask=attn, tokenizer=tok,
                        progress=False).gt(0).sum(1)
     n_out, n_all = int(chosen.sum()), n_layers * n_heads
     validation = pd.DataFrame({
@@ -391,10 +421,11 @@ def study(
                  evaluations, seconds, {"path": str(root) if root else None, "rows_per_pass": largest})
 
 
-def _p_keep(p_keep: Any, success: Any, calibration_masks: int, model: Any, ids: torch.Tensor, target_ids: torch.Tensor,
-            attn: torch.Tensor, tok: Any, seed: int, root: Path | None, common: dict[str, Any],
-            progress: bool) -> tuple[float, float]:
+def _p_keep(how: StudyConfig, backend: Any, task: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tok: Any,
+            root: Path | None, common: dict[str, Any], progress: bool) -> tuple[float, float]:
     """The two phases' keep probabilities: given, or calibrated (and remembered in the log folder)."""
+    p_keep, success, calibration_masks, seed = how.p_keep, how.success, how.calibration_masks, how.seed
+    ids, target_ids, attn = task
     if p_keep != "auto":
         try:
             pair = tuple(float(p) for p in p_keep)
@@ -420,7 +451,7 @@ def _p_keep(p_keep: Any, success: Any, calibration_masks: int, model: Any, ids: 
             p = stored.get("p_keep")
             if isinstance(p, list) and len(p) == 2 and all(isinstance(x, float) and 0 < x <= 1 for x in p):
                 return p[0], p[1]
-    pair = calibrate(model, ids, target_ids, success=rates, n_masks=calibration_masks, attention_mask=attn,
+    pair = calibrate(backend, ids, target_ids, success=rates, n_masks=calibration_masks, attention_mask=attn,
                      tokenizer=tok, seed=1000 + seed, progress=progress)
     if remembered is not None:
         from headkit.analyses.outcome_log import write_json_atomic
