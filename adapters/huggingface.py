@@ -45,7 +45,7 @@ from headkit.core.architectures import (
     find_cache,
     frozen_norm,
     head_outputs,
-    layout,
+    model_modules,
 )
 from headkit.core.captures import Captures, Run
 from headkit.core.errors import fail
@@ -73,7 +73,7 @@ def model_shape(model: Any) -> ModelShape:
         >>> hk_hf.model_shape(model)
         ModelShape(n_layers=4, n_heads=4, d_head=16, n_kv_heads=1)
     """
-    return layout(model, "the transformers adapter").shape
+    return model_modules(model, "the transformers adapter").shape
 
 
 # ------------------------------------------------------------------------------------------------- z site
@@ -307,7 +307,7 @@ def applied(model: Any, *interventions: Intervention) -> Iterator[Captures]:
         >>> got[cap].pattern(1, 3).shape, got[cap].pattern(1, 3).sum(-1)
         (torch.Size([1, 4, 4]), tensor([[1., 1., 1., 1.]]))
     """
-    found = layout(model, "huggingface.applied")
+    found = model_modules(model, "huggingface.applied")
     groups = plan(interventions, found.shape, "huggingface.applied")
     got = Captures()
     runs: dict[int, _LayerRun] = {}
@@ -372,7 +372,7 @@ class HFBackend(AdapterBase):
     def __init__(self, model: Any, tokenizer: Any = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.shape = layout(model, "HFBackend").shape
+        self.shape = model_modules(model, "HFBackend").shape
         self.vocab_size = _vocab_size(model)
 
     @property
@@ -449,7 +449,7 @@ def head_paths(
         >>> paths.head_out.shape, paths.softcap is None
         (torch.Size([4, 4, 64]), True)
     """
-    found = layout(model, "head_paths")
+    found = model_modules(model, "head_paths")
     shape = found.shape
     z: dict[int, torch.Tensor] = {}
     attn_out: dict[int, torch.Tensor] = {}

@@ -41,7 +41,7 @@ import nnsight
 import torch
 
 from headkit.core.adapter import AdapterBase, pad_id
-from headkit.core.architectures import additive_mask, cached_tokens, check_maskable, find_cache, layout
+from headkit.core.architectures import additive_mask, cached_tokens, check_maskable, find_cache, model_modules
 from headkit.core.captures import Captures, Run
 from headkit.core.errors import HeadkitError, fail
 from headkit.core.inputs import check_inputs
@@ -110,7 +110,7 @@ def apply(model: Any, *interventions: Intervention) -> Captures:
             "the nnsight model the trace runs on (TransformersModel, LanguageModel or NNsight)",
             "pass the object you called .trace() on",
         )
-    found = layout(module, "nnsight.apply")
+    found = model_modules(module, "nnsight.apply")
     groups = plan(interventions, found.shape, "nnsight.apply")
     blocks = model
     for part in found.path.split("."):
@@ -227,7 +227,7 @@ class NNsightBackend(AdapterBase):
             )
         self.model = model
         self.tokenizer = getattr(model, "tokenizer", None)
-        self.shape = layout(module, "NNsightBackend").shape
+        self.shape = model_modules(module, "NNsightBackend").shape
         self.remote = remote
         if remote:
             register()

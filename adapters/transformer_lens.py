@@ -58,7 +58,7 @@ import torch
 
 from headkit.backend import unembedding_only_at
 from headkit.core.adapter import AdapterBase, HeadPaths
-from headkit.core.architectures import cached_tokens, find_cache, frozen_norm, head_outputs, layout
+from headkit.core.architectures import cached_tokens, find_cache, frozen_norm, head_outputs, model_modules
 from headkit.core.captures import Captures, Run
 from headkit.core.errors import fail
 from headkit.core.inputs import check_inputs
@@ -406,7 +406,7 @@ class TLBackend(AdapterBase):
         model, shape = self.model, self.shape
         bridge = is_bridge(model)
         original = getattr(model, "original_model", None) if bridge else None
-        found = layout(original, "head_paths") if original is not None else None
+        found = model_modules(original, "head_paths") if original is not None else None
         if found is None and any(hasattr(block, "ln1_post") for block in model.blocks):
             raise fail(
                 f"head_paths got a {type(model).__name__} whose blocks normalise their attention output (ln1_post)",

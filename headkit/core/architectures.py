@@ -18,7 +18,7 @@ from headkit.core.sites import ModelShape
 if TYPE_CHECKING:
     from jaxtyping import Float
 
-__all__ = ["Arch", "ARCHITECTURES", "MASKABLE_IMPLEMENTATIONS", "Layout", "layout", "additive_mask", "find_cache", "cached_tokens",
+__all__ = ["Arch", "ARCHITECTURES", "MASKABLE_IMPLEMENTATIONS", "ModelModules", "model_modules", "additive_mask", "find_cache", "cached_tokens",
            "frozen_norm", "head_outputs"]
 
 
@@ -54,7 +54,7 @@ ARCHITECTURES: dict[str, Arch] = {
     "qwen2": Arch("model.layers", "self_attn", "o_proj", "model.norm"),
     "gemma3_text": Arch("model.layers", "self_attn", "o_proj", "model.norm", "post_attention_layernorm"),
 }
-"""model_type -> module layout (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Gemma 3 text)."""
+"""model_type -> module paths (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Gemma 3 text)."""
 
 NORMALISED_ATTENTION_OUTPUT = frozenset({"gemma2", "gemma3", "gemma3_text", "olmo2"})
 """model_types whose blocks RMS-normalise the attention output before adding it to the residual stream.
@@ -68,13 +68,13 @@ MASKABLE_IMPLEMENTATIONS = ("eager", "sdpa")
 """Attention implementations that honour a per-head 4-D additive mask (flash kernels do not)."""
 
 
-class Layout:
-    """One model's resolved layout: its head geometry, block list and architecture row.
+class ModelModules:
+    """One model's resolved modules: its head geometry, block list and architecture row.
 
     Example:
         >>> import headkit as hk
-        >>> from headkit.core.architectures import layout
-        >>> found = layout(hk.models.tiny("llama")[0])
+        >>> from headkit.core.architectures import model_modules
+        >>> found = model_modules(hk.models.tiny("llama")[0])
         >>> type(found.out_proj(1)).__name__, found.where(1, "z")
         ('Linear', 'model.layers.1.self_attn.o_proj input (z)')
     """
@@ -106,14 +106,14 @@ class Layout:
         return f"{attn}.{self.arch.out_proj} input (z)" if site == "z" else f"{attn} ({site})"
 
 
-def layout(model: Any, owner: str = "headkit") -> Layout:
-    """Resolve a transformers model's attention layout, or raise HeadkitError naming what is missing.
+def model_modules(model: Any, owner: str = "headkit") -> ModelModules:
+    """Find a transformers model's attention modules, or raise HeadkitError naming what is missing.
 
     Example:
         >>> import headkit as hk
-        >>> from headkit.core.architectures import layout
+        >>> from headkit.core.architectures import model_modules
         >>> model, _ = hk.models.tiny("gpt2")
-        >>> found = layout(model)
+        >>> found = model_modules(model)
         >>> found.path, found.shape
         ('transformer.h', ModelShape(n_layers=2, n_heads=4, d_head=16, n_kv_heads=4))
     """
@@ -161,7 +161,7 @@ def layout(model: Any, owner: str = "headkit") -> Layout:
             "pass the unmodified transformers model (a TransformerLens bridge rewires it: use "
             "headkit.adapters.transformer_lens for that)",
         )
-    return Layout(shape, path, blocks, arch, model_type)
+    return ModelModules(shape, path, blocks, arch, model_type)
 
 
 def check_maskable(impl: str | None, owner: str) -> str:
