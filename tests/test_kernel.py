@@ -17,7 +17,7 @@ import pytest
 import headkit
 
 ROOT = Path(headkit.__file__).parent
-KERNEL = sorted((ROOT / "core").glob("*.py"))
+KERNEL = sorted((ROOT / "core").rglob("*.py"))
 NNSIGHT_ADAPTER = ROOT.parent / "adapters" / "nnsight.py"
 ALLOWED_THIRD_PARTY = {"torch"}
 
@@ -41,13 +41,13 @@ def runtime_imports(path: Path) -> set[str]:
 
 
 def test_the_kernel_is_the_core_subpackage():
-    assert {p.stem for p in KERNEL} == {
-        "__init__", "errors", "heads", "sites", "positions", "inputs", "interventions", "captures", "architectures",
-        "plan", "adapter",
+    assert {str(p.relative_to(ROOT / "core").with_suffix("")) for p in KERNEL} == {
+        "__init__", "errors", "heads", "sites", "positions", "inputs", "captures", "architectures", "plan", "adapter",
+        "interventions/__init__", "interventions/base", "interventions/z_edits", "interventions/attention",
     }
 
 
-@pytest.mark.parametrize("path", KERNEL, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", KERNEL, ids=lambda p: str(p.relative_to(ROOT / "core")))
 def test_kernel_modules_import_only_torch_the_standard_library_and_the_kernel(path):
     for name in runtime_imports(path):
         top = name.split(".")[0]
