@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.errors import fail
+from headkit.core.errors import describe, fail
 from headkit.core.interventions import Intervention, gate, mask_attention
+from headkit.readouts import Readout
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
     from headkit.backend import Backend
     from headkit.core.heads import HeadsLike
-    from headkit.readouts import Readout
 
 __all__ = ["Variants", "gates", "key_masks", "fixed", "Rows", "RowSizer", "sweep", "sweep_all", "is_out_of_memory"]
 
@@ -230,8 +230,19 @@ def sweep(
         >>> [o.shape[0] for o in out]      # two masks (4 rows) in the first pass, one in the second
         [4, 2]
     """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise fail(f"sweep got input_ids {describe(input_ids)}", "padded token ids [n_prompts, pos], n_prompts >= 1",
+                   "tokenise the prompts into one padded tensor (left-padded for last-token readouts)")
+    if not isinstance(readout, Readout):
+        raise fail(f"sweep got readout {readout!r:.60}", "a headkit.readouts readout (NextToken, SequenceLogProb, KL, "
+                   "NoLogits)", "pass e.g. NextToken(targets, 'logprob')")
     variants = variants if variants is not None else fixed()
     rows = rows if rows is not None else Rows.product(len(variants), input_ids.shape[0])
+    if len(rows) and (int(rows.variant.max()) >= len(variants) or int(rows.prompt.max()) >= input_ids.shape[0]
+                      or int(rows.variant.min()) < 0 or int(rows.prompt.min()) < 0):
+        raise fail(f"sweep got rows naming variant {int(rows.variant.max())} and prompt {int(rows.prompt.max())}",
+                   f"variant indices below {len(variants)} and prompt indices below {input_ids.shape[0]}",
+                   "build the rows for these variants and prompts, e.g. Rows.product(len(variants), n_prompts)")
     sizer = rows_per_pass if isinstance(rows_per_pass, RowSizer) else RowSizer(rows_per_pass, len(rows), step=rows.group)
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     return _passes(backend, input_ids, mask, attention_mask is not None, readout, variants, rows, sizer,

@@ -305,3 +305,26 @@ def test_bad_command_lines_exit_2_with_one_line_and_no_traceback(what, argv, pat
 def test_the_table_is_as_large_as_promised():
     total = 3 * len(ADAPTER_CASES) + len(BUILD_CASES) + len(ANALYSIS_CASES) + len(CLI_CASES)
     assert total >= 150, total
+
+
+# ------------------------------------------------------------------------------------------------- the sweep engine
+def test_the_sweep_engine_names_bad_input():
+    from headkit.readouts import NextToken
+    from headkit.sweep import Rows, gates, sweep
+
+    model, _ = hk.models.tiny("llama")
+    backend = hk.get_backend(model)
+    ids = torch.tensor([[1, 5, 6], [1, 7, 8]])
+    read = NextToken(torch.tensor([5, 6]))
+    cases = [
+        (lambda: sweep(backend, ids[0], None, read), r"sweep got input_ids i64\[3\].*padded token ids"),
+        (lambda: sweep(backend, ids, None, "logprob"), r"sweep got readout 'logprob'.*NextToken"),
+        (lambda: sweep(backend, ids, None, read, gates(torch.ones(2, 2, 4)), Rows.product(3, 2)),
+         r"variant 2 and prompt 1.*variant indices below 2"),
+        (lambda: sweep(backend, ids, None, read, None, Rows(torch.zeros(3), torch.tensor([0, 1, 2]))),
+         r"prompt 2.*prompt indices below 2"),
+        (lambda: sweep(backend, ids, None, read, rows_per_pass=0), r"rows_per_pass=0"),
+    ]
+    for call, match in cases:
+        with pytest.raises(hk.HeadkitError, match=match):
+            call()
