@@ -238,7 +238,7 @@ def test_taxonomy_scores_and_aggregation_by_hand():
     assert table["interference_always"].tolist() == [False, False, False]
     assert table["interference_any"].tolist() == [False, True, False]
     assert table["irrelevance_always"].tolist() == [False, False, True]
-    assert f.summary().loc["interference"].tolist() == pytest.approx([0.0, 100 / 3])
+    assert f.prevalence().loc["interference"].tolist() == pytest.approx([0.0, 100 / 3])
     assert f.rgb("always")[0, 1].tolist() == pytest.approx([0.4, 0.0, 0.0])
     assert f.rgb("any")[0, 2].tolist() == pytest.approx([0.1, 0.1, 0.0])
 

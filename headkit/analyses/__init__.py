@@ -7,4 +7,5 @@
     receivers             receiver heads: vertical scores, kurtosis
     suppression           sentence suppression: the KL matrix
     triad                 attention vs direct effect vs ablation effect per head (induction)
+    induction             induction-head candidates: attention from the last token to the copied word
 """

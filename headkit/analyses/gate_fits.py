@@ -1,12 +1,16 @@
 """The results of causal head gating: fitted gates and the roles they give each head (Nam et al. 2025).
 
-    GateFit          G, G+ and G- per seed; facilitation, interference, irrelevance; taxonomy, summary, plots
+    GateFit          G, G+ and G- per seed; facilitation, interference, irrelevance; taxonomy, prevalence, plots
     ContrastiveFit   gates fitted to retain one prompt variant and forget another
+
+Each reports itself: ``summary()`` gives the text the ``headkit chg`` command prints,
+``save(folder)`` writes its figures and CSV tables.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -109,13 +113,13 @@ class GateFit:
             table[f"{name}_any"] = (stacked[i] >= threshold).any(0).flatten().numpy()
         return table
 
-    def summary(self, threshold: float = 0.5) -> pd.DataFrame:
+    def prevalence(self, threshold: float = 0.5) -> pd.DataFrame:
         """Percent of heads whose score is at least ``threshold`` in every seed (always) or some seed (any).
 
         Example:
             >>> import torch
             >>> from headkit.analyses.gate_fits import GateFit
-            >>> GateFit(*(torch.ones(1, 2, 2) for _ in range(3))).summary().loc["facilitation"].tolist()
+            >>> GateFit(*(torch.ones(1, 2, 2) for _ in range(3))).prevalence().loc["facilitation"].tolist()
             [100.0, 100.0]
         """
         import pandas as pd
@@ -125,6 +129,59 @@ class GateFit:
             {agg: [100.0 * table[f"{name}_{agg}"].mean() for name in SCORES] for agg in ("always", "any")},
             index=pd.Index(SCORES, name="score"),
         )
+
+    def summary(self, curves: pd.DataFrame | None = None) -> str:
+        """The roles as text: the percent table of :meth:`summary`, the top heads per score, and Figure 2's check.
+
+        ``curves`` is what :func:`headkit.analyses.gating.ablation_curves` returned for this fit (None: no
+        Figure 2 check). This is the text ``headkit chg`` prints (:meth:`summary` is the paper's Table 2 as a table).
+
+        Example:
+            >>> import torch
+            >>> from headkit.analyses.gate_fits import GateFit
+            >>> f = GateFit(*(torch.full((1, 1, 2), v) for v in (0.5, 1.0, 0.25)))
+            >>> print(f.summary().splitlines()[-1])
+            top interference  L0H0 0.00, L0H1 0.00
+        """
+        taxonomy = self.taxonomy()
+        lines = ["\npercent of heads with score >= 0.5 in every seed (always) / in some seed (any):",
+                 self.prevalence().round(1).to_string()]
+        for name in SCORES:
+            lines.append(f"top {name:<13} " + ", ".join(f"L{l}H{h} {v:.2f}" for (l, h), v in taxonomy[name].nlargest(5).items()))
+        if curves is not None:
+            mean = curves.groupby(["score", "k"])["delta"].mean().unstack("score")[list(SCORES)]
+            lines += ["\nFigure 2 check: delta log p(target) per token when the top-k heads of each score are set to 0 vs 1",
+                      "(expected: facilitation < 0, irrelevance ~ 0, interference > 0), mean over seeds:",
+                      mean.round(3).to_string()]
+        return "\n".join(lines)
+
+    def save(self, folder: str | Path, *, curves: pd.DataFrame | None = None, task: str | None = None) -> list[Path]:
+        """Write ``taxonomy.csv``, ``scores.csv`` and ``roles.png`` (Figure 3b) into ``folder``, created if missing.
+
+        With ``curves`` (from :func:`headkit.analyses.gating.ablation_curves`) also ``ablation_curves.csv`` and
+        ``ablation_curves.png`` (Figure 2). ``task`` goes into the figures' titles. Returns the paths written.
+
+        Example:
+            >>> import tempfile, torch
+            >>> from headkit.analyses.gate_fits import GateFit
+            >>> with tempfile.TemporaryDirectory() as out:
+            ...     [p.name for p in GateFit(*(torch.rand(2, 2, 4) for _ in range(3))).save(out, task="copy")]
+            ['taxonomy.csv', 'scores.csv', 'roles.png']
+        """
+        from headkit import plots
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "taxonomy.csv", out / "scores.csv", out / "roles.png"]
+        self.taxonomy().to_csv(paths[0])
+        self.scores().to_csv(paths[1])
+        self.plot(str(paths[2]), title=f"CHG roles, {task} task" if task else "CHG roles")
+        if curves is not None:
+            paths += [out / "ablation_curves.csv", out / "ablation_curves.png"]
+            curves.to_csv(paths[3], index=False)
+            plots.ablation_curves(curves, path=str(paths[4]),
+                                  title=f"Figure 2 check, {task} task" if task else "Figure 2 check")
+        return paths
 
     def rgb(self, agg: Literal["always", "any", "mean"] = "always") -> Float[torch.Tensor, "layer head 3"]:
         """The paper's Figure 3b colours: red = interference, green = facilitation, black = irrelevant.
@@ -188,6 +245,45 @@ class ContrastiveFit:
             index=index,
         )
         return table.sort_values("gate", kind="stable")
+
+    def summary(self, logprobs: pd.DataFrame | None = None, k: int = 8) -> str:
+        """The ``k`` heads turned off most, as text, after the variants' log-probabilities when ``logprobs`` is given.
+
+        ``logprobs`` is what :func:`headkit.analyses.gating.variant_logprobs` returned for this fit: one row per
+        prompt variant, the full model's mean log p(target) per token and each seed's under its gates.
+
+        Example:
+            >>> import torch
+            >>> from headkit.analyses.gate_fits import ContrastiveFit
+            >>> print(ContrastiveFit(G=torch.tensor([[[0.75, 0.25]]])).summary(k=1).splitlines()[-1])
+            0     1     0.25  0.25  0.25
+        """
+        lines = []
+        if logprobs is not None:
+            lines.append("  mean log p(target) per token   full model   gated (per seed)")
+            for name, row in logprobs.iterrows():
+                lines.append(f"  {name:<28} {row['full']:>10.3f}   " + "  ".join(f"{x:.3f}" for x in row.iloc[1:]))
+        lines += ["\nheads turned off most (lowest mean gate):", self.table().head(k).round(3).to_string()]
+        return "\n".join(lines)
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write ``contrastive.csv`` (:meth:`table`) and ``contrastive.png`` (:meth:`plot`) into ``folder``.
+
+        The folder is created if missing; returns the paths written.
+
+        Example:
+            >>> import tempfile, torch
+            >>> from headkit.analyses.gate_fits import ContrastiveFit
+            >>> with tempfile.TemporaryDirectory() as out:
+            ...     [p.name for p in ContrastiveFit(G=torch.rand(2, 2, 4)).save(out)]
+            ['contrastive.csv', 'contrastive.png']
+        """
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "contrastive.csv", out / "contrastive.png"]
+        self.table().to_csv(paths[0])
+        self.plot(str(paths[1]))
+        return paths
 
     def plot(self, path: str | None = None, title: str = "contrastive gates (mean over seeds)") -> Any:
         """A layer x head heatmap of the mean gate; saved as PNG when ``path`` is given."""

@@ -55,6 +55,7 @@ __all__ = [
     "ContrastiveRecipe",
     "sequence_logprob",
     "ablation_curves",
+    "variant_logprobs",
     "SCORES",
 ]
 
@@ -406,6 +407,36 @@ def ablation_curves(
                 zero, one = logp[i, j].tolist()
                 rows.append((seed, name, k, zero, one, zero - one))
     return pd.DataFrame(rows, columns=["seed", "score", "k", "logp_zero", "logp_one", "delta"])
+
+
+def variant_logprobs(model: Any, variants: dict[str, Any], result: ContrastiveFit | GateFit, *,
+                     tokenizer: Any = None) -> pd.DataFrame:
+    """Mean log p(target) per token of each prompt variant: the full model's, then each seed's under its ``G``.
+
+    ``variants`` maps a name to a data set (pairs or Examples), e.g. the retained and the forgotten variant
+    of a contrastive fit. Returns one row per variant: ``full`` and one column per seed (``seed <n>``).
+
+    Example:
+        >>> import torch
+        >>> import headkit as hk
+        >>> from headkit import gating
+        >>> from headkit.analyses.gate_fits import ContrastiveFit
+        >>> model, tok = hk.models.tiny("llama")
+        >>> ones = ContrastiveFit(G=torch.ones(1, 2, 4))   # gates of 1 change nothing
+        >>> table = gating.variant_logprobs(model, {"copy": [("Tom eats apples . Tom eats", " apples")]}, ones, tokenizer=tok)
+        >>> table.columns.tolist(), bool(abs(table.loc["copy", "full"] - table.loc["copy", "seed 0"]) < 1e-5)
+        (['full', 'seed 0'], True)
+    """
+    import pandas as pd
+
+    backend = _backend(model, tokenizer, "variant_logprobs", local=False)
+    seeds = list(result.seeds) or list(range(result.G.shape[0]))
+    rows = {}
+    for name, data in variants.items():
+        ex = _examples(backend, data, "variant_logprobs")
+        rows[name] = [sequence_logprob(backend, ex).mean().item()]
+        rows[name] += [sequence_logprob(backend, ex, result.G[s]).mean().item() for s in range(len(seeds))]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["full", *(f"seed {s}" for s in seeds)])
 
 
 # ------------------------------------------------------------------------------------------------- helpers

@@ -21,11 +21,12 @@ every head at once; the tests compare it with that algorithm on random matrices.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.errors import describe, fail
+from headkit.core.errors import HeadkitError, describe, fail
 from headkit.core.heads import Heads, coerce
 
 if TYPE_CHECKING:
@@ -271,6 +272,67 @@ class Scan:
         from headkit import plots
 
         return plots.receivers(self, path=path, trace=trace, k=k)
+
+    def summary(self, k: int = 20) -> str:
+        """The top ``k`` receiver heads, the split-half reliability (two traces or more) and trace 0's top sentences.
+
+        ``k`` is capped at the number of heads with a finite mean kurtosis (layer 0 excluded).
+
+        Example:
+            >>> import headkit as hk
+            >>> model, tok = hk.models.tiny("llama")
+            >>> text = " ".join(f"the {w} eats apples ." for w in ["cat", "dog", "boy", "girl", "man", "chef", "team", "bird", "child"])
+            >>> result = hk.receivers.scan(model, [hk.sentences.locate(tok, text)], proximity_ignore=2)
+            >>> lines = result.summary(3).splitlines()
+            >>> lines[1], len(lines[2].split(", ")), lines[4]
+            ('top 3 receiver heads (mean kurtosis of vertical scores over traces, layer 0 excluded):', 3, 'trace 0, sentences with the highest receiver scores:')
+        """
+        k = self._k(k)
+        heads = self.top_heads(k)
+        table = self.table()
+        lines = [f"\ntop {k} receiver heads (mean kurtosis of vertical scores over traces, layer 0 excluded):",
+                 "  " + ", ".join(f"L{l}H{h} {table.loc[(l, h), 'kurtosis']:.2f}" for l, h in heads)]
+        if len(self.sentences) >= 2:
+            try:
+                lines.append(f"split-half reliability of head kurtosis (even vs odd traces): r = {self.reliability():.2f}")
+            except HeadkitError as error:
+                lines.append(f"split-half reliability: not computed ({error})")
+        lines.append("\ntrace 0, sentences with the highest receiver scores:")
+        for i, row in self.scores(0, heads=heads).nlargest(3, "score").iterrows():
+            lines.append(f"  {i:>3}  {row['score']:.3f}  {row['text'][:90]}")
+        return "\n".join(lines)
+
+    def save(self, folder: str | Path, k: int = 20) -> list[Path]:
+        """Write ``kurtosis.csv``, ``scores.csv`` (every trace's sentences, top ``k`` heads) and ``receivers.png``.
+
+        The folder is created if missing; ``k`` is capped as in :meth:`summary`. Returns the paths written.
+
+        Example:
+            >>> import tempfile
+            >>> import headkit as hk
+            >>> model, tok = hk.models.tiny("llama")
+            >>> text = " ".join(f"the {w} eats apples ." for w in ["cat", "dog", "boy", "girl", "man", "chef", "team", "bird", "child"])
+            >>> result = hk.receivers.scan(model, [hk.sentences.locate(tok, text)], proximity_ignore=2)
+            >>> with tempfile.TemporaryDirectory() as out:
+            ...     [p.name for p in result.save(out, k=3)]
+            ['kurtosis.csv', 'scores.csv', 'receivers.png']
+        """
+        import pandas as pd
+
+        k = self._k(k)
+        heads = self.top_heads(k)
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "kurtosis.csv", out / "scores.csv", out / "receivers.png"]
+        self.table().to_csv(paths[0])
+        per_trace = [self.scores(t, heads=heads) for t in range(len(self.sentences))]
+        pd.concat([table.assign(trace=t) for t, table in enumerate(per_trace)]).to_csv(paths[1])
+        self.plot(str(paths[2]), k=k)
+        return paths
+
+    def _k(self, k: int) -> int:
+        """``k`` capped at the heads with a finite mean kurtosis, layer 0 excluded."""
+        return min(k, int(torch.isfinite(self.kurtosis.mean(0)[1:]).sum()))
 
     def __repr__(self) -> str:
         t, n_layers, n_heads = self.kurtosis.shape

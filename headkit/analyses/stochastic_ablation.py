@@ -153,6 +153,86 @@ class Study:
             raise fail(f"Study.top got by={by!r}", f"one of {list(self.scores.columns)}", "pass by='importance'")
         return self.scores.sort_values(by, ascending=False).head(k)
 
+    def summary(self, k: int = 10, *, task: str = "copy task (seed 003)") -> str:
+        """What the study found, as text: phases, the top ``k`` heads by each score, outliers, pairs, throughput.
+
+        ``task`` names the prompts in the first line.
+
+        Example:
+            >>> import torch, headkit as hk
+            >>> from headkit import stochastic_ablation
+            >>> model, tok = hk.models.tiny("llama")   # 2 layers x 4 heads
+            >>> prompts = ["Tom eats apples . Tom eats", "Sarah wears hats . Sarah", "Alice reads books . Alice reads"]
+            >>> backend = hk.get_backend(model, tok)   # targets: the model's own answers, so no prompt is dropped
+            >>> targets = torch.stack([backend.logits(tok(p, return_tensors="pt").input_ids)[0, -1].argmax() for p in prompts])
+            >>> result = stochastic_ablation.study(model, prompts, targets, tokenizer=tok, n_masks=40, n_boot=20,
+            ...                                    rows_per_pass=64, progress=False)
+            >>> lines = result.summary(3, task="three prompts").splitlines()
+            >>> lines[1], lines[-1].split(" in ")[0]
+            ('three prompts: the full model completes 3 of 3 prompts; those are used', 'throughput: 240 masked prompt-evaluations')
+        """
+        n = len(self.prompts)
+        lines = [f"\n{task}: the full model completes {n} of {n + len(self.dropped)} prompts; those are used"]
+        for phase in self.phases.values():
+            lines.append(f"phase {phase.name:<13} p_keep {phase.p_keep:.3f}: success {100 * phase.success_rate:.1f}% of "
+                         f"{len(phase.masks)} masks x {n} prompts")
+        lines.append(f"\ntop {k} heads by importance (seed score); * = outlier; delta = P(success | kept) - "
+                     "P(success | ablated);\neffect = the same by least squares on all mask bits, [95% bootstrap interval]:")
+        table = self.top(k, "importance")
+        text = table[["importance", "exclusion"]].copy()
+        for short in ("many", "few"):
+            text[f"effect_{short}"] = [f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]" for e, lo, hi in
+                                       zip(table[f"effect_{short}"], table[f"low_{short}"], table[f"high_{short}"])]
+        text.index = [f"L{l}H{h}" + (" *" if o else "") for (l, h), o in zip(table.index, table["outlier"])]
+        text["delta_many"], text["delta_few"] = table["delta_many"].to_numpy(), table["delta_few"].to_numpy()
+        lines.append(text[["importance", "exclusion", "delta_many", "delta_few", "effect_many", "effect_few"]]
+                     .round(3).to_string())
+        for by in ("exclusion", "delta_many", "delta_few"):
+            lines.append(f"top {k} by {by}: " + " ".join(f"L{l}H{h}" for l, h in self.top(k, by).index))
+        lines.append(f"\noutlier heads (* above; importance or exclusion above the 88th percentile, as the seed): "
+                     f"{len(self.outliers)}: {self.outliers}")
+        lines.append(self.validation.to_string())
+        syn = self.phases["many_ablated"].counts.synergy()
+        flat = syn.nan_to_num(0.0).triu(1)
+        h = self.n_heads
+        lines.append("\nstrongest pairs (many-ablated phase; + synergy, - redundancy): " + ", ".join(
+            f"L{i // h}H{i % h}+L{j // h}H{j % h} {syn[i, j]:+.3f}"
+            for i, j in (divmod(int(q), syn.shape[0]) for q in flat.abs().flatten().topk(5).indices)))
+        if self.evaluations:
+            lines.append(f"\nthroughput: {self.evaluations:,} masked prompt-evaluations in {self.seconds:.1f} s = "
+                         f"{self.throughput:,.0f} evaluations/s ({self.throughput / n:,.1f} masks/s; up to "
+                         f"{self.log['rows_per_pass'] // n} masks = {self.log['rows_per_pass']} rows per forward pass)")
+        else:
+            lines.append("\nthroughput: nothing evaluated (every outcome read back from the log)")
+        return "\n".join(lines)
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write ``scores.csv``, ``synergy.csv``, ``validation.csv`` and the figures of :meth:`plot` into ``out_dir``.
+
+        The folder is created if missing; returns the paths written (the outcome log is written by :func:`study`).
+
+        Example:
+            >>> import tempfile
+            >>> import torch, headkit as hk
+            >>> from headkit import stochastic_ablation
+            >>> model, tok = hk.models.tiny("llama")   # 2 layers x 4 heads
+            >>> prompts = ["Tom eats apples . Tom eats", "Sarah wears hats . Sarah", "Alice reads books . Alice reads"]
+            >>> backend = hk.get_backend(model, tok)   # targets: the model's own answers, so no prompt is dropped
+            >>> targets = torch.stack([backend.logits(tok(p, return_tensors="pt").input_ids)[0, -1].argmax() for p in prompts])
+            >>> result = stochastic_ablation.study(model, prompts, targets, tokenizer=tok, n_masks=40, n_boot=20,
+            ...                                    rows_per_pass=64, progress=False)
+            >>> with tempfile.TemporaryDirectory() as out:
+            ...     [path.name for path in result.save(out)]
+            ['scores.csv', 'synergy.csv', 'validation.csv', 'scores.png', 'outliers.png', 'synergy.png']
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "scores.csv", out / "synergy.csv", out / "validation.csv"]
+        self.scores.to_csv(paths[0])
+        self.synergy().to_csv(paths[1])
+        self.validation.to_csv(paths[2])
+        return paths + self.plot(out)
+
     def plot(self, out_dir: str | Path) -> list[Path]:
         """Write the figures to ``out_dir``: score heatmaps, importance vs exclusion, synergy; returns the paths.
 

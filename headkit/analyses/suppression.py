@@ -14,6 +14,7 @@ at the positions of sentences ``i >= j`` of each row. The result equals one forw
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -81,6 +82,44 @@ class Suppression:
         from headkit import plots
 
         return plots.suppression(self, path=path, centre=centre, title=title)
+
+    def summary(self, k: int = 4) -> str:
+        """The ``k`` sentences whose suppression moves later sentences most (mean KL over later sentences), as text.
+
+        Example:
+            >>> import headkit as hk
+            >>> model, tok = hk.models.tiny("llama")
+            >>> s = hk.sentences.locate(tok, "the cat eats . the dog eats . Tom reads books .")
+            >>> text = hk.suppression.kl_matrix(model, s, progress=False).summary()
+            >>> text.splitlines()[1], len(text.splitlines())
+            ('sentences whose suppression moves later sentences most (mean over later sentences):', 4)
+        """
+        influence = self.table().groupby("suppressed")["kl"].mean()
+        lines = ["\nsentences whose suppression moves later sentences most (mean over later sentences):"]
+        lines += [f"  {j:>3}  {value:.4f}  {self.sentences.texts[j][:90]}" for j, value in influence.nlargest(k).items()]
+        return "\n".join(lines)
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write ``suppression.csv`` (the long table) and ``suppression.png`` (the heatmap) into ``folder``.
+
+        The folder is created if missing; returns the paths written.
+
+        Example:
+            >>> import tempfile
+            >>> import headkit as hk
+            >>> model, tok = hk.models.tiny("llama")
+            >>> s = hk.sentences.locate(tok, "the cat eats . the dog eats . Tom reads books .")
+            >>> result = hk.suppression.kl_matrix(model, s, progress=False)
+            >>> with tempfile.TemporaryDirectory() as out:
+            ...     [p.name for p in result.save(out)]
+            ['suppression.csv', 'suppression.png']
+        """
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "suppression.csv", out / "suppression.png"]
+        self.table().to_csv(paths[0], index=False)
+        self.plot(str(paths[1]))
+        return paths
 
     def __repr__(self) -> str:
         kind = "mean log(KL + 1e-9)" if self.log else "mean KL"

@@ -17,6 +17,7 @@ The three rankings rarely agree; :meth:`Triad.overlap` counts how far.
 from __future__ import annotations
 
 from itertools import combinations
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -64,6 +65,42 @@ class Triad:
         rows = [{"comparison": f"{a} & {b}", "shared": len(tops[a] & tops[b])} for a, b in combinations(METRICS, 2)]
         rows.append({"comparison": "all three", "shared": len(set.intersection(*tops.values()))})
         return pd.DataFrame(rows).set_index("comparison")
+
+    def summary(self, k: int = 10) -> str:
+        """The top ``k`` heads by each metric and how many the top-``k`` sets share, as text.
+
+        Example:
+            >>> import headkit as hk
+            >>> model, tok = hk.models.tiny("llama")
+            >>> ids, q, key = hk.triad.induction_sequence(length=6, vocab=range(4, 100), seed=0)
+            >>> text = hk.triad.triad(model, ids, query=q, key=key).summary(3)
+            >>> [line for line in text.splitlines() if line.startswith(("top", "overlap"))]
+            ['top 3 by attention:', 'top 3 by direct:', 'top 3 by ablation:', 'overlap of the top-3 sets:']
+        """
+        lines = []
+        for metric in METRICS:
+            lines += [f"\ntop {k} by {metric}:", self.top(metric, k).round(4).to_string()]
+        lines += [f"\noverlap of the top-{k} sets:", self.overlap(k).to_string()]
+        return "\n".join(lines)
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write ``triad.csv`` (every head's three metrics) into ``folder``, created if missing; returns its path.
+
+        Example:
+            >>> import tempfile
+            >>> import headkit as hk
+            >>> model, tok = hk.models.tiny("llama")
+            >>> ids, q, key = hk.triad.induction_sequence(length=6, vocab=range(4, 100), seed=0)
+            >>> result = hk.triad.triad(model, ids, query=q, key=key)
+            >>> with tempfile.TemporaryDirectory() as out:
+            ...     [(p.name, len(p.read_text().splitlines())) for p in result.save(out)]
+            [('triad.csv', 9)]
+        """
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "triad.csv"
+        self.table.to_csv(path)
+        return [path]
 
     def __repr__(self) -> str:
         return f"Triad(target={self.target}, query={self.query}, key={self.key}, P(target)={self.p_target:.3f})"
