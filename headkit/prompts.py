@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.errors import fail
+from headkit.core.errors import describe, fail
 from headkit.data import COPY_PROMPTS
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 Pairs = Sequence[tuple[str, str]]
 
-__all__ = ["Task", "copy_task", "Examples", "examples"]
+__all__ = ["Task", "copy_task", "Examples", "examples", "left_padded", "single_tokens"]
 
 
 @dataclass(frozen=True)
@@ -272,3 +272,99 @@ def _pairs(data: Any, prompt: str, target: str) -> list[tuple[str, str]]:
                 f"example {i} is ({p!r:.40}, {t!r:.40})", "a prompt string and a target string", "convert to str"
             )
     return pairs
+
+
+# ------------------------------------------------------------------------------------------------- single-token answers
+def left_padded(
+    prompts: Any, attention_mask: Any, tok: Any
+) -> tuple[Int[torch.Tensor, "prompt pos"], Int[torch.Tensor, "prompt pos"]]:
+    """Prompts as left-padded token ids and their attention mask: strings are tokenised, ids are checked.
+
+    Last-token readouts read the last column, so every row must end in a real token.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.prompts import left_padded
+        >>> ids, mask = left_padded(["Tom eats apples", "He eats"], None, hk.models.tiny_tokenizer())
+        >>> mask.tolist()
+        [[1, 1, 1, 1], [0, 1, 1, 1]]
+    """
+    if isinstance(prompts, torch.Tensor):
+        if prompts.ndim != 2 or prompts.shape[0] == 0:
+            raise fail(f"evaluate got prompts {describe(prompts)}", "token ids [n_prompts, pos], n >= 1",
+                       "tokenise the prompts into one left-padded tensor")
+        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                           or tuple(attention_mask.shape) != tuple(prompts.shape)):
+            raise fail(f"evaluate got attention_mask {describe(attention_mask)} for prompts {describe(prompts)}",
+                       f"a 0/1 tensor of the prompts' shape {list(prompts.shape)}",
+                       "pass the tokenizer's attention_mask for the same left-padded ids")
+        mask = torch.ones_like(prompts) if attention_mask is None else attention_mask
+        if not bool(mask[:, -1].all()):
+            raise fail("evaluate got prompts whose last column has padding", "left-padded prompts",
+                       'pad on the left (tokenizer.padding_side = "left")')
+        return prompts, mask
+    if isinstance(prompts, (str, bytes)):
+        raise fail(f"evaluate got prompts as one string ({prompts!r:.60})", "a list of prompt strings (or token ids)",
+                   f"wrap it in a list: prompts=[{prompts!r:.40}]")
+    if attention_mask is not None:
+        raise fail("evaluate got prompts as strings and an attention_mask", "an attention_mask only with token ids",
+                   "drop attention_mask (strings are tokenised and left-padded here)")
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise fail(f"evaluate got prompts {prompts[:2]!r:.80}", "a non-empty list of non-empty strings",
+                   "pass the prompts as strings (or token ids)")
+    if tok is None:
+        raise fail("evaluate got prompts as strings but no tokenizer", "a tokenizer", "pass tokenizer=")
+    encoded = [tok(p)["input_ids"] for p in prompts]
+    width = max(map(len, encoded))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(encoded), width, dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, width - len(tokens) :] = torch.tensor(tokens)
+        mask[row, width - len(tokens) :] = 1
+    return ids, mask
+
+
+def single_tokens(
+    values: Any, name: str, prompts: Any, n: int, tok: Any, vocab: int | None = None
+) -> Int[torch.Tensor, " prompt"]:
+    """One token id per prompt (targets, distractors): single-token strings are tokenised, ids are checked.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.prompts import single_tokens
+        >>> tok = hk.models.tiny_tokenizer()
+        >>> single_tokens([" apples"], "targets", ["Tom eats"], 1, tok).tolist() == [tok(" apples", add_special_tokens=False).input_ids[0]]
+        True
+    """
+    if isinstance(values, torch.Tensor):
+        from headkit.core.inputs import check_token_ids
+
+        check_token_ids(values, vocab, "evaluate", name, name[:-1])
+        ids = values.long().flatten().cpu()
+    else:
+        if isinstance(values, (str, bytes)):
+            raise fail(f"evaluate got {name} as one string ({values!r:.40})", f"one {name[:-1]} per prompt ({n})",
+                       f"wrap it in a list: {name}=[{values!r:.30}]")
+        values = list(values)
+        if tok is None:
+            raise fail(f"evaluate got {name} as strings but no tokenizer", "a tokenizer", "pass tokenizer=")
+        ids_list = []
+        for i, value in enumerate(values):
+            tokens = tok(value, add_special_tokens=False)["input_ids"]
+            if len(tokens) != 1:
+                prompt = prompts[i] if not isinstance(prompts, torch.Tensor) and i < len(prompts) else f"#{i}"
+                raise fail(
+                    f"evaluate got {name[:-1]} {value!r} for prompt {i} ({prompt!r:.60}), which is {len(tokens)} tokens",
+                    f"single-token {name} (metrics compare one next token)",
+                    "use the first token of the answer, or a word that is one token (often with a leading space)",
+                )
+            ids_list.append(tokens[0])
+        ids = torch.tensor(ids_list, dtype=torch.long)
+        from headkit.core.inputs import check_token_ids
+
+        check_token_ids(ids, vocab, "evaluate", name, name[:-1])  # a tokenizer larger than the model's vocabulary
+    if ids.shape[0] != n:
+        raise fail(f"evaluate got {ids.shape[0]} {name} for {n} prompts", f"one per prompt ({n})", f"pass {n} {name}")
+    return ids

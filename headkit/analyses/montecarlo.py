@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headkit.core.errors import describe, fail
+from headkit.prompts import left_padded, single_tokens
 from headkit.readouts import METRICS, NextToken
 from headkit.sweep import Rows, RowSizer, gates, sweep
 
@@ -241,15 +242,15 @@ def evaluate_chunks(
     if metric not in METRICS:
         raise fail(f"evaluate got metric {metric!r}", f"one of {list(METRICS)}", "pass metric='top1' (or 'logprob')")
     tok = tokenizer if tokenizer is not None else getattr(backend, "tokenizer", None)
-    ids, attn = _prompt_ids(prompts, attention_mask, tok)
+    ids, attn = left_padded(prompts, attention_mask, tok)
     vocab = backend.vocab_size
-    target_ids = _token_ids(targets, "targets", prompts, ids.shape[0], tok, vocab)
+    target_ids = single_tokens(targets, "targets", prompts, ids.shape[0], tok, vocab)
     other_ids = None
     if metric == "logit_diff":
         if distractors is None:
             raise fail("evaluate got metric='logit_diff' without distractors", "one distractor per prompt",
                        "pass distractors=[' wrong answer', ...]")
-        other_ids = _token_ids(distractors, "distractors", prompts, ids.shape[0], tok, vocab)
+        other_ids = single_tokens(distractors, "distractors", prompts, ids.shape[0], tok, vocab)
     if not isinstance(masks, torch.Tensor) or masks.ndim != 3 or tuple(masks.shape[1:]) != (shape.n_layers, shape.n_heads):
         raise fail(
             f"evaluate got masks {describe(masks)}",
@@ -268,74 +269,3 @@ def evaluate_chunks(
     passes = sweep(backend, ids, attn, readout, gates(masks.float()), Rows.product(masks.shape[0], n_prompts),
                    rows_per_pass=sizer, progress=progress, desc="masks", unit="row")
     return (scores.reshape(-1, n_prompts).cpu() for scores in passes)
-
-
-def _prompt_ids(prompts: Any, attention_mask: Any, tok: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(prompts, torch.Tensor):
-        if prompts.ndim != 2 or prompts.shape[0] == 0:
-            raise fail(f"evaluate got prompts {describe(prompts)}", "token ids [n_prompts, pos], n >= 1",
-                       "tokenise the prompts into one left-padded tensor")
-        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
-                                           or tuple(attention_mask.shape) != tuple(prompts.shape)):
-            raise fail(f"evaluate got attention_mask {describe(attention_mask)} for prompts {describe(prompts)}",
-                       f"a 0/1 tensor of the prompts' shape {list(prompts.shape)}",
-                       "pass the tokenizer's attention_mask for the same left-padded ids")
-        mask = torch.ones_like(prompts) if attention_mask is None else attention_mask
-        if not bool(mask[:, -1].all()):
-            raise fail("evaluate got prompts whose last column has padding", "left-padded prompts",
-                       'pad on the left (tokenizer.padding_side = "left")')
-        return prompts, mask
-    if isinstance(prompts, (str, bytes)):
-        raise fail(f"evaluate got prompts as one string ({prompts!r:.60})", "a list of prompt strings (or token ids)",
-                   f"wrap it in a list: prompts=[{prompts!r:.40}]")
-    if attention_mask is not None:
-        raise fail("evaluate got prompts as strings and an attention_mask", "an attention_mask only with token ids",
-                   "drop attention_mask (strings are tokenised and left-padded here)")
-    prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise fail(f"evaluate got prompts {prompts[:2]!r:.80}", "a non-empty list of non-empty strings",
-                   "pass the prompts as strings (or token ids)")
-    if tok is None:
-        raise fail("evaluate got prompts as strings but no tokenizer", "a tokenizer", "pass tokenizer=")
-    encoded = [tok(p)["input_ids"] for p in prompts]
-    width = max(map(len, encoded))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(encoded), width, dtype=torch.long)
-    for row, tokens in enumerate(encoded):
-        ids[row, width - len(tokens) :] = torch.tensor(tokens)
-        mask[row, width - len(tokens) :] = 1
-    return ids, mask
-
-
-def _token_ids(values: Any, name: str, prompts: Any, n: int, tok: Any, vocab: int | None = None) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        from headkit.core.inputs import check_token_ids
-
-        check_token_ids(values, vocab, "evaluate", name, name[:-1])
-        ids = values.long().flatten().cpu()
-    else:
-        if isinstance(values, (str, bytes)):
-            raise fail(f"evaluate got {name} as one string ({values!r:.40})", f"one {name[:-1]} per prompt ({n})",
-                       f"wrap it in a list: {name}=[{values!r:.30}]")
-        values = list(values)
-        if tok is None:
-            raise fail(f"evaluate got {name} as strings but no tokenizer", "a tokenizer", "pass tokenizer=")
-        ids_list = []
-        for i, value in enumerate(values):
-            tokens = tok(value, add_special_tokens=False)["input_ids"]
-            if len(tokens) != 1:
-                prompt = prompts[i] if not isinstance(prompts, torch.Tensor) and i < len(prompts) else f"#{i}"
-                raise fail(
-                    f"evaluate got {name[:-1]} {value!r} for prompt {i} ({prompt!r:.60}), which is {len(tokens)} tokens",
-                    f"single-token {name} (metrics compare one next token)",
-                    "use the first token of the answer, or a word that is one token (often with a leading space)",
-                )
-            ids_list.append(tokens[0])
-        ids = torch.tensor(ids_list, dtype=torch.long)
-        from headkit.core.inputs import check_token_ids
-
-        check_token_ids(ids, vocab, "evaluate", name, name[:-1])  # a tokenizer larger than the model's vocabulary
-    if ids.shape[0] != n:
-        raise fail(f"evaluate got {ids.shape[0]} {name} for {n} prompts", f"one per prompt ({n})", f"pass {n} {name}")
-    return ids

@@ -382,9 +382,9 @@ def study(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from headkit.analyses.montecarlo import _prompt_ids, _token_ids
     from headkit.backend import get_backend
     from headkit.data import COPY_PROMPTS
+    from headkit.prompts import left_padded, single_tokens
 
     backend = get_backend(model, tokenizer)
     n_layers, n_heads = backend.shape.n_layers, backend.shape.n_heads
@@ -397,13 +397,13 @@ def study(
     how = configure(StudyConfig, config, changes, "study")
     n_masks, seed = how.n_masks, how.seed
     if isinstance(prompts, torch.Tensor):
-        ids, attn = _prompt_ids(prompts, attention_mask, tok)
+        ids, attn = left_padded(prompts, attention_mask, tok)
         prompts = [tok.decode(row[mask.bool()]) if tok is not None else f"prompt {i}"
                    for i, (row, mask) in enumerate(zip(ids, attn))]
     else:
         prompts = list(prompts)
-        ids, attn = _prompt_ids(prompts, None, tok)
-    target_ids = _token_ids(targets if isinstance(targets, torch.Tensor) else list(targets), "targets", prompts,
+        ids, attn = left_padded(prompts, None, tok)
+    target_ids = single_tokens(targets if isinstance(targets, torch.Tensor) else list(targets), "targets", prompts,
                             len(prompts), tok, backend.vocab_size)
     targets = [tok.decode([t]) if tok is not None else str(t) for t in target_ids.tolist()]
 
