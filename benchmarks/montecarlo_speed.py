@@ -33,8 +33,8 @@ import time
 import torch
 
 import headkit as hk
-from headkit.sweep import RowSizer
 from headkit import montecarlo
+from headkit.sweep import RowSizer
 
 
 def build(name: str, device: str, dtype: torch.dtype):
@@ -168,7 +168,7 @@ def main() -> None:
             studies.append(f"| {name} | 2 x {args.study} masks x {len(result.prompts)} prompts "
                            f"| {time.perf_counter() - t0:.1f} | {result.throughput:.0f} "
                            f"| {result.log['rows_per_pass'] // len(result.prompts)} |")
-        del model, backend
+        model = backend = None  # free this model before the next one loads
     if studies:
         print("\nwhole study (`stochastic_ablation.study`, p_keep 0.3 / 0.85: evaluation, counts, regression with "
               "200 bootstrap refits per phase, validation), timed once after the rounds above:\n")

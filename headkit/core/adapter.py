@@ -46,7 +46,7 @@ class _Frozen:
     """The context manager of :meth:`AdapterBase.frozen` (a plain class: code shipped by source keeps no decorators)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
-        self.module, self.params = module, []
+        self.module, self.params = module, list[torch.nn.Parameter]()
 
     def __enter__(self) -> None:
         self.params = [p for p in self.module.parameters() if p.requires_grad]

@@ -123,8 +123,8 @@ def model_modules(model: Any, owner: str = "headkit") -> ModelModules:
             "a plain transformers model here (a bridge rewires its modules, a HookedTransformer has none of them)",
             "use headkit.adapters.transformer_lens (hk_tl.applied / hk_tl.fwd_hooks), or hk.get_backend(model)",
         )
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
+    config: Any = getattr(model, "config", None)
+    model_type: Any = getattr(config, "model_type", None)
     arch = ARCHITECTURES.get(model_type)  # type: ignore[arg-type]
     if arch is None or not isinstance(model, torch.nn.Module):
         raise fail(
@@ -132,7 +132,8 @@ def model_modules(model: Any, owner: str = "headkit") -> ModelModules:
             f"a transformers model of type {sorted(ARCHITECTURES)}",
             "use a supported architecture, or the TransformerLens adapter for a TransformerBridge",
         )
-    blocks, path = None, arch.layers
+    blocks: Any = None
+    path = arch.layers
     for path in (arch.layers, arch.layers.split(".", 1)[1]):  # *ForCausalLM, or the bare base model
         try:
             blocks = operator.attrgetter(path)(model)

@@ -91,7 +91,7 @@ def tl_hook_name(site: Site, layer: int) -> str:
     return TL_HOOKS[site].format(layer=layer)
 
 
-def parse_hook_name(name: str, owner: str, sites: tuple[Site, ...]) -> tuple[Site, int]:
+def parse_hook_name(name: str | None, owner: str, sites: tuple[Site, ...]) -> tuple[Site, int]:
     """(site, layer) of a TransformerLens hook name, or a HeadkitError with a did-you-mean.
 
     Example:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 
 from headkit.core.errors import fail
-from headkit.core.heads import coerce
+from headkit.core.heads import Heads, coerce
 from headkit.core.positions import membership, position_mask, position_spec, spans
 
 if TYPE_CHECKING:  # jaxtyping is for readers and type checkers; nothing here needs it at run time
@@ -30,7 +30,9 @@ class MaskAttention(Intervention):
     """Set chosen keys to -inf before softmax in chosen heads. Build with :func:`mask_attention`."""
 
     sites = ("scores", "pattern")
-    fields = ("heads", "keys", "queries")
+    heads: Heads
+    keys: PositionSpec
+    queries: PositionSpec | None
     defaults = {"queries": None}
 
     def __init__(self, heads: HeadsLike, keys: PositionSpec, queries: PositionSpec | None = None) -> None:
@@ -181,7 +183,8 @@ class CaptureAttention(Intervention):
 
     sites = ("pattern",)
     reads_only = True
-    fields = ("heads", "pool")
+    heads: Heads
+    pool: Spans | None
     defaults = {"pool": None}
 
     def __init__(self, heads: HeadsLike, pool: Spans | None = None) -> None:
@@ -225,6 +228,7 @@ class CaptureAttention(Intervention):
             return None
         chunk = rows.detach()[:, list(idx)].float()  # [batch, k, rows, key]
         k_len = chunk.shape[-1]
+        assert self.pool is not None  # only pooled captures hand their rows over in chunks
         member = membership(self.pool, k_len, chunk.device, self, where)  # [sentences, pos]
         return torch.einsum("sq,bhqk,tk->bhst", member[:, start : start + chunk.shape[-2]], chunk, member)
 

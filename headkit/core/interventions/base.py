@@ -59,11 +59,16 @@ def plain_value(value: Any) -> Any:
     return value.pairs if isinstance(value, Heads) else value
 
 
+_CLASS_LEVEL = frozenset({"sites", "reads_only", "fields", "defaults"})
+"""Annotated class attributes of :class:`Intervention` that are not fields of a subclass."""
+
+
 class Intervention:
     """Base of the interventions: a declared value placed as a site edit (or read) per layer.
 
-    **Declared values.** Each subclass declares ``fields``, the names its constructor takes and stores
-    (validated there); ``defaults`` names the fields a repr leaves out at their default. Equality, hashing
+    **Declared values.** Each subclass declares its fields once, as annotations (``heads: Heads``): the
+    names its constructor takes and stores (validated there), in order, become ``fields``; ``defaults``
+    names the fields a repr leaves out at their default. Equality, hashing
     and the constructor-like repr are generated from ``fields`` by the plain methods below (no dataclass:
     generated code has no source, and nnsight ships this module to NDIF by source). Two interventions are
     equal when they are of the same type and every field is equal; tensor fields compare by value (same
@@ -82,6 +87,11 @@ class Intervention:
     reads_only: bool = False
     fields: tuple[str, ...] = ()
     defaults: dict[str, Any] = {}
+
+    def __init_subclass__(cls) -> None:  # no super(): code shipped by source has no __class__ cell
+        declared = [name for name in vars(cls).get("__annotations__", {}) if name not in _CLASS_LEVEL]
+        if declared:  # (a class rebuilt from a pickle gets its fields with the rest of its namespace)
+            cls.fields = tuple(declared)
 
     def _set(self, **fields: Any) -> None:
         for name, value in fields.items():

@@ -30,7 +30,8 @@ class ZeroAblate(Intervention):
     """Zero the chosen heads' outputs (``z``) before the output projection. Build with :func:`zero_ablate`."""
 
     sites = ("z",)
-    fields = ("heads", "inplace")
+    heads: Heads
+    inplace: bool
     defaults = {"inplace": False}
 
     def __init__(self, heads: HeadsLike, inplace: bool = False) -> None:
@@ -71,7 +72,9 @@ class MeanAblate(Intervention):
     """Replace the chosen heads' ``z`` by reference means. Build with :func:`mean_ablate`."""
 
     sites = ("z",)
-    fields = ("heads", "means", "inplace")
+    heads: Heads
+    means: torch.Tensor
+    inplace: bool
     defaults = {"inplace": False}
 
     def __init__(
@@ -170,7 +173,8 @@ class Gate(Intervention):
     """Scale each head's ``z`` by a value, per layer and head or per batch row. Build with :func:`gate`."""
 
     sites = ("z",)
-    fields = ("values", "inplace")
+    values: torch.Tensor
+    inplace: bool
     defaults = {"inplace": False}
 
     def __init__(
@@ -275,7 +279,8 @@ class SumZ(Intervention):
 
     sites = ("z",)
     reads_only = True
-    fields = ("weights", "per_position")
+    weights: torch.Tensor
+    per_position: bool
 
     def __init__(self, weights: torch.Tensor, per_position: bool) -> None:
         self._set(weights=weights, per_position=bool(per_position))
