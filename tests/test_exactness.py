@@ -10,7 +10,7 @@ import torch
 
 import headkit as hk
 from tests import reference as ref
-from tests.conftest import ARCHS, Runner, max_diff, token_ids
+from tests.conftest import ARCHS, Runner, max_diff, shared_runner, token_ids
 
 TOL = 1e-5
 
@@ -88,7 +88,7 @@ def test_gate_one_is_identity_zero_is_ablation_half_is_halved(runner):
 
 def test_gate_with_arbitrary_values_equals_scaled_wo(adapter, arch):
     # z * g and W_O * g round differently in float32, so this one runs in float64
-    runner = Runner(adapter, arch, dtype=torch.float64)
+    runner = shared_runner(adapter, arch, torch.float64)
     ids = token_ids()
     values = torch.rand(runner.shape.n_layers, runner.shape.n_heads, generator=torch.Generator().manual_seed(1)) * 2
     scales = {(l, h): values[l, h].item() for l in range(values.shape[0]) for h in range(values.shape[1])}
@@ -173,7 +173,7 @@ def test_logits_at_positions_equal_full_logits_indexed(runner):
 # deviation stands far above rounding.
 @pytest.fixture
 def runner64(adapter, arch):
-    return Runner(adapter, arch, dtype=torch.float64)
+    return shared_runner(adapter, arch, torch.float64)
 
 
 @pytest.fixture
@@ -268,7 +268,7 @@ def test_mask_with_left_padding(runner):
         # TransformerLens places padded rows differently from transformers (GPT-2 differs without any
         # intervention), so the reference stays in TransformerLens: compatibility mode, where a hand-written
         # -inf edit of hook_attn_scores also zeroes rows with no key left, as headkit's rule asks.
-        compat = Runner("tl-compat", runner.arch)
+        compat = shared_runner("tl-compat", runner.arch)
 
         def hand_written(scores, hook):
             scores[:, 2, :, 3:6] = float("-inf")
@@ -343,7 +343,7 @@ def test_pooled_capture_equals_pooling_the_full_pattern(runner):
 # ------------------------------------------------------------------------------------------------- across adapters
 @pytest.mark.parametrize("arch", ARCHS)
 def test_transformer_lens_and_transformers_adapters_agree(arch):
-    hf, tl = Runner("hf-sdpa", arch), Runner("tl", arch)
+    hf, tl = shared_runner("hf-sdpa", arch), shared_runner("tl", arch)
     ids = token_ids(batch=3, seed=10)
     n_layers, n_heads = hf.shape.n_layers, hf.shape.n_heads
     means = hk.compute_means(hf.model, token_ids(batch=4, seed=11))
@@ -372,7 +372,7 @@ FD_STEP = {"gpt2": (1e-6, 1e-6), "neox": (1e-6, 1e-6), "llama": (1e-3, 2e-3), "g
 @pytest.mark.parametrize("arch", list(FD_STEP))
 @pytest.mark.parametrize("adapter", ["hf-sdpa", "tl", "nnsight-sdpa"])
 def test_gate_gradients_match_finite_differences(adapter, arch):
-    runner = Runner(adapter, arch, dtype=torch.float64)
+    runner = Runner(adapter, arch, dtype=torch.float64)  # its own: the weights are frozen below
     for p in runner.model.parameters():
         p.requires_grad_(False)
     ids = token_ids()
@@ -405,7 +405,7 @@ def test_generate_keeps_interventions_at_every_step(runner):
 
 @pytest.mark.parametrize("adapter", ["hf-eager", "hf-sdpa", "tl", "nnsight-sdpa", "nnsight-remote"])
 def test_mask_during_cached_generation(adapter, arch):
-    runner = Runner(adapter, arch)
+    runner = shared_runner(adapter, arch)
     ids = token_ids(batch=1, pos=6, seed=13)
     reference = ref.use_reference_attention(copy.deepcopy(runner.plain))
     ref.BLOCKED[1] = ref.Block([0, 3], {1, 2, 3})

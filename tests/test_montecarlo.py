@@ -10,7 +10,7 @@ import torch
 
 import headkit as hk
 from headkit import montecarlo
-from tests.conftest import Runner
+from tests.conftest import shared_runner
 
 PROMPTS = ["Tom eats apples . Tom eats", "the cat saw a dog . the cat saw a", "Sarah wears hats . Sarah"]
 TARGETS = [" apples", " dog", " wears"]
@@ -150,7 +150,7 @@ def test_padding_does_not_change_results(dtype, tol):
 
 @pytest.mark.parametrize("adapter", ["tl", "nnsight-sdpa", "nnsight-remote"])
 def test_every_adapter_agrees(adapter):
-    runner = Runner(adapter, "llama")
+    runner = shared_runner(adapter, "llama")
     masks = montecarlo.bernoulli(20, 0.5, 2, 4, seed=5)
     plain, _ = hk.models.tiny("llama")
     want = montecarlo.evaluate(plain, PROMPTS, TARGETS, masks, metric="logprob", tokenizer=runner.tokenizer,

@@ -12,7 +12,7 @@ from nnsight import CONFIG, TransformersModel
 
 import headkit as hk
 from headkit.adapters import nnsight as hk_nn
-from tests.conftest import ARCHS, Runner, max_diff, token_ids
+from tests.conftest import ARCHS, max_diff, shared_runner, token_ids
 from tests.ndif import PICKLE_MACHINERY, TRACE_MODULES, StrictRemote
 
 # A module shipped by value carries its __spec__/__loader__ (importlib's bootstrap) and, with
@@ -320,7 +320,7 @@ def test_a_failed_remote_run_is_reported_without_the_key(api_key, monkeypatch, c
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nnsight_transformers_and_transformer_lens_agree(arch):
     # eager: TransformerLens computes attention eagerly; against sdpa tiny Gemma 3 already differs by ~1e-5
-    runners = [Runner(adapter, arch) for adapter in ("nnsight-eager", "hf-eager", "tl")]
+    runners = [shared_runner(adapter, arch) for adapter in ("nnsight-eager", "hf-eager", "tl")]
     ids = token_ids(batch=3, seed=23)
     shape = runners[0].shape
     means = hk.compute_means(runners[0].model, token_ids(batch=4, seed=24))  # through nnsight
