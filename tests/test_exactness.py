@@ -10,7 +10,7 @@ import torch
 
 import headkit as hk
 from tests import reference as ref
-from tests.conftest import ARCHS, Runner, max_diff, shared_runner, token_ids
+from tests.conftest import ADAPTERS, ARCHS, Runner, max_diff, shared_runner, token_ids
 
 TOL = 1e-5
 
@@ -20,13 +20,10 @@ def plain_logits(model, ids, **kwargs):
         return model(ids, **kwargs).logits
 
 
-def captures_need_eager(runner):
-    """nnsight sees attention weights only under eager attention: its sdpa runner must refuse, with the fix."""
-    if runner.adapter != "nnsight-sdpa":
-        return False
-    with pytest.raises(hk.HeadkitError, match=r"eager attention.*attn_implementation=\"eager\""):
-        runner.logits(token_ids(), hk.capture_attention("L0H0"))
-    return True
+CAPTURING = [adapter for adapter in ADAPTERS if adapter != "nnsight-sdpa"]
+"""The adapters that capture attention patterns: nnsight sees attention weights only under eager attention,
+so its sdpa runner refuses captures (test_captures_under_nnsight_sdpa_are_refused_with_the_fix) and the
+capture tests are not generated for it."""
 
 
 def generate(runner, ids, interventions, max_new_tokens):
@@ -212,9 +209,8 @@ def test_mask_attention_equals_hand_written_attention(runner64, reference_attent
     assert max_diff(got, plain_logits(runner.plain, ids)) > 1e-4
 
 
+@pytest.mark.parametrize("adapter", CAPTURING)
 def test_mask_zeroes_blocked_keys_and_leaves_other_heads_untouched(runner):
-    if captures_need_eager(runner):
-        return
     ids = token_ids()
     n_heads = runner.shape.n_heads
     everything = hk.capture_attention(hk.Heads.all(runner.shape.n_layers, n_heads))
@@ -307,9 +303,26 @@ def test_left_padded_rows_equal_their_unpadded_runs(runner):
 
 
 # ------------------------------------------------------------------------------------------------- pattern
+@pytest.mark.parametrize(
+    "captures",
+    [
+        lambda shape: [hk.capture_attention("L0H0 L0H3 L1H2")],
+        lambda shape: [hk.capture_attention("L1H1 L0H2", pool=[(0, 3), (3, 4), (4, 8), (8, 9)])],
+        lambda shape: [hk.mask_attention("L1H2", keys=[(0, 4)]), hk.capture_attention(hk.Heads.all(shape.n_layers, 4))],
+    ],
+    ids=["heads", "pooled", "with-a-mask"],
+)
+def test_captures_under_nnsight_sdpa_are_refused_with_the_fix(arch, captures):
+    """nnsight sees attention weights only under eager attention: the capture tests' cases, refused with the fix."""
+    if "nnsight-sdpa" not in ADAPTERS:
+        pytest.skip("HEADKIT_TEST_ADAPTERS leaves out nnsight-sdpa")
+    runner = shared_runner("nnsight-sdpa", arch)
+    with pytest.raises(hk.HeadkitError, match=r"eager attention.*attn_implementation=\"eager\""):
+        runner.logits(token_ids(), *captures(runner.shape))
+
+
+@pytest.mark.parametrize("adapter", CAPTURING)
 def test_capture_equals_eager_output_attentions(runner):
-    if captures_need_eager(runner):
-        return
     ids = token_ids()
     heads = hk.Heads.parse("L0H0 L0H3 L1H2")
     cap = hk.capture_attention(heads)
@@ -323,9 +336,8 @@ def test_capture_equals_eager_output_attentions(runner):
     assert cap.patterns.shape == (2, 3, 9, 9)
 
 
+@pytest.mark.parametrize("adapter", CAPTURING)
 def test_pooled_capture_equals_pooling_the_full_pattern(runner):
-    if captures_need_eager(runner):
-        return
     ids = token_ids(pos=10)
     spans = [(0, 3), (3, 4), (4, 8), (8, 10)]
     full = hk.capture_attention("L1H1 L0H2")
