@@ -11,6 +11,7 @@ next test, so nothing leaks on. A test that changes a model on purpose builds it
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import os
@@ -23,6 +24,26 @@ import torch
 
 import headkit as hk
 from tests.hooked import HOOKED_ARCHS, hooked_from, hooked_transformer_available
+
+ALL_THREADS = torch.get_num_threads()
+"""torch's own thread count (the cores it may use): the real model's tests run with it (tests/test_real_model.py)."""
+TEST_THREADS = int(os.environ.get("HEADKIT_TEST_THREADS", "1"))
+"""Threads for everything else. The tiny models' matrices are far too small to split: a second thread only adds
+a hand-over per operation, which on a busy machine (a descheduled worker) costs milliseconds instead of
+microseconds. Subprocesses the tests start inherit it through OMP_NUM_THREADS."""
+torch.set_num_threads(TEST_THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(TEST_THREADS))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch threads, then go back to the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 ARCHS = ["gpt2", "neox", "llama", "qwen2", "gemma3"]
 ADAPTERS = ["hf-eager", "hf-sdpa", "tl", "tl-compat", "nnsight-eager", "nnsight-sdpa", "nnsight-remote"]
