@@ -1,5 +1,19 @@
 """Shared fixtures: tiny models behind every adapter, so each test runs once per adapter and architecture.
 
+Tiers (markers set here from what a test uses, in ``pytest_collection_modifyitems``; select with ``-m``):
+
+- ``unit``: everything not below: tiny models through one path, values built without a model, the CLI's
+  argument checks, doctests. ``pytest -m unit`` is the quick loop.
+- ``adapters``: the adapter matrix, every test parametrised by an adapter (the ``adapter`` fixture and
+  its ``runner``, or a parameter naming one, such as ``kind``), and the tests that build runners of named
+  adapters to compare them.
+- ``remote``: the simulated NDIF server: the ``nnsight-remote`` adapter (also ``adapters``), and tests
+  that send a trace through ``tests/ndif.py``'s ``StrictRemote`` or nnsight's local simulation.
+- ``real_model``: the real Gemma 3 270M (tests/test_real_model.py; converted and cached on first use).
+- ``slow``: builds a wheel or starts subprocesses.
+
+``-m "unit or adapters"`` runs everything that needs neither the real model nor subprocesses.
+
 Runners: :func:`shared_runner` (behind the ``runner`` fixture) builds one runner per (adapter, architecture,
 dtype) per session and checks, after every test that used it, that the test left it as it was built: the
 same parameters and buffers (values, objects, ``requires_grad``, no ``.grad``), no hook added or removed
@@ -371,13 +385,74 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+KNOWN_ADAPTERS = {"hf-eager", "hf-sdpa", "tl", "tl-compat", "tl-hooked", "nnsight-eager", "nnsight-sdpa",
+                  "nnsight-remote", "hf-chunked"}
+"""Every adapter name a test may be parametrised with (hf-chunked: test_receivers.py's chunked pooling)."""
+REMOTE_NAMES = {"StrictRemote"}
+"""Names in a test's code that send a trace through the simulated server (tests/ndif.py)."""
+
+
+def _adapters_of(item) -> set[str]:
+    """The adapter names among a test's parameters (``adapter``, ``kind``, or a fixture parametrised by one)."""
+    found = set()
+    for value in getattr(getattr(item, "callspec", None), "params", {}).values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, str) and v in KNOWN_ADAPTERS:
+                found.add(v)
+    return found
+
+
+def _code_names(code) -> set[str]:
+    """The global names and string constants a function's code uses, its nested functions' included."""
+    found = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, str):
+            found.add(const)
+        elif isinstance(const, tuple):  # keyword names of a call
+            found |= {c for c in const if isinstance(c, str)}
+        elif hasattr(const, "co_names"):
+            found |= _code_names(const)
+    return found
+
+
+def _names_used(item) -> set[str]:
+    """:func:`_code_names` of a test function and of every fixture it uses."""
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for name in getattr(info, "names_closure", ()):
+        for definition in getattr(info, "name2fixturedefs", {}).get(name, ()):
+            functions.append(definition.func)
+    found = set()
+    for function in functions:
+        code = getattr(function, "__code__", None)
+        if code is not None:
+            found |= _code_names(code)
+    return found
+
+
+def _tiers(item) -> set[str]:
+    """``adapters``: parametrised by an adapter, or building runners of named adapters (the cross-adapter
+    comparisons); ``remote``: the nnsight-remote adapter, ``StrictRemote`` or nnsight's ``remote="local"``."""
+    params, names = _adapters_of(item), _names_used(item)
+    built = names & KNOWN_ADAPTERS if names & {"Runner", "shared_runner"} else set()
+    tiers = {"adapters"} if params or built else set()
+    if "nnsight-remote" in params | built or names & REMOTE_NAMES or {"remote", "local"} <= names:
+        tiers.add("remote")
+    return tiers
+
+
 def pytest_collection_modifyitems(config, items):
-    """Leave out the (tl-hooked, architecture) pairs that tests/hooked.py cannot convert, instead of skipping."""
+    """Tier markers from what each test uses (see the module docstring), and leave out the (tl-hooked,
+    architecture) pairs that tests/hooked.py cannot convert, instead of skipping them."""
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         unsupported = params.get("adapter") == "tl-hooked" and params.get("arch", HOOKED_ARCHS[0]) not in HOOKED_ARCHS
         (drop if unsupported else keep).append(item)
+        for tier in sorted(_tiers(item)):
+            item.add_marker(getattr(pytest.mark, tier))
+        if not any(item.get_closest_marker(m) for m in ("adapters", "remote", "real_model", "slow")):
+            item.add_marker(pytest.mark.unit)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
