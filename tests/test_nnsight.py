@@ -64,6 +64,20 @@ def test_a_remote_request_needs_only_what_ndif_has(arch):
     assert ("nnsight.intervention.serialization", "_load_function") in server.names
 
 
+def test_the_simulated_server_rebuilds_headkit_classes_without_touching_the_clients():
+    """tests/ndif.py rebuilds a request as a fresh server process would: in one process cloudpickle would
+    otherwise rebuild the classes shipped by value into headkit's own, replacing their methods."""
+    from headkit import interventions
+
+    classes = [c for c in vars(interventions).values() if isinstance(c, type) and issubclass(c, interventions.Intervention)]
+    methods = {c: {k: v for k, v in vars(c).items() if callable(v)} for c in classes}
+    model = nnsight_model("llama")
+    traced(model, token_ids(), every_intervention(hk.get_backend(model).shape), backend=StrictRemote(model))
+    for c in classes:  # (pickling may add __slotnames__, copyreg's cache, which changes no behaviour)
+        assert {k: v for k, v in vars(c).items() if callable(v)} == methods[c], c
+        assert all(f.__module__ == "headkit.interventions" for f in methods[c].values() if hasattr(f, "__code__")), c
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
 def test_nnsight_local_simulation_equals_the_plain_trace(arch):
     model = nnsight_model(arch)
