@@ -12,7 +12,7 @@ import headkit as hk
 from headkit import gating
 from headkit.tasks import Examples, examples
 from tests import reference as ref
-from tests.conftest import max_diff, shared_runner
+from tests.conftest import max_diff, require, shared_runner
 
 ZEROED, PLANTED = (0, 1), (1, 2)  # a head with W_O = 0 (no effect) and a head made essential
 
@@ -244,7 +244,7 @@ def test_taxonomy_scores_and_aggregation_by_hand():
 
 
 def test_plots_write_png_files(planted, planted_fit, tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")  # in the full install; a partial one (CI's legacy virtualenvs) may skip
     model, tok, ex = planted
     planted_fit.plot(str(tmp_path / "roles.png"))
     curves = gating.ablation_curves(model, ex, planted_fit, ks=[1, 2], progress=False)
@@ -406,7 +406,7 @@ def test_remote_backends_are_refused_for_fitting():
 
 @pytest.mark.parametrize("task", ["ioi", "antonym"])
 def test_cli_chg_prints_roles_and_writes_figures(task, tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")  # in the full install; a partial one (CI's legacy virtualenvs) may skip
     from headkit.cli import chg
 
     model, tok = hk.models.tiny("llama")
