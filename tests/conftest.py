@@ -12,7 +12,7 @@ Tiers (markers set here from what a test uses, in ``pytest_collection_modifyitem
 - ``real_model``: the real Gemma 3 270M (tests/test_real_model.py; converted and cached on first use).
 - ``slow``: builds a wheel or starts subprocesses.
 
-``-m "unit or adapters"`` runs everything that needs neither the real model nor subprocesses.
+``-m "not real_model and not slow"`` runs everything that needs neither the real model nor child processes.
 
 Runners: :func:`shared_runner` (behind the ``runner`` fixture) builds one runner per (adapter, architecture,
 dtype) per session and checks, after every test that used it, that the test left it as it was built: the
@@ -21,6 +21,8 @@ same parameters and buffers (values, objects, ``requires_grad``, no ``.grad``), 
 configurations (attention implementation included) and train/eval modes. A test that leaves anything
 behind fails at teardown (a cleanup bug, in headkit or in the test) and the runner is rebuilt for the
 next test, so nothing leaks on. A test that changes a model on purpose builds its own ``Runner(...)``.
+
+Threads: one torch thread (``HEADKIT_TEST_THREADS``), except in the real-model tests (``ALL_THREADS``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
 
 ARCHS = ["gpt2", "neox", "llama", "qwen2", "gemma3"]
 ADAPTERS = ["hf-eager", "hf-sdpa", "tl", "tl-compat", "nnsight-eager", "nnsight-sdpa", "nnsight-remote"]
@@ -355,25 +358,34 @@ def shared_runner(adapter: str, arch: str, dtype: torch.dtype = torch.float32, *
     return runner
 
 
-@pytest.fixture(autouse=True)
-def _shared_runners_left_as_found(request):
-    """After each test, every shared runner it used must be as it was built; else fail and rebuild it."""
-    yield
-    leased = dict(_LEASED)
-    _LEASED.clear()
+def left_behind(failed: bool = False) -> list[str]:
+    """What the current test left on the shared runners it used (and on tests/reference.py's BLOCKED).
+
+    Ends those leases; a runner with anything left (or used by a failed test) is dropped, so the next
+    test gets a fresh one.
+    """
     from tests import reference
 
+    leased = dict(_LEASED)
+    _LEASED.clear()
     problems = []
     if reference.BLOCKED:
         problems.append(f"tests/reference.py: BLOCKED left set: {sorted(reference.BLOCKED)}")
         reference.BLOCKED.clear()
     for key, runner in leased.items():
-        _, snapshot = _SHARED[key]
-        found = snapshot.problems()
-        call = getattr(request.node, "rep_call", None)
-        if found or (call is not None and call.failed):
-            del _SHARED[key]  # the next test gets a fresh runner, whatever this one left behind
+        found = _SHARED[key][1].problems()
+        if found or failed:
+            del _SHARED[key]
         problems += [f"{runner}: {p}" for p in found]
+    return problems
+
+
+@pytest.fixture(autouse=True)
+def _shared_runners_left_as_found(request):
+    """After each test, every shared runner it used must be as it was built; else fail and rebuild it."""
+    yield
+    call = getattr(request.node, "rep_call", None)
+    problems = left_behind(failed=call is not None and call.failed)
     if problems:
         pytest.fail("the test left state behind on shared models:\n  " + "\n  ".join(problems), pytrace=False)
 
