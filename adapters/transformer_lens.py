@@ -52,6 +52,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from headkit.adapters.transformer_lens_models import (
     computes_attention,
     frozen_tl_norm,
@@ -67,7 +68,6 @@ from headkit.adapters.transformer_lens_models import (
     value_biases_folded,
     warn_folded_value_biases,
 )
-
 from headkit.backend import unembedding_only_at
 from headkit.core.adapter import AdapterBase, HeadPaths
 from headkit.core.architectures import cached_tokens, find_cache, frozen_norm, head_outputs, model_modules

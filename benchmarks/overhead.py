@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import torch
+
+import headkit as hk
 from headkit.adapters import huggingface as hk_hf
 from headkit.adapters import nnsight as hk_nn
 from headkit.adapters import transformer_lens as hk_tl
-
-import headkit as hk
 
 
 def variants(shape, positions):

@@ -8,8 +8,6 @@ of these architectures converts, including the weight-edited copies the referenc
 
 from __future__ import annotations
 
-import torch
-
 HOOKED_ARCHS = ["gpt2", "llama", "qwen2"]
 """GPT-2 (LayerNorm, learned positions, value biases), Llama (RMSNorm, rotary, GQA), Qwen2 (GQA, q/k/v biases)."""
 

@@ -18,7 +18,7 @@ import sys
 import torch
 
 import headkit as hk
-from headkit import outcome_log, stochastic_ablation
+from headkit.analyses import outcome_log, stochastic_ablation
 
 PROMPTS = ["Tom eats apples . Tom eats", "the cat saw a dog . the cat saw a", "Sarah wears hats . Sarah",
            "Alice reads books . Alice reads"]

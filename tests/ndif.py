@@ -18,8 +18,10 @@ import importlib.abc
 import io
 import linecache
 import sys
+import weakref
 
 import torch
+from cloudpickle import cloudpickle as _cloudpickle
 from nnsight.intervention.serialization import CustomCloudUnpickler
 from nnsight.schema.request import RequestModel
 from nnsight.tracing.backend import Backend
@@ -74,8 +76,18 @@ class StrictRemote(Backend):
         hidden = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] in ABSENT}
         blocker = _Block()
         sys.meta_path.insert(0, blocker)
+        # cloudpickle rebuilds a class shipped by value into the class it tracks under the same id, if this
+        # process has one, and overwrites that class's methods with the rebuilt ones: in one process the
+        # "server" would replace headkit's own classes (Intervention & co.) for the rest of the session. A
+        # server is a fresh process with no tracked classes, so the rebuild gets empty trackers here.
+        trackers = _cloudpickle._DYNAMIC_CLASS_TRACKER_BY_CLASS, _cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID
+        _cloudpickle._DYNAMIC_CLASS_TRACKER_BY_CLASS = weakref.WeakKeyDictionary()
+        _cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID = weakref.WeakValueDictionary()
         try:
-            restored = RequestModel.deserialize(blob, persistent, unpickler=Recording)
+            try:
+                restored = RequestModel.deserialize(blob, persistent, unpickler=Recording)
+            finally:
+                _cloudpickle._DYNAMIC_CLASS_TRACKER_BY_CLASS, _cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID = trackers
             if saved_lines is None:
                 linecache.cache.pop(filename, None)
             else:

@@ -13,8 +13,7 @@ import torch
 import headkit as hk
 from headkit import gating, montecarlo, receivers, stochastic_ablation, suppression
 from headkit.adapters import huggingface as hk_hf
-from tests.conftest import Runner, token_ids
-from tests.test_errors import attachments
+from tests.conftest import Runner, attachments, shared_runner, token_ids
 
 IDS = token_ids()  # [2, 9]; the tiny models have 2 layers of 4 query heads, d_head 16, vocabulary 100
 PROMPTS = ["Tom eats apples . Tom eats", "the cat saw a dog . the cat saw a"]
@@ -88,7 +87,7 @@ ADAPTER_CASES = [
 @pytest.mark.parametrize("kind", ["hf-sdpa", "tl", "nnsight-eager"])
 @pytest.mark.parametrize("what, call, pattern", ADAPTER_CASES, ids=[c[0] for c in ADAPTER_CASES])
 def test_bad_input_through_every_adapter(kind, what, call, pattern):
-    runner = Runner(kind, "llama")
+    runner = shared_runner(kind, "llama")
     clean = runner.backend.logits(IDS)  # (also lets a bridge add the hooks of its first pass)
     check(lambda: call(runner.backend), pattern, runner.model)
     assert torch.equal(runner.backend.logits(IDS), clean)
@@ -243,7 +242,7 @@ ANALYSIS_CASES = [
     ("suppression of a head the model lacks",
      lambda r, t: suppression.kl_matrix(r.model, hk.sentences.locate(r.tokenizer, TEXT), heads="L9H0", progress=False),
      r"L9H0"),
-    ("the transformers adapter on a bridge", lambda r, t: hk_hf.applied(Runner("tl", "llama").model).__enter__(),
+    ("the transformers adapter on a bridge", lambda r, t: hk_hf.applied(shared_runner("tl", "llama").model).__enter__(),
      r"got a TransformerLens TransformerBridge.*headkit\.adapters\.transformer_lens"),
 ]
 

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import headkit as hk
-from tests.conftest import Runner, max_diff, token_ids
-from tests.test_errors import attachments
+from tests.conftest import attachments, max_diff, shared_runner, token_ids
 
 KINDS = ["hf-eager", "hf-sdpa", "tl", "tl-compat", "tl-hooked", "nnsight-eager"]
 BLOCKS = {  # attention edits on the same layer and z edits, so blocks share modules
@@ -32,7 +31,7 @@ def forward(runner, ids):
 
 @pytest.fixture(params=KINDS)
 def runner(request):
-    runner = Runner(request.param, "llama")
+    runner = shared_runner(request.param, "llama")
     runner.logits(token_ids())  # TransformerLens adds hooks of its own on the first pass
     return runner
 
@@ -41,7 +40,7 @@ def runner(request):
 def test_blocks_exited_in_any_order_leave_exactly_the_open_ones(runner, order):
     ids = token_ids()
     before, clean = attachments(runner.model), forward(runner, ids)
-    reference = Runner(runner.adapter, "llama")  # the same weights, never touched by the blocks below
+    reference = shared_runner(runner.adapter, "llama", tag="reference")  # the same weights, never touched by the blocks below
     ivs = {name: make() for name, make in BLOCKS.items()}
     blocks = {name: runner.applied(iv) for name, iv in ivs.items()}
     for name in BLOCKS:  # entered in one order

@@ -7,25 +7,12 @@ import pytest
 import torch
 
 import headkit as hk
-from tests.conftest import Runner, token_ids
-
-
-def attachments(model):
-    """Every torch hook, TransformerLens hook function and headkit attention override in a model."""
-    found = set()
-    for name, module in model.named_modules():
-        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
-            found |= {(name, kind, key) for key in getattr(module, kind)}
-        for kind in ("fwd_hooks", "bwd_hooks"):  # TransformerLens HookPoint
-            found |= {(name, kind, id(h)) for h in getattr(module, kind, ())}
-        if hasattr(getattr(module, "config", None), "headkit_run"):
-            found.add((name, "config", "headkit_run"))
-    return found
+from tests.conftest import Runner, attachments, shared_runner, token_ids
 
 
 @pytest.fixture(params=["hf-sdpa", "tl"])
 def llama(request):
-    return Runner(request.param, "llama")  # 2 layers, 4 query heads, 2 key/value heads
+    return shared_runner(request.param, "llama")  # 2 layers, 4 query heads, 2 key/value heads
 
 
 def settled_attachments(runner):

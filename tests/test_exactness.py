@@ -10,7 +10,7 @@ import torch
 
 import headkit as hk
 from tests import reference as ref
-from tests.conftest import ARCHS, Runner, max_diff, token_ids
+from tests.conftest import ADAPTERS, ARCHS, Runner, max_diff, shared_runner, token_ids
 
 TOL = 1e-5
 
@@ -20,13 +20,10 @@ def plain_logits(model, ids, **kwargs):
         return model(ids, **kwargs).logits
 
 
-def captures_need_eager(runner):
-    """nnsight sees attention weights only under eager attention: its sdpa runner must refuse, with the fix."""
-    if runner.adapter != "nnsight-sdpa":
-        return False
-    with pytest.raises(hk.HeadkitError, match=r"eager attention.*attn_implementation=\"eager\""):
-        runner.logits(token_ids(), hk.capture_attention("L0H0"))
-    return True
+CAPTURING = [adapter for adapter in ADAPTERS if adapter != "nnsight-sdpa"]
+"""The adapters that capture attention patterns: nnsight sees attention weights only under eager attention,
+so its sdpa runner refuses captures (test_captures_under_nnsight_sdpa_are_refused_with_the_fix) and the
+capture tests are not generated for it."""
 
 
 def generate(runner, ids, interventions, max_new_tokens):
@@ -88,7 +85,7 @@ def test_gate_one_is_identity_zero_is_ablation_half_is_halved(runner):
 
 def test_gate_with_arbitrary_values_equals_scaled_wo(adapter, arch):
     # z * g and W_O * g round differently in float32, so this one runs in float64
-    runner = Runner(adapter, arch, dtype=torch.float64)
+    runner = shared_runner(adapter, arch, torch.float64)
     ids = token_ids()
     values = torch.rand(runner.shape.n_layers, runner.shape.n_heads, generator=torch.Generator().manual_seed(1)) * 2
     scales = {(l, h): values[l, h].item() for l in range(values.shape[0]) for h in range(values.shape[1])}
@@ -173,7 +170,7 @@ def test_logits_at_positions_equal_full_logits_indexed(runner):
 # deviation stands far above rounding.
 @pytest.fixture
 def runner64(adapter, arch):
-    return Runner(adapter, arch, dtype=torch.float64)
+    return shared_runner(adapter, arch, torch.float64)
 
 
 @pytest.fixture
@@ -212,9 +209,8 @@ def test_mask_attention_equals_hand_written_attention(runner64, reference_attent
     assert max_diff(got, plain_logits(runner.plain, ids)) > 1e-4
 
 
+@pytest.mark.parametrize("adapter", CAPTURING)
 def test_mask_zeroes_blocked_keys_and_leaves_other_heads_untouched(runner):
-    if captures_need_eager(runner):
-        return
     ids = token_ids()
     n_heads = runner.shape.n_heads
     everything = hk.capture_attention(hk.Heads.all(runner.shape.n_layers, n_heads))
@@ -266,7 +262,7 @@ def test_mask_with_left_padding(runner):
         # TransformerLens places padded rows differently from transformers (GPT-2 differs without any
         # intervention), so the reference stays in TransformerLens: compatibility mode, where a hand-written
         # -inf edit of hook_attn_scores also zeroes rows with no key left, as headkit's rule asks.
-        compat = Runner("tl-compat", runner.arch)
+        compat = shared_runner("tl-compat", runner.arch)
 
         def hand_written(scores, hook):
             scores[:, 2, :, 3:6] = float("-inf")
@@ -305,9 +301,26 @@ def test_left_padded_rows_equal_their_unpadded_runs(runner):
 
 
 # ------------------------------------------------------------------------------------------------- pattern
+if "nnsight-sdpa" in ADAPTERS:  # (HEADKIT_TEST_ADAPTERS may leave it out)
+
+    @pytest.mark.parametrize(
+        "captures",
+        [
+            lambda shape: [hk.capture_attention("L0H0 L0H3 L1H2")],
+            lambda shape: [hk.capture_attention("L1H1 L0H2", pool=[(0, 3), (3, 4), (4, 8), (8, 9)])],
+            lambda shape: [hk.mask_attention("L1H2", keys=[(0, 4)]), hk.capture_attention(hk.Heads.all(shape.n_layers, 4))],
+        ],
+        ids=["heads", "pooled", "with-a-mask"],
+    )
+    def test_captures_under_nnsight_sdpa_are_refused_with_the_fix(arch, captures):
+        """nnsight sees attention weights only under eager attention: the capture tests' cases, refused with the fix."""
+        runner = shared_runner("nnsight-sdpa", arch)
+        with pytest.raises(hk.HeadkitError, match=r"eager attention.*attn_implementation=\"eager\""):
+            runner.logits(token_ids(), *captures(runner.shape))
+
+
+@pytest.mark.parametrize("adapter", CAPTURING)
 def test_capture_equals_eager_output_attentions(runner):
-    if captures_need_eager(runner):
-        return
     ids = token_ids()
     heads = hk.Heads.parse("L0H0 L0H3 L1H2")
     cap = hk.capture_attention(heads)
@@ -321,9 +334,8 @@ def test_capture_equals_eager_output_attentions(runner):
     assert got.patterns.shape == (2, 3, 9, 9)
 
 
+@pytest.mark.parametrize("adapter", CAPTURING)
 def test_pooled_capture_equals_pooling_the_full_pattern(runner):
-    if captures_need_eager(runner):
-        return
     ids = token_ids(pos=10)
     spans = [(0, 3), (3, 4), (4, 8), (8, 10)]
     full = hk.capture_attention("L1H1 L0H2")
@@ -364,7 +376,7 @@ def test_a_forward_pass_changes_no_capture_or_reader(adapter):
 # ------------------------------------------------------------------------------------------------- across adapters
 @pytest.mark.parametrize("arch", ARCHS)
 def test_transformer_lens_and_transformers_adapters_agree(arch):
-    hf, tl = Runner("hf-sdpa", arch), Runner("tl", arch)
+    hf, tl = shared_runner("hf-sdpa", arch), shared_runner("tl", arch)
     ids = token_ids(batch=3, seed=10)
     n_layers, n_heads = hf.shape.n_layers, hf.shape.n_heads
     means = hk.compute_means(hf.model, token_ids(batch=4, seed=11))
@@ -392,7 +404,7 @@ FD_STEP = {"gpt2": (1e-6, 1e-6), "neox": (1e-6, 1e-6), "llama": (1e-3, 2e-3), "g
 @pytest.mark.parametrize("arch", list(FD_STEP))
 @pytest.mark.parametrize("adapter", ["hf-sdpa", "tl", "nnsight-sdpa"])
 def test_gate_gradients_match_finite_differences(adapter, arch):
-    runner = Runner(adapter, arch, dtype=torch.float64)
+    runner = Runner(adapter, arch, dtype=torch.float64)  # its own: the weights are frozen below
     for p in runner.model.parameters():
         p.requires_grad_(False)
     ids = token_ids()
@@ -425,7 +437,7 @@ def test_generate_keeps_interventions_at_every_step(runner):
 
 @pytest.mark.parametrize("adapter", ["hf-eager", "hf-sdpa", "tl", "nnsight-sdpa", "nnsight-remote"])
 def test_mask_during_cached_generation(adapter, arch):
-    runner = Runner(adapter, arch)
+    runner = shared_runner(adapter, arch)
     ids = token_ids(batch=1, pos=6, seed=13)
     reference = ref.use_reference_attention(copy.deepcopy(runner.plain))
     ref.BLOCKED[1] = ref.Block([0, 3], {1, 2, 3})

@@ -12,7 +12,7 @@ import headkit as hk
 from headkit import gating
 from headkit.prompts import Examples, examples
 from tests import reference as ref
-from tests.conftest import Runner, max_diff
+from tests.conftest import max_diff, require, shared_runner
 
 ZEROED, PLANTED = (0, 1), (1, 2)  # a head with W_O = 0 (no effect) and a head made essential
 
@@ -90,7 +90,7 @@ def test_padding_never_enters_the_score():
 
 @pytest.mark.parametrize("adapter", ["tl", "nnsight-sdpa", "nnsight-remote"])
 def test_sequence_logprob_under_gates_is_the_same_through_every_adapter(adapter):
-    other, hf = Runner(adapter, "gemma3"), Runner("hf-sdpa", "gemma3")
+    other, hf = shared_runner(adapter, "gemma3"), shared_runner("hf-sdpa", "gemma3")
     ex = examples(hf.tokenizer, [("Tom eats apples . Tom", " eats apples"), ("He", " bought")])
     gates = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0))
     want = gating.sequence_logprob(hf.backend, ex, gates)
@@ -244,7 +244,7 @@ def test_taxonomy_scores_and_aggregation_by_hand():
 
 
 def test_plots_write_png_files(planted, planted_fit, tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")  # in the full install; a partial one (CI's legacy virtualenvs) may skip
     model, tok, ex = planted
     planted_fit.plot(str(tmp_path / "roles.png"))
     curves = gating.ablation_curves(model, ex, planted_fit, ks=[1, 2], progress=False)
@@ -344,7 +344,7 @@ def test_weights_are_frozen_during_the_fit_and_restored_after_also_on_error():
 
 
 def test_fit_through_nnsight_equals_fit_through_transformers():
-    nn_runner, hf = Runner("nnsight-sdpa", "llama"), Runner("hf-sdpa", "llama")
+    nn_runner, hf = shared_runner("nnsight-sdpa", "llama"), shared_runner("hf-sdpa", "llama")
     ex = own_continuations(hf.plain, n=6)
     kw = dict(seeds=2, steps=3, reg_steps=3, batch_size=3, progress=False)
     assert max_diff(gating.fit(nn_runner.backend, ex, **kw).G_minus, gating.fit(hf.backend, ex, **kw).G_minus) <= 1e-5
@@ -399,14 +399,14 @@ def test_bad_input_is_named_with_a_fix(call, match):
 
 
 def test_remote_backends_are_refused_for_fitting():
-    runner = Runner("nnsight-remote", "llama")
+    runner = shared_runner("nnsight-remote", "llama")
     with pytest.raises(hk.HeadkitError, match="remote.*local copy"):
         gating.fit(runner.backend, [("Tom eats", " apples")], steps=1, reg_steps=1, batch_size=1)
 
 
 @pytest.mark.parametrize("task", ["ioi", "antonym"])
 def test_cli_chg_prints_roles_and_writes_figures(task, tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")  # in the full install; a partial one (CI's legacy virtualenvs) may skip
     from headkit.cli import chg
 
     model, tok = hk.models.tiny("llama")

@@ -21,9 +21,8 @@ import headkit as hk
 from headkit import gating, montecarlo, receivers, stochastic_ablation, suppression
 from headkit.adapters import transformer_lens as hk_tl
 from headkit.prompts import Examples
-from tests.conftest import Runner, max_diff, token_ids
+from tests.conftest import Runner, attachments, max_diff, shared_runner, token_ids
 from tests.hooked import hooked_from, hooked_transformer_available
-from tests.test_errors import attachments
 
 needs_hooked = pytest.mark.skipif(not hooked_transformer_available(), reason="no HookedTransformer (TransformerLens 4)")
 PROMPTS = ["Tom eats apples . Tom eats", "the cat saw a dog . the cat saw a", "Sarah wears hats . Sarah"]
@@ -33,7 +32,7 @@ TEXT = "the cat eats apples . Tom reads books . the dog saw a bird . Sarah wears
 @pytest.fixture(params=["gpt2", "llama", "qwen2"])
 def pair(request):
     """A HookedTransformer runner and a transformers runner on the same weights."""
-    return Runner("tl-hooked", request.param), Runner("hf-eager", request.param)
+    return shared_runner("tl-hooked", request.param), shared_runner("hf-eager", request.param)
 
 
 @pytest.fixture(params=[(kind, arch) for kind in ("tl", "tl-hooked") for arch in ("gpt2", "llama", "qwen2")],
@@ -41,7 +40,7 @@ def pair(request):
 def tl_pair(request):
     """A TransformerLens runner (bridge or HookedTransformer, as this virtualenv has) and a transformers one."""
     kind, arch = request.param
-    return Runner(kind, arch), Runner("hf-eager", arch)
+    return shared_runner(kind, arch), shared_runner("hf-eager", arch)
 
 
 def own_targets(runner, prompts):
@@ -91,7 +90,7 @@ def test_non_transformer_lens_models_are_pointed_to_the_right_adapter():
 # ------------------------------------------------------------------------------------------------- cleanup
 @pytest.mark.parametrize("kind", ["tl", "tl-compat", "tl-hooked"])
 def test_applied_removes_exactly_what_it_attached_after_errors(kind):
-    runner = Runner(kind, "llama")
+    runner = Runner(kind, "llama")  # its own: the user's hook below stays until reset_hooks()
     model, ids = runner.model, token_ids()
     def own(pattern, hook):  # the user's own hook stays
         return pattern
@@ -155,7 +154,7 @@ def test_models_without_value_biases_are_not_warned_about():
 @pytest.mark.parametrize("kind", ["tl", "tl-compat", "tl-hooked"])
 def test_a_query_left_without_keys_gets_a_zero_row_through_the_adapter_and_plain_hooks(kind):
     """keys 0-2 blocked in L0H1: queries 0-2 have no key left, so that head attends nowhere there."""
-    runner = Runner(kind, "llama")
+    runner = shared_runner(kind, "llama")
     ids, mask = token_ids(), hk.mask_attention("L0H1", keys=[(0, 3)])
     seen = {}
 
@@ -192,7 +191,7 @@ def test_upstream_generate_baselines_without_headkit(kind):
     import transformers
     from packaging.version import Version
 
-    runner = Runner(kind, "gpt2")
+    runner = shared_runner(kind, "gpt2")
     ids = token_ids(batch=1, pos=5, seed=21)
     seq = ids.clone()
     with torch.no_grad():
@@ -216,7 +215,7 @@ def test_upstream_generate_baselines_without_headkit(kind):
 
 @needs_hooked
 def test_generate_lends_the_backend_tokenizer_and_takes_it_back():
-    runner = Runner("tl-hooked", "llama")
+    runner = shared_runner("tl-hooked", "llama")
     assert runner.model.tokenizer is None
     runner.backend.generate(token_ids(batch=1, pos=4), max_new_tokens=2)
     assert runner.model.tokenizer is None
@@ -271,7 +270,7 @@ def test_receiver_scan_and_suppression_equal_the_transformers_adapter(tl_pair):
 
 def test_copying_a_model_does_not_copy_headkit_state():
     """Nothing headkit keeps per model (the once-per-model warning set) survives into a deepcopy's identity."""
-    runner = Runner("tl", "qwen2")
+    runner = Runner("tl", "qwen2")  # its own: switched to compatibility mode below
     runner.model.enable_compatibility_mode(disable_warnings=True)  # processed weights: warned about
     with pytest.warns(UserWarning, match="value biases look folded"):
         runner.logits(token_ids(), hk.zero_ablate("L1H1"))

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import headkit as hk
-from headkit.sweep import RowSizer
 from headkit import montecarlo
 from headkit.analyses import mask_statistics
-from tests.conftest import Runner
+from headkit.sweep import RowSizer
+from tests.conftest import shared_runner
 
 PROMPTS = ["Tom eats apples . Tom eats", "the cat saw a dog . the cat saw a", "Sarah wears hats . Sarah"]
 TARGETS = [" apples", " dog", " wears"]
@@ -152,7 +152,7 @@ def test_padding_does_not_change_results(dtype, tol):
 
 @pytest.mark.parametrize("adapter", ["tl", "nnsight-sdpa", "nnsight-remote"])
 def test_every_adapter_agrees(adapter):
-    runner = Runner(adapter, "llama")
+    runner = shared_runner(adapter, "llama")
     masks = montecarlo.bernoulli(20, 0.5, 2, 4, seed=5)
     plain, _ = hk.models.tiny("llama")
     want = montecarlo.evaluate(plain, PROMPTS, TARGETS, masks, metric="logprob", tokenizer=runner.tokenizer,

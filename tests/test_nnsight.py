@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
-from headkit.adapters import nnsight as hk_nn
 from nnsight import CONFIG, TransformersModel
 
 import headkit as hk
-from tests.conftest import ARCHS, Runner, max_diff, token_ids
+from headkit.adapters import nnsight as hk_nn
+from tests.conftest import ARCHS, max_diff, shared_runner, token_ids
 from tests.ndif import PICKLE_MACHINERY, TRACE_MODULES, StrictRemote
 
 # A module shipped by value carries its __spec__/__loader__ (importlib's bootstrap) and, with
@@ -66,6 +66,22 @@ def test_a_remote_request_needs_only_what_ndif_has(arch):
     # every function travelled as source (cloudpickle's bytecode fallback would tie it to one Python version)
     assert ("cloudpickle.cloudpickle", "_make_function") not in server.names
     assert ("nnsight.intervention.serialization", "_load_function") in server.names
+
+
+def test_the_simulated_server_rebuilds_headkit_classes_without_touching_the_clients():
+    """tests/ndif.py rebuilds a request as a fresh server process would: in one process cloudpickle would
+    otherwise rebuild the classes shipped by value into headkit's own, replacing their methods."""
+    from headkit.core import interventions
+    from headkit.core.adapter import AdapterBase
+
+    classes = [c for c in vars(interventions).values() if isinstance(c, type) and issubclass(c, interventions.Intervention)]
+    classes += [AdapterBase, hk_nn.NNsightBackend]
+    methods = {c: {k: v for k, v in vars(c).items() if callable(v)} for c in classes}
+    model = nnsight_model("llama")
+    traced(model, token_ids(), every_intervention(hk.get_backend(model).shape), backend=StrictRemote(model))
+    for c in classes:  # (pickling may add __slotnames__, copyreg's cache, which changes no behaviour)
+        assert {k: v for k, v in vars(c).items() if callable(v)} == methods[c], c
+        assert all(f.__module__ == c.__module__ for f in methods[c].values() if hasattr(f, "__code__")), c
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
@@ -335,7 +351,7 @@ def test_a_failed_remote_run_is_reported_without_the_key(api_key, monkeypatch, c
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nnsight_transformers_and_transformer_lens_agree(arch):
     # eager: TransformerLens computes attention eagerly; against sdpa tiny Gemma 3 already differs by ~1e-5
-    runners = [Runner(adapter, arch) for adapter in ("nnsight-eager", "hf-eager", "tl")]
+    runners = [shared_runner(adapter, arch) for adapter in ("nnsight-eager", "hf-eager", "tl")]
     ids = token_ids(batch=3, seed=23)
     shape = runners[0].shape
     means = hk.compute_means(runners[0].model, token_ids(batch=4, seed=24))  # through nnsight

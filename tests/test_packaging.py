@@ -81,20 +81,20 @@ def test_built_wheel_ships_the_adapters_as_headkit_adapters(tmp_path):
 def public_api():
     """(name, object, needs_example): public functions and classes need an example; their methods a docstring."""
     import headkit.backend
-    import headkit.core.heads
     import headkit.config
-    import headkit.readouts
-    import headkit.sweep
     import headkit.core.adapter
-    import headkit.core.inputs
-    import headkit.core.positions
-    import headkit.core.plan
-    import headkit.models
-    import headkit.data
-    import headkit.prompts
     import headkit.core.architectures
     import headkit.core.errors
+    import headkit.core.heads
+    import headkit.core.inputs
+    import headkit.core.plan
+    import headkit.core.positions
     import headkit.core.sites
+    import headkit.data
+    import headkit.models
+    import headkit.prompts
+    import headkit.readouts
+    import headkit.sweep
     from headkit.adapters import huggingface, nnsight, transformer_lens
 
     modules = (hk, huggingface, transformer_lens, nnsight, headkit.models, headkit.readouts, headkit.sweep, headkit.config, headkit.prompts, headkit.data,

@@ -3,35 +3,67 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 import torch
 
 import headkit as hk
-from headkit.readouts import score_next_token
 from headkit.prompts import copy_task
+from headkit.readouts import score_next_token
 from tests import reference as ref
-from tests.conftest import max_diff
+from tests.conftest import ALL_THREADS, _Snapshot, max_diff, torch_threads
 
 pytestmark = pytest.mark.real_model
 
 
+@pytest.fixture(scope="module", autouse=True)
+def every_core():
+    """The real model's matrices are large enough to split: these tests use all of torch's threads."""
+    with torch_threads(ALL_THREADS):
+        yield
+
+
+class _Loaded:
+    """The real model, loaded once for this file, as a runner-like object for the shared-state check."""
+
+    def __init__(self, model):
+        self.plain, self.model = model, model
+
+
 @pytest.fixture(scope="module")
-def gemma():
-    hk.load_default()  # converts on the first run ever; the timing test below measures a cached load
-    model, tokenizer = hk.load_default(attn_implementation="eager")
-    return model, tokenizer, copy_task(tokenizer)
+def loaded():
+    """Gemma 3 270M under sdpa (this load converts on the first run ever) and under eager attention."""
+    sdpa, _ = hk.load_default()
+    eager, tokenizer = hk.load_default(attn_implementation="eager")
+    loaded = {"sdpa": sdpa, "eager": eager, "tokenizer": tokenizer}
+    loaded["snapshots"] = {name: _Snapshot(_Loaded(loaded[name]), copies=False) for name in ("sdpa", "eager")}
+    return loaded
 
 
-def test_cached_load_is_fast_and_is_gemma3(gemma):
-    started = time.perf_counter()
-    model, tokenizer = hk.load_default()
-    elapsed = time.perf_counter() - started
-    assert elapsed < 15, f"cached load took {elapsed:.1f} s"
-    assert type(model).__name__ == "Gemma3ForCausalLM"
-    assert hk.get_backend(model).shape == hk.backend.ModelShape(18, 4, 256, 1)
-    assert model.config.layer_types.count("full_attention") == 3
+@pytest.fixture
+def gemma(loaded):
+    """The eager model, its tokenizer and the copy task; after the test both models must be as loaded."""
+    yield loaded["eager"], loaded["tokenizer"], copy_task(loaded["tokenizer"])
+    problems = [f"{name}: {p}" for name, snap in loaded["snapshots"].items() for p in snap.problems()]
+    if problems:  # reported once, against this test; the next one is checked against the state left here
+        loaded["snapshots"] = {name: _Snapshot(_Loaded(loaded[name]), copies=False) for name in ("sdpa", "eager")}
+    assert not problems, "the test left state behind on the shared real model:\n  " + "\n  ".join(problems)
+
+
+@pytest.fixture
+def gemma_sdpa(loaded, gemma):
+    """The same model under sdpa attention (loaded once, checked with the eager one)."""
+    return loaded["sdpa"]
+
+
+def test_cached_load_is_gemma3(loaded, gemma):
+    """The file's two loads: the first converts on the first run ever, the second always reads the cache."""
+    for attention in ("sdpa", "eager"):
+        model = loaded[attention]
+        assert type(model).__name__ == "Gemma3ForCausalLM"
+        assert hk.get_backend(model).shape == hk.backend.ModelShape(18, 4, 256, 1)
+        assert model.config.layer_types.count("full_attention") == 3
+        assert model.config._attn_implementation == attention
 
 
 def test_copy_task_mostly_succeeds_and_ablating_every_head_collapses_it(gemma):
@@ -103,9 +135,14 @@ def test_nnsight_equals_transformers_and_transformer_lens_on_the_real_model(gemm
                 assert max_diff(got[real], want[real]) <= 1e-5, (backend, interventions)
 
 
-def test_demo_prints_the_table(gemma, capsys):
+def test_demo_prints_the_table(gemma, loaded, capsys, monkeypatch):
     from headkit.cli import main
 
+    def load_default(**kwargs):  # the demo's own load, served by the one this file made (the same call)
+        assert not kwargs, kwargs
+        return loaded["sdpa"], loaded["tokenizer"]
+
+    monkeypatch.setattr(hk, "load_default", load_default)
     assert main(["demo", "--heads", "L5H1 L5H3 L11H2 L13H3", "--repeats", "1"]) == 0
     text = capsys.readouterr().out
     for row in ("none", "zero_ablate", "mean_ablate", "gate 0.5", "mask_attention", "capture_attention", "every head"):
@@ -128,14 +165,14 @@ def test_chg_on_gemma_runs_and_ablating_its_facilitating_heads_hurts(gemma):
     assert mean["facilitation"] < -0.1 and abs(mean["irrelevance"]) < abs(mean["facilitation"])
 
 
-def test_receiver_scan_chunked_equals_full_patterns_on_the_real_model(gemma, monkeypatch):
+def test_receiver_scan_chunked_equals_full_patterns_on_the_real_model(gemma, gemma_sdpa, monkeypatch):
     """Pooling in chunks of 7 query rows (sdpa model) = pooling eager output_attentions by hand."""
     from headkit.adapters import huggingface
 
     model, tokenizer, _ = gemma
     trace = hk.sentences.locate(tokenizer, hk.data.reasoning_traces()[0])
     monkeypatch.setattr(huggingface, "_POOL_CHUNK_ELEMENTS", 7 * 4 * trace.n_tokens)
-    sdpa, _ = hk.load_default()
+    sdpa = gemma_sdpa
     scan = hk.receivers.scan(sdpa, [trace], progress=False)
     member = trace.membership().double()
     member = member / member.sum(1, keepdim=True)
@@ -179,14 +216,16 @@ def test_stochastic_ablation_study_on_the_real_model_equals_one_forward_per_mask
                                        path=tmp_path, progress=False)
     # the seed-003 prompts (all single-token answers under Gemma's tokenizer), those the full model misses dropped
     assert len(result.prompts) + len(result.dropped) == len(task) and len(result.prompts) >= 0.75 * len(task)
-    backend = hk.get_backend(model, tokenizer)
+    from headkit.adapters import huggingface as hk_hf
+
     for phase in result.phases.values():
         naive = []
         for mask in phase.masks:
             off = hk.Heads(~mask)
-            with torch.no_grad():  # seed 003: the padded prompt batch, one forward per mask, full logits
-                logits = backend.logits(task.input_ids, *([hk.zero_ablate(off)] if len(off) else []),
-                                        attention_mask=task.attention_mask)[:, -1]
+            # seed 003: the padded prompt batch, one forward per mask, the logits of the last (left-padded)
+            # position; transformers' own logits_to_keep=1 computes that row alone instead of every position's
+            with torch.no_grad(), hk_hf.applied(model, *([hk.zero_ablate(off)] if len(off) else [])):
+                logits = model(task.input_ids, attention_mask=task.attention_mask, logits_to_keep=1).logits[:, -1]
             target = logits.gather(-1, task.targets[:, None])[:, 0]
             others = logits.scatter(-1, task.targets[:, None], float("-inf")).amax(-1)
             naive.append((target - others)[[task.prompts.index(p) for p in result.prompts]])

@@ -11,7 +11,7 @@ from scipy import stats
 
 import headkit as hk
 from headkit import receivers
-from tests.conftest import Runner
+from tests.conftest import require, shared_runner
 
 # ------------------------------------------------------------------ the reference (seed 001, verbatim logic)
 
@@ -236,7 +236,7 @@ def test_scan_equals_the_seed_pipeline_on_full_patterns(adapter, arch, monkeypat
         from headkit.adapters import huggingface
 
         monkeypatch.setattr(huggingface, "_POOL_CHUNK_ELEMENTS", 3 * 4 * 46)
-    runner = Runner("hf-sdpa" if adapter == "hf-chunked" else adapter, arch)
+    runner = shared_runner("hf-sdpa" if adapter == "hf-chunked" else adapter, arch)
     traces = [tiny_trace(runner.tokenizer, n) for n in (9, 10)]
     result = receivers.scan(runner.backend, traces, proximity_ignore=2, progress=False)
     reference, _ = hk.models.tiny(arch, attn_implementation="eager")
@@ -271,7 +271,7 @@ def test_scan_needs_enough_sentences():
 
 
 def test_cli_receivers_suppress_and_triad_write_their_outputs(tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")  # in the full install; a partial one (CI's legacy virtualenvs) may skip
     from headkit import cli
 
     model, tok = hk.models.tiny("llama", attn_implementation="eager")

@@ -9,6 +9,7 @@ import torch
 import headkit as hk
 from headkit import montecarlo, stochastic_ablation
 from headkit.analyses.outcome_log import OutcomeLog
+from tests.conftest import require
 
 PROMPTS = ["Tom eats apples . Tom eats", "the cat saw a dog . the cat saw a", "Sarah wears hats . Sarah",
            "the dog saw a cat . the dog", "Alice reads books . Alice reads"]
@@ -162,7 +163,7 @@ def test_outlier_rule_is_the_seeds():
 
 
 def test_plots_are_written(setup, tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")  # in the full install; a partial one (CI's legacy virtualenvs) may skip
     model, tok, targets = setup
     result = stochastic_ablation.study(model, PROMPTS, targets, tokenizer=tok, n_masks=12, p_keep=(0.5, 0.8),
                                        n_boot=5, progress=False)

@@ -10,7 +10,7 @@ import torch
 import headkit as hk
 from headkit import suppression
 from tests import reference as ref
-from tests.conftest import Runner
+from tests.conftest import require, shared_runner
 
 TEXT = "the cat eats apples . Tom reads books . the dog saw a bird . Sarah wears hats . the man drinks milk ."
 
@@ -49,7 +49,7 @@ def reference_matrix(model, sentences, heads, temperature=1.0, log=False):
 @pytest.mark.parametrize("adapter", ["hf-eager", "hf-sdpa", "tl", "nnsight-sdpa", "nnsight-remote"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
 def test_kl_matrix_equals_one_forward_per_sentence(adapter, arch):
-    runner = Runner(adapter, arch)
+    runner = shared_runner(adapter, arch)
     sentences = hk.sentences.locate(runner.tokenizer, TEXT)
     every = [(l, h) for l in range(runner.shape.n_layers) for h in range(runner.shape.n_heads)]
     want = reference_matrix(runner.plain, sentences, every)
@@ -90,7 +90,7 @@ def test_table_centring_and_plot(tmp_path):
         row = result.matrix[i, :i]
         assert torch.allclose(centred[i, :i], row - row.mean())
         assert centred[i, i:].isnan().all()
-    pytest.importorskip("matplotlib")
+    require("matplotlib")  # in the full install; a partial one (CI's legacy virtualenvs) may skip
     result.plot(str(tmp_path / "s.png"))
     assert (tmp_path / "s.png").stat().st_size > 1000
 

@@ -12,13 +12,13 @@ import torch
 import headkit as hk
 from headkit.adapters import transformer_lens as hk_tl
 from tests import reference as ref
-from tests.conftest import Runner, max_diff, require, token_ids
+from tests.conftest import Runner, max_diff, require, shared_runner, token_ids
 
 
 @pytest.fixture(params=["tl", "tl-compat", "tl-hooked"])
 def tl_runner(request):
     """A tiny Llama behind every kind of TransformerLens model this virtualenv has (bridge 3.x/4.x, HookedTransformer)."""
-    return Runner(request.param, "llama")
+    return shared_runner(request.param, "llama")
 
 
 def test_interventions_are_transformer_lens_hooks_themselves(tl_runner):
@@ -70,10 +70,10 @@ def test_captures_as_plain_hooks_record_into_the_hooks_captures(tl_runner):
 
 
 def test_fwd_hooks_use_live_names_in_both_modes():
-    default = Runner("tl", "gpt2")
+    default = shared_runner("tl", "gpt2")
     names = [name for name, _ in hk_tl.fwd_hooks(default.model, hk.zero_ablate("L1H0"), hk.capture_attention("L0H0"))]
     assert names == ["blocks.0.attn.hook_pattern", "blocks.1.attn.o.hook_in"]
-    compat = Runner("tl-compat", "gpt2")
+    compat = shared_runner("tl-compat", "gpt2")
     names = [name for name, _ in hk_tl.fwd_hooks(compat.model, hk.zero_ablate("L1H0"))]
     assert names == ["blocks.1.attn.hook_z"]
     with default.model.hooks(fwd_hooks=hk_tl.fwd_hooks(default.model, hk.zero_ablate("L1H0"))):
@@ -82,7 +82,7 @@ def test_fwd_hooks_use_live_names_in_both_modes():
 
 
 def test_repr_of_the_torch_hook_names_the_interventions():
-    runner = Runner("tl", "llama")
+    runner = shared_runner("tl", "llama")
     [(_, fn)] = hk_tl.fwd_hooks(runner.model, hk.zero_ablate("L0H1"), hk.gate(torch.ones(2, 4)))[:1]
     assert repr(fn) == "headkit[ZeroAblate(heads='L0H1'), Gate(values=f32[2, 4])]"
 
@@ -123,14 +123,14 @@ def test_masks_are_refused_where_the_bridge_delegates_attention(opt_bridge):
 def test_value_bias_folding_trap_is_warned_and_real():
     # Qwen2 has q/k/v biases (the tiny model's are random). After compatibility mode's default weight
     # processing, zeroing hook_z leaves W_O b_V in the output: not the same as removing the head.
-    runner = Runner("tl", "qwen2")
+    runner = Runner("tl", "qwen2")  # its own: switched to compatibility mode below
     ids = token_ids()
-    want = Runner("tl", "qwen2").same_path(ref.scale_heads(runner.plain, {(1, 1): 0.0}))(ids)
+    want = shared_runner("tl", "qwen2").same_path(ref.scale_heads(runner.plain, {(1, 1): 0.0}))(ids)
     runner.model.enable_compatibility_mode(disable_warnings=True)  # fold_value_biases=True
     with pytest.warns(UserWarning, match="fold_value_biases"):
         folded = runner.logits(ids, hk.zero_ablate("L1H1"))
     assert max_diff(folded, want) > 1e-3
-    exact = Runner("tl", "qwen2")
+    exact = Runner("tl", "qwen2")  # its own, likewise
     exact.model.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning when nothing was processed

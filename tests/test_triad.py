@@ -92,7 +92,7 @@ def test_direct_effects_of_a_layer_add_up_to_its_output(arch):
     u = unembed_direction(model, ids, q, target)
     z, r, final = capture(model, ids, q)
     if arch == "gpt2":
-        mu, var = r.mean(), r.var(unbiased=False)
+        var = r.var(unbiased=False)
         scale = (var + final.eps) ** -0.5
         through_final = lambda c: (c - c.mean()) * scale * final.weight.double()  # noqa: E731
     else:

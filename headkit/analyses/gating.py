@@ -75,8 +75,7 @@ def sequence_logprob(
     """Mean log-probability per target token of each example, optionally under gates (one or many masks).
 
     With ``gates`` of shape ``[mask, layer, head]`` every mask is evaluated on every example, packed into
-    forward passes of ``rows_per_pass`` rows (None: sized by measured throughput); the result is
-    ``[mask, example]``. Logits are computed at
+    forward passes of ``rows_per_pass`` rows (None: 256); the result is ``[mask, example]``. Logits are computed at
     target positions only. Gradients flow to ``gates`` when it requires them.
 
     Example:
@@ -93,7 +92,7 @@ def sequence_logprob(
             "a float tensor [n_layers, n_heads] or [n_masks, n_layers, n_heads]",
             "pass e.g. torch.ones(n_layers, n_heads)",
         )
-    sizer = rows_per_pass if isinstance(rows_per_pass, RowSizer) else RowSizer(rows_per_pass, 1, "sequence_logprob")
+    sizer = rows_per_pass if isinstance(rows_per_pass, RowSizer) else RowSizer(256 if rows_per_pass is None else rows_per_pass, 1, "sequence_logprob")
     backend = _backend(model, tokenizer, "sequence_logprob", local=gates is not None and gates.requires_grad)
     shape = backend.shape
     if gates is not None and tuple(gates.shape[-2:]) != (shape.n_layers, shape.n_heads):
@@ -138,9 +137,8 @@ def fit(
     (``fit(model, data, steps=100)``). ``seeds`` is a count (seeds 0..n-1) or a list of seeds; all are
     fitted in one batched run. ``data``
     is anything :func:`headkit.prompts.examples` takes (pairs, records, a ``datasets.Dataset``) or
-    :class:`~headkit.prompts.Examples`. ``rows_per_pass`` is the rows of one forward pass (None: sized by
-    measured throughput); a step's batch is processed in pieces and the gradients summed, so the result is
-    the same. Model weights are frozen for
+    :class:`~headkit.prompts.Examples`. ``rows_per_pass`` is the rows of one forward pass (None: a step's
+    whole batch); a smaller size processes the batch in pieces and sums the gradients: the same result. Model weights are frozen for
     the run and restored after.
 
     Example:
@@ -278,7 +276,9 @@ def _optimise(
     fit_device = theta.device
     variants = Variants(theta.shape[0], lambda fit, prompt: (gate(torch.sigmoid(theta[fit.to(fit_device)])),))
     per_step = theta.shape[0] * batch_size * (1 if pair_offset is None else 2)
-    sizer = RowSizer(rows_per_pass, per_step, "fit", step=1 if pair_offset is None else 2)
+    # None: a step's whole batch in one pass (the reference's recipe; tuning from one row would cost the first
+    # steps many small passes, and their gradients are summed either way)
+    sizer = RowSizer(per_step if rows_per_pass is None else rows_per_pass, per_step, "fit", step=1 if pair_offset is None else 2)
     schedule = torch.optim.lr_scheduler.LinearLR(optimiser, 1.0, lr[1] / lr[0], total_iters=steps)
     n_fits = theta.shape[0]
     fit_ids = torch.tensor(seed_of_fit)
@@ -388,7 +388,7 @@ def ablation_curves(
     ks = list(range(1, min(50, n_heads) + 1)) if ks is None else [int(k) for k in ks]
     if not ks or min(ks) < 0 or max(ks) > n_heads:
         raise fail(f"ablation_curves got ks={ks}", f"head counts between 0 and {n_heads}", "pass e.g. ks=range(1, 21)")
-    sizer = RowSizer(rows_per_pass, 1, "ablation_curves")  # measured once, kept across seeds
+    sizer = RowSizer(256 if rows_per_pass is None else rows_per_pass, 1, "ablation_curves")
     rows = []
     for s, seed in enumerate(tqdm(result.seeds or range(result.G.shape[0]), desc="ablation curves", disable=not progress)):
         base = result.G_plus[s].flatten().float()
@@ -476,7 +476,7 @@ def _seeds(seeds: int | Sequence[int], owner: str) -> list[int]:
 
 def _check_rows_per_pass(m: Any, owner: str) -> None:
     if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 2):
-        raise fail(f"{owner} got rows_per_pass={m!r}", "None (sized by throughput) or at least 2 rows per pass",
+        raise fail(f"{owner} got rows_per_pass={m!r}", "None (a step's whole batch per pass) or at least 2 rows per pass",
                    "pass rows_per_pass=256")
 
 

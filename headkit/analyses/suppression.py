@@ -141,8 +141,8 @@ def kl_matrix(
     ``sentences`` comes from :func:`headkit.sentences.locate`. ``heads`` defaults to every head of every
     layer (as in Thought Anchors). ``temperature`` divides the logits of both distributions first (the
     authors used 0.6); ``log=True`` averages ``log(KL + 1e-9)`` over a sentence's tokens instead of KL.
-    ``rows_per_pass`` suppressed sentences are evaluated per forward pass (None: sized by measured
-    throughput, halving on out-of-memory).
+    ``rows_per_pass`` suppressed sentences are evaluated per forward pass (None: as many as keep a pass's
+    logits within 256 MiB); a pass halves on out-of-memory.
 
     Example:
         >>> import headkit as hk
@@ -167,7 +167,7 @@ def kl_matrix(
     chosen.validate(shape.n_layers, shape.n_heads, n_kv_heads=shape.n_kv_heads, owner="kl_matrix")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise fail(f"kl_matrix got temperature={temperature!r}", "a number > 0", "pass temperature=1.0 (or 0.6)")
-    rows_per_pass = RowSizer(rows_per_pass, len(sentences), "kl_matrix")
+    sizer = RowSizer(1 if rows_per_pass is None else rows_per_pass, len(sentences), "kl_matrix")
 
     ids = sentences.input_ids
     member = sentences.membership()  # [S, T]
@@ -183,7 +183,8 @@ def kl_matrix(
     readout = KL(base_logp, covered, later, float(temperature))
     token_kl = torch.full((n_sent, n_tok), torch.nan, dtype=torch.float64)
     passes = sweep(backend, ids, None, readout, key_masks(chosen, member), Rows(torch.arange(n_sent), torch.zeros(n_sent)),
-                   rows_per_pass=rows_per_pass, progress=progress and n_sent > 1, desc="suppressed sentences",
+                   rows_per_pass=_budgeted(sizer, rows_per_pass, n_sent, int(covered.sum()), base_logp.shape[-1]),
+                   progress=progress and n_sent > 1, desc="suppressed sentences",
                    unit="sentence")
     for suppressed, position, kl in passes:  # row j suppresses sentence j; KL at the tokens of sentences i >= j
         token_kl[suppressed, position] = kl.double().cpu()
@@ -192,3 +193,15 @@ def kl_matrix(
     for i in range(n_sent):
         matrix[i, : i + 1] = values[: i + 1, member[i]].mean(-1)
     return Suppression(matrix, token_kl, sentences, chosen, log, float(temperature))
+
+
+_LOGIT_BUDGET = 1 << 26
+"""Default size of a pass: as many suppressed sentences as keep its logits within 256 MiB (float32)."""
+
+
+def _budgeted(sizer: RowSizer, given: int | None, n_sent: int, n_covered: int, vocab: int) -> RowSizer:
+    """The given size, or as many sentences as keep a pass's logits within the budget (packing more does not
+    pay on a CPU: the unembedding dominates; benchmarks/results/suppression_speed_cpu.md)."""
+    if given is None:
+        sizer.size = max(1, min(n_sent, _LOGIT_BUDGET // max(1, n_covered * vocab)))
+    return sizer
