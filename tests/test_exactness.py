@@ -209,7 +209,8 @@ def test_mask_attention_equals_hand_written_attention(runner64, reference_attent
     assert max_diff(got, plain_logits(runner.plain, ids)) > 1e-4
 
 
-@pytest.mark.parametrize("adapter", CAPTURING)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("adapter", CAPTURING)  # (ids adapter-arch, as with the runner fixture)
 def test_mask_zeroes_blocked_keys_and_leaves_other_heads_untouched(runner):
     ids = token_ids()
     n_heads = runner.shape.n_heads
@@ -321,7 +322,8 @@ if "nnsight-sdpa" in ADAPTERS:  # (HEADKIT_TEST_ADAPTERS may leave it out)
             runner.logits(token_ids(), *captures(runner.shape))
 
 
-@pytest.mark.parametrize("adapter", CAPTURING)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("adapter", CAPTURING)  # (ids adapter-arch, as with the runner fixture)
 def test_capture_equals_eager_output_attentions(runner):
     ids = token_ids()
     heads = hk.Heads.parse("L0H0 L0H3 L1H2")
@@ -336,7 +338,8 @@ def test_capture_equals_eager_output_attentions(runner):
     assert cap.patterns.shape == (2, 3, 9, 9)
 
 
-@pytest.mark.parametrize("adapter", CAPTURING)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("adapter", CAPTURING)  # (ids adapter-arch, as with the runner fixture)
 def test_pooled_capture_equals_pooling_the_full_pattern(runner):
     ids = token_ids(pos=10)
     spans = [(0, 3), (3, 4), (4, 8), (8, 10)]
