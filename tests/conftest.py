@@ -272,7 +272,8 @@ class _Snapshot:
             self.flags[where] = [(n, p.requires_grad) for n, p in module.named_parameters()]
             self.configs[where] = self._configs(module)
         self.attached = {where: _left_attached(module) for where, module in self.modules.items()}
-        self.training = {where: [(n, m.training) for n, m in module.named_modules()] for where, module in self.modules.items()}
+        self.training = {where: [(n, m.training) for n, m in module.named_modules()]
+                         for where, module in self.modules.items()}
         self.tl_cfg = {where: _config_state(m.cfg) for where, m in self.modules.items() if hasattr(m, "cfg")}
 
     @staticmethod
@@ -308,7 +309,8 @@ class _Snapshot:
                     found.append(f"{where}.{name}: values changed")
             flags = [(n, p.requires_grad) for n, p in module.named_parameters()]
             if flags != self.flags[where]:
-                found.append(f"{where}: requires_grad changed on {[n for (n, f), (_, g) in zip(flags, self.flags[where]) if f != g] or 'some parameters'}")
+                changed = [n for (n, f), (_, g) in zip(flags, self.flags[where]) if f != g] or "some parameters"
+                found.append(f"{where}: requires_grad changed on {changed}")
             grads = [n for n, p in module.named_parameters() if p.grad is not None]
             if grads:
                 found.append(f"{where}: .grad left on {grads[:3]}{'...' if len(grads) > 3 else ''}")

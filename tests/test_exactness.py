@@ -311,7 +311,8 @@ if "nnsight-sdpa" in ADAPTERS:  # (HEADKIT_TEST_ADAPTERS may leave it out)
         [
             lambda shape: [hk.capture_attention("L0H0 L0H3 L1H2")],
             lambda shape: [hk.capture_attention("L1H1 L0H2", pool=[(0, 3), (3, 4), (4, 8), (8, 9)])],
-            lambda shape: [hk.mask_attention("L1H2", keys=[(0, 4)]), hk.capture_attention(hk.Heads.all(shape.n_layers, 4))],
+            lambda shape: [hk.mask_attention("L1H2", keys=[(0, 4)]),
+                           hk.capture_attention(hk.Heads.all(shape.n_layers, 4))],
         ],
         ids=["heads", "pooled", "with-a-mask"],
     )

@@ -69,7 +69,8 @@ def test_the_simulated_server_rebuilds_headkit_classes_without_touching_the_clie
     otherwise rebuild the classes shipped by value into headkit's own, replacing their methods."""
     from headkit import interventions
 
-    classes = [c for c in vars(interventions).values() if isinstance(c, type) and issubclass(c, interventions.Intervention)]
+    classes = [c for c in vars(interventions).values()
+               if isinstance(c, type) and issubclass(c, interventions.Intervention)]
     methods = {c: {k: v for k, v in vars(c).items() if callable(v)} for c in classes}
     model = nnsight_model("llama")
     traced(model, token_ids(), every_intervention(hk.get_backend(model).shape), backend=StrictRemote(model))
