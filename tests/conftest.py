@@ -22,7 +22,8 @@ configurations (attention implementation included) and train/eval modes. A test 
 behind fails at teardown (a cleanup bug, in headkit or in the test) and the runner is rebuilt for the
 next test, so nothing leaks on. A test that changes a model on purpose builds its own ``Runner(...)``.
 
-Threads: one torch thread (``HEADKIT_TEST_THREADS``), except in the real-model tests (``ALL_THREADS``).
+Threads: one torch thread (``HEADKIT_TEST_THREADS``), except in the real-model tests: as many of torch's
+own (``ALL_THREADS``) as other processes leave free (:func:`free_cores`).
 """
 
 from __future__ import annotations
@@ -42,13 +43,40 @@ import headkit as hk
 from tests.hooked import HOOKED_ARCHS, hooked_from, hooked_transformer_available
 
 ALL_THREADS = torch.get_num_threads()
-"""torch's own thread count (the cores it may use): the real model's tests run with it (tests/test_real_model.py)."""
+"""torch's own thread count (the cores it may use): the real model's tests use those of them that are free."""
 TEST_THREADS = int(os.environ.get("HEADKIT_TEST_THREADS", "1"))
 """Threads for everything else. The tiny models' matrices are far too small to split: a second thread only adds
 a hand-over per operation, which on a busy machine (a descheduled worker) costs milliseconds instead of
 microseconds. Subprocesses the tests start inherit it through OMP_NUM_THREADS."""
 torch.set_num_threads(TEST_THREADS)
 os.environ.setdefault("OMP_NUM_THREADS", str(TEST_THREADS))
+
+
+def free_cores(window: float = 0.3) -> int:
+    """How many of torch's ``ALL_THREADS`` cores other processes leave free, from /proc/stat over ``window``
+    seconds while this process sleeps (``ALL_THREADS`` where there is no /proc/stat).
+
+    The real model's tests take that many threads: a thread beyond the free cores does not add speed, it
+    makes every operation wait for a thread the scheduler has put aside (on a 2-core machine with one core
+    busy elsewhere, two threads made those tests about 8 times slower than one).
+    """
+    import time
+
+    def busy_and_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    try:
+        busy0, total0 = busy_and_total()
+        time.sleep(window)
+        busy1, total1 = busy_and_total()
+    except (OSError, ValueError, IndexError):
+        return ALL_THREADS
+    cpus = os.cpu_count() or ALL_THREADS
+    used = cpus * (busy1 - busy0) / max(1, total1 - total0)  # cores others used meanwhile
+    return max(1, min(ALL_THREADS, round(cpus - used)))
 
 
 @contextlib.contextmanager
@@ -272,7 +300,8 @@ class _Snapshot:
             self.flags[where] = [(n, p.requires_grad) for n, p in module.named_parameters()]
             self.configs[where] = self._configs(module)
         self.attached = {where: _left_attached(module) for where, module in self.modules.items()}
-        self.training = {where: [(n, m.training) for n, m in module.named_modules()] for where, module in self.modules.items()}
+        self.training = {where: [(n, m.training) for n, m in module.named_modules()]
+                         for where, module in self.modules.items()}
         self.tl_cfg = {where: _config_state(m.cfg) for where, m in self.modules.items() if hasattr(m, "cfg")}
 
     @staticmethod
@@ -308,7 +337,8 @@ class _Snapshot:
                     found.append(f"{where}.{name}: values changed")
             flags = [(n, p.requires_grad) for n, p in module.named_parameters()]
             if flags != self.flags[where]:
-                found.append(f"{where}: requires_grad changed on {[n for (n, f), (_, g) in zip(flags, self.flags[where]) if f != g] or 'some parameters'}")
+                changed = [n for (n, f), (_, g) in zip(flags, self.flags[where]) if f != g] or "some parameters"
+                found.append(f"{where}: requires_grad changed on {changed}")
             grads = [n for n, p in module.named_parameters() if p.grad is not None]
             if grads:
                 found.append(f"{where}: .grad left on {grads[:3]}{'...' if len(grads) > 3 else ''}")

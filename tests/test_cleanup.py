@@ -40,7 +40,7 @@ def runner(request):
 def test_blocks_exited_in_any_order_leave_exactly_the_open_ones(runner, order):
     ids = token_ids()
     before, clean = attachments(runner.model), forward(runner, ids)
-    reference = shared_runner(runner.adapter, "llama", tag="reference")  # the same weights, never touched by the blocks below
+    reference = shared_runner(runner.adapter, "llama", tag="reference")  # same weights, never touched by the blocks
     ivs = {name: make() for name, make in BLOCKS.items()}
     blocks = {name: runner.applied(iv) for name, iv in ivs.items()}
     for name in BLOCKS:  # entered in one order

@@ -209,7 +209,8 @@ def test_mask_attention_equals_hand_written_attention(runner64, reference_attent
     assert max_diff(got, plain_logits(runner.plain, ids)) > 1e-4
 
 
-@pytest.mark.parametrize("adapter", CAPTURING)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("adapter", CAPTURING)  # (ids adapter-arch, as with the runner fixture)
 def test_mask_zeroes_blocked_keys_and_leaves_other_heads_untouched(runner):
     ids = token_ids()
     n_heads = runner.shape.n_heads
@@ -308,7 +309,8 @@ if "nnsight-sdpa" in ADAPTERS:  # (HEADKIT_TEST_ADAPTERS may leave it out)
         [
             lambda shape: [hk.capture_attention("L0H0 L0H3 L1H2")],
             lambda shape: [hk.capture_attention("L1H1 L0H2", pool=[(0, 3), (3, 4), (4, 8), (8, 9)])],
-            lambda shape: [hk.mask_attention("L1H2", keys=[(0, 4)]), hk.capture_attention(hk.Heads.all(shape.n_layers, 4))],
+            lambda shape: [hk.mask_attention("L1H2", keys=[(0, 4)]),
+                           hk.capture_attention(hk.Heads.all(shape.n_layers, 4))],
         ],
         ids=["heads", "pooled", "with-a-mask"],
     )
@@ -319,7 +321,8 @@ if "nnsight-sdpa" in ADAPTERS:  # (HEADKIT_TEST_ADAPTERS may leave it out)
             runner.logits(token_ids(), *captures(runner.shape))
 
 
-@pytest.mark.parametrize("adapter", CAPTURING)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("adapter", CAPTURING)  # (ids adapter-arch, as with the runner fixture)
 def test_capture_equals_eager_output_attentions(runner):
     ids = token_ids()
     heads = hk.Heads.parse("L0H0 L0H3 L1H2")
@@ -334,7 +337,8 @@ def test_capture_equals_eager_output_attentions(runner):
     assert got.patterns.shape == (2, 3, 9, 9)
 
 
-@pytest.mark.parametrize("adapter", CAPTURING)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("adapter", CAPTURING)  # (ids adapter-arch, as with the runner fixture)
 def test_pooled_capture_equals_pooling_the_full_pattern(runner):
     ids = token_ids(pos=10)
     spans = [(0, 3), (3, 4), (4, 8), (8, 10)]

@@ -11,15 +11,15 @@ import headkit as hk
 from headkit.prompts import copy_task
 from headkit.readouts import score_next_token
 from tests import reference as ref
-from tests.conftest import ALL_THREADS, _Snapshot, max_diff, torch_threads
+from tests.conftest import ALL_THREADS, _Snapshot, free_cores, max_diff, torch_threads
 
 pytestmark = pytest.mark.real_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def every_core():
-    """The real model's matrices are large enough to split: these tests use all of torch's threads."""
-    with torch_threads(ALL_THREADS):
+@pytest.fixture(autouse=True)
+def free_threads():
+    """The real model's matrices are large enough to split: each test takes the cores that are free now."""
+    with torch_threads(free_cores() if ALL_THREADS > 1 else 1):
         yield
 
 

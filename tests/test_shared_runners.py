@@ -66,7 +66,8 @@ def test_each_kind_of_leftover_is_reported(kind, leftover):
     runner.logits(token_ids())
     snapshot = _Snapshot(runner)
     assert snapshot.problems() == []
-    runner.logits(token_ids(), hk.zero_ablate("L0H1"), hk.capture_attention("L1H0") if kind != "hf-sdpa" else hk.gate(torch.ones(2, 4)))
+    undone = [hk.zero_ablate("L0H1"), hk.gate(torch.ones(2, 4)), hk.mask_attention("L1H0", keys=[(0, 2)])]
+    runner.logits(token_ids(), *undone)
     assert snapshot.problems() == [], "an undone intervention counted as a leftover"
     change, pattern = LEFTOVERS[leftover]
     change(runner)
