@@ -49,7 +49,7 @@ from headkit.core.architectures import (
 )
 from headkit.core.captures import Captures, Run
 from headkit.core.errors import fail
-from headkit.core.inputs import check_inputs
+from headkit.core.inputs import check_inputs, real_token_positions
 from headkit.core.interventions import CaptureAttention, Intervention, MaskAttention, apply_masks
 from headkit.core.plan import plan
 from headkit.core.sites import ModelShape
@@ -405,7 +405,7 @@ class HFBackend(AdapterBase):
             kwargs["logits_to_keep"] = 1
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
-            kwargs.update(attention_mask=attention_mask, position_ids=self.position_ids(attention_mask))
+            kwargs.update(attention_mask=attention_mask, position_ids=real_token_positions(attention_mask))
         with applied(self.model, *interventions) as got, unembedding_only_at(self.model.get_output_embeddings(), positions):
             logits = self.model(input_ids=input_ids.to(device), **kwargs).logits
         return Run(logits if positions is None else logits[0], got)

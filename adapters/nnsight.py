@@ -44,7 +44,7 @@ from headkit.core.adapter import AdapterBase, pad_id
 from headkit.core.architectures import additive_mask, cached_tokens, check_maskable, find_cache, model_modules
 from headkit.core.captures import Captures, Run
 from headkit.core.errors import HeadkitError, fail
-from headkit.core.inputs import check_inputs
+from headkit.core.inputs import check_inputs, real_token_positions
 from headkit.core.interventions import Intervention, MaskAttention, apply_masks
 from headkit.core.plan import plan
 
@@ -273,7 +273,7 @@ class NNsightBackend(AdapterBase):
         model, remote = self.model, self.remote
         kwargs: dict[str, Any] = {}
         if attention_mask is not None:
-            kwargs.update(attention_mask=attention_mask, position_ids=self.position_ids(attention_mask))
+            kwargs.update(attention_mask=attention_mask, position_ids=real_token_positions(attention_mask))
         if last_only:
             kwargs["logits_to_keep"] = 1
         if remote is True:

@@ -69,7 +69,7 @@ def sequence_logprob(
     data: Any,
     gates: Float[torch.Tensor, "layer head"] | Float[torch.Tensor, "mask layer head"] | None = None,
     *,
-    rows_per_pass: int | RowSizer | None = None,
+    rows_per_pass: int | None = None,
     tokenizer: Any = None,
 ) -> Float[torch.Tensor, " example"] | Float[torch.Tensor, "mask example"]:
     """Mean log-probability per target token of each example, optionally under gates (one or many masks).
@@ -92,7 +92,7 @@ def sequence_logprob(
             "a float tensor [n_layers, n_heads] or [n_masks, n_layers, n_heads]",
             "pass e.g. torch.ones(n_layers, n_heads)",
         )
-    sizer = rows_per_pass if isinstance(rows_per_pass, RowSizer) else RowSizer(256 if rows_per_pass is None else rows_per_pass, 1, "sequence_logprob")
+    sizer = RowSizer(256 if rows_per_pass is None else rows_per_pass, 1, "sequence_logprob")  # checked before any work
     backend = _backend(model, tokenizer, "sequence_logprob", local=gates is not None and gates.requires_grad)
     shape = backend.shape
     if gates is not None and tuple(gates.shape[-2:]) != (shape.n_layers, shape.n_heads):
@@ -106,7 +106,6 @@ def sequence_logprob(
     n = len(ex)
     many = None if gates is None else gates.reshape(-1, *gates.shape[-2:])
     n_masks = 1 if many is None else many.shape[0]
-    sizer.total = max(sizer.total, n_masks * n)
     rows = Rows(torch.arange(n_masks).repeat_interleave(n), torch.arange(n).repeat(n_masks))
     variants = fixed() if many is None else sweep_gates(many)
     grad = many is not None and many.requires_grad and torch.is_grad_enabled()
@@ -388,7 +387,6 @@ def ablation_curves(
     ks = list(range(1, min(50, n_heads) + 1)) if ks is None else [int(k) for k in ks]
     if not ks or min(ks) < 0 or max(ks) > n_heads:
         raise fail(f"ablation_curves got ks={ks}", f"head counts between 0 and {n_heads}", "pass e.g. ks=range(1, 21)")
-    sizer = RowSizer(256 if rows_per_pass is None else rows_per_pass, 1, "ablation_curves")
     rows = []
     for s, seed in enumerate(tqdm(result.seeds or range(result.G.shape[0]), desc="ablation curves", disable=not progress)):
         base = result.G_plus[s].flatten().float()
@@ -401,7 +399,7 @@ def ablation_curves(
                     m[order[:k]] = value
                     masks.append(m)
         stacked = torch.stack(masks).reshape(-1, *result.G_plus.shape[1:])
-        logp = sequence_logprob(backend, ex, stacked, rows_per_pass=sizer).mean(-1).reshape(len(SCORES), len(ks), 2)
+        logp = sequence_logprob(backend, ex, stacked, rows_per_pass=rows_per_pass).mean(-1).reshape(len(SCORES), len(ks), 2)
         for i, name in enumerate(SCORES):
             for j, k in enumerate(ks):
                 zero, one = logp[i, j].tolist()

@@ -167,7 +167,7 @@ def kl_matrix(
     chosen.validate(shape.n_layers, shape.n_heads, n_kv_heads=shape.n_kv_heads, owner="kl_matrix")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise fail(f"kl_matrix got temperature={temperature!r}", "a number > 0", "pass temperature=1.0 (or 0.6)")
-    sizer = RowSizer(1 if rows_per_pass is None else rows_per_pass, len(sentences), "kl_matrix")
+    RowSizer(rows_per_pass, len(sentences), "kl_matrix")  # names a bad rows_per_pass before any work
 
     ids = sentences.input_ids
     member = sentences.membership()  # [S, T]
@@ -183,7 +183,7 @@ def kl_matrix(
     readout = KL(base_logp, covered, later, float(temperature))
     token_kl = torch.full((n_sent, n_tok), torch.nan, dtype=torch.float64)
     passes = sweep(backend, ids, None, readout, key_masks(chosen, member), Rows(torch.arange(n_sent), torch.zeros(n_sent)),
-                   rows_per_pass=_budgeted(sizer, rows_per_pass, n_sent, int(covered.sum()), base_logp.shape[-1]),
+                   rows_per_pass=_budgeted(rows_per_pass, n_sent, int(covered.sum()), base_logp.shape[-1]),
                    progress=progress and n_sent > 1, desc="suppressed sentences",
                    unit="sentence")
     for suppressed, position, kl in passes:  # row j suppresses sentence j; KL at the tokens of sentences i >= j
@@ -199,9 +199,7 @@ _LOGIT_BUDGET = 1 << 26
 """Default size of a pass: as many suppressed sentences as keep its logits within 256 MiB (float32)."""
 
 
-def _budgeted(sizer: RowSizer, given: int | None, n_sent: int, n_covered: int, vocab: int) -> RowSizer:
+def _budgeted(given: int | None, n_sent: int, n_covered: int, vocab: int) -> int:
     """The given size, or as many sentences as keep a pass's logits within the budget (packing more does not
     pay on a CPU: the unembedding dominates; benchmarks/results/suppression_speed_cpu.md)."""
-    if given is None:
-        sizer.size = max(1, min(n_sent, _LOGIT_BUDGET // max(1, n_covered * vocab)))
-    return sizer
+    return given if given is not None else max(1, min(n_sent, _LOGIT_BUDGET // max(1, n_covered * vocab)))

@@ -2,7 +2,7 @@
 
 An adapter subclass says how to run one forward pass (``logits``) and where its torch module is
 (``torch_module``); the base gives the rest of the backend protocol (:mod:`headkit.backend`): input checks,
-real-token position ids, the pad id for generation, device and dtype, frozen weights, ``logits`` and
+the pad id for generation, device and dtype, frozen weights, ``logits`` and
 ``captures`` (a pass without logits) on top of the adapter's ``run``. It lives in the kernel because the nnsight adapter, which travels to NDIF by value, builds on it.
 """
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headkit.core.inputs import check_inputs, check_last_only, check_positions, real_token_positions
+from headkit.core.inputs import check_inputs, check_last_only, check_positions
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
@@ -180,8 +180,3 @@ class AdapterBase:
         check_inputs(input_ids, attention_mask, self.vocab_size, owner)
         check_last_only(last_only, attention_mask)  # type: ignore[arg-type]
         check_positions(positions, input_ids, last_only)  # type: ignore[arg-type]
-
-    @staticmethod
-    def position_ids(attention_mask: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batch pos"]:
-        """Position ids counting real tokens only (see :func:`headkit.core.inputs.real_token_positions`)."""
-        return real_token_positions(attention_mask)
