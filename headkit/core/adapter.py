@@ -1,9 +1,10 @@
 """The base every backend adapter builds on: what the three adapters would otherwise each write again.
 
-An adapter subclass says how to run one forward pass (``logits``) and where its torch module is
+An adapter subclass says how to run one forward pass (``run``) and where its torch module is
 (``torch_module``); the base gives the rest of the backend protocol (:mod:`headkit.backend`): input checks,
-the pad id for generation, device and dtype, frozen weights, ``logits`` and
-``captures`` (a pass without logits) on top of the adapter's ``run``. It lives in the kernel because the nnsight adapter, which travels to NDIF by value, builds on it.
+the pad id for generation, device and dtype, frozen weights, and ``logits`` and ``captures`` (a pass
+without logits) on top of ``run``. It lives in the kernel because the nnsight adapter, which travels to
+NDIF by value, builds on it.
 """
 
 from __future__ import annotations
