@@ -39,13 +39,13 @@ def main() -> None:
         model, tok = hk.load_default(device=args.device, dtype=dtype)
         task = copy_task(tok)
         if dtype == torch.float32:
-            full = montecarlo.evaluate(model, task.input_ids, task.targets, torch.ones(1, 18, 4), metric="margin",
-                                       attention_mask=task.attention_mask, progress=False)[0]
+            full = montecarlo.evaluate(model, task.left.input_ids, task.left.targets, torch.ones(1, 18, 4), metric="margin",
+                                       attention_mask=task.left.attention_mask, progress=False)[0]
             solved = full > 0
-        task = task.subset(solved)
+        task = task.rows(solved)
         masks = montecarlo.bernoulli(args.masks, args.p_keep, 18, 4, seed=args.seed)
-        margins[dtype] = montecarlo.evaluate(model, task.input_ids.to(args.device), task.targets, masks,
-                                             metric="margin", attention_mask=task.attention_mask.to(args.device))
+        margins[dtype] = montecarlo.evaluate(model, task.left.input_ids.to(args.device), task.left.targets, masks,
+                                             metric="margin", attention_mask=task.left.attention_mask.to(args.device))
         del model
     fp32, bf16 = margins[torch.float32].double(), margins[torch.bfloat16].double()
     differ = (fp32 > 0) != (bf16 > 0)

@@ -25,7 +25,7 @@ import torch
 import headkit as hk
 from headkit import gating
 from headkit.data import copy_pairs
-from headkit.prompts import examples
+from headkit.prompts import tokenize
 
 
 def sync(device: str) -> None:
@@ -34,7 +34,7 @@ def sync(device: str) -> None:
 
 
 def bench(model, tokenizer, args):
-    data = examples(tokenizer, copy_pairs())
+    data = tokenize(tokenizer, copy_pairs())
     kw = dict(steps=args.steps, reg_steps=args.steps, batch_size=args.batch_size, progress=False)
     seeds = list(range(args.seeds))
 

@@ -55,11 +55,11 @@ def pool(model, task, p: float, n: int, seed: int, folder: Path) -> tuple[torch.
     shape = hk.get_backend(model).shape
     masks = montecarlo.bernoulli(n, p, shape.n_layers, shape.n_heads, seed=seed)
     log = OutcomeLog(folder, n_layers=shape.n_layers, n_heads=shape.n_heads, n_prompts=len(task),
-                     meta={"p_keep": p, "seed": seed, "metric": "margin", "prompts": list(task.prompts)})
+                     meta={"p_keep": p, "seed": seed, "metric": "margin", "prompts": list(task.texts)})
     done = min(len(log), n)
     if done < n:
-        chunks = montecarlo.evaluate_chunks(model, task.input_ids, task.targets, masks[done:], metric="margin",
-                                            attention_mask=task.attention_mask, rows_per_pass=len(task))
+        chunks = montecarlo.evaluate_chunks(model, task.left.input_ids, task.left.targets, masks[done:], metric="margin",
+                                            attention_mask=task.left.attention_mask, rows_per_pass=len(task))
         for chunk in chunks:
             log.append(masks[done : done + chunk.shape[0]], chunk)
             done += chunk.shape[0]
@@ -80,17 +80,17 @@ def main() -> None:
     torch.manual_seed(0)
     model, tok = hk.load_default()
     full = copy_task(tok)
-    margin = montecarlo.evaluate(model, full.input_ids, full.targets, torch.ones(1, 18, 4), metric="margin",
-                                 attention_mask=full.attention_mask, progress=False)[0]
-    task = full.subset(margin > 0)
+    margin = montecarlo.evaluate(model, full.left.input_ids, full.left.targets, torch.ones(1, 18, 4), metric="margin",
+                                 attention_mask=full.left.attention_mask, progress=False)[0]
+    task = full.rows(margin > 0)
     cache = Path(args.cache)
     started = time.perf_counter()
     calib = cache / "calibrated_p.txt"
     if calib.exists():
         p_auto = float(calib.read_text())
     else:
-        p_auto = montecarlo.calibrate(model, task.input_ids, task.targets, success=args.success, seed=0,
-                                      attention_mask=task.attention_mask)
+        p_auto = montecarlo.calibrate(model, task.left.input_ids, task.left.targets, success=args.success, seed=0,
+                                      attention_mask=task.left.attention_mask)
         cache.mkdir(parents=True, exist_ok=True)
         calib.write_text(repr(p_auto))
     designs = {"seed p=0.30": (0.3, 300), f"auto p={p_auto:.3f}": (p_auto, 500), "seed p=0.85": (0.85, 850)}
@@ -157,7 +157,7 @@ def main() -> None:
         importance, exclusion = counts(low).importance(), counts("seed p=0.85").exclusion()
         chosen = outliers(importance, exclusion)
         check = torch.stack([chosen, ~chosen, torch.ones_like(chosen)])
-        correct = montecarlo.evaluate(model, task.input_ids, task.targets, check, attention_mask=task.attention_mask,
+        correct = montecarlo.evaluate(model, task.left.input_ids, task.left.targets, check, attention_mask=task.left.attention_mask,
                                       progress=False).sum(1).int().tolist()
         study.append(f"- importance from `{low}`, exclusion from `seed p=0.85`: {int(chosen.sum())} outliers "
                      f"({hk.Heads(chosen)}); only they kept: {correct[0]}/{len(task)} correct; they ablated: "

@@ -229,7 +229,7 @@ def chg(*, task: str = "copy", seeds: int = 2, steps: int = 100, reg_steps: int 
         return {"fit": fitted, "full": logprobs["full"].tolist(), "gated": logprobs.iloc[:, 1:].to_numpy().tolist()}
 
     pairs = {"copy": data.copy_pairs, "ioi": data.ioi_pairs, "arithmetic": data.arithmetic_pairs}[task]()
-    examples = prompts.examples(backend.tokenizer, pairs)
+    examples = prompts.tokenize(backend.tokenizer, pairs)
     fitted = gating.fit(backend, examples, seeds=seeds, steps=steps, reg_steps=reg_steps, batch_size=batch_size,
                         lam=lam)
     out(f"fitted in {time.perf_counter() - started:.0f} s on {len(examples)} examples "

@@ -29,7 +29,7 @@ def compute_means(
     """Mean of every head's ``z`` over a reference set, for :func:`mean_ablate`.
 
     Runs ``model`` (a transformers model, a TransformerLens bridge, an nnsight model, or a headkit backend) over
-    ``input_ids [n, pos]``, ``rows_per_pass`` rows per forward pass (None: 32),
+    ``input_ids [n, pos]``, ``rows_per_pass`` rows per forward pass (None: tuned by throughput from 32),
     without computing logits, reading ``z`` with a reader (:class:`~headkit.core.interventions.SumZ`) whose
     per-layer sums come back in each pass's captures, as captured patterns do. Padding positions (``attention_mask == 0``) are left out. Returns ``[n_layers, n_heads,
     d_head]`` averaged over rows and positions, or ``[n_layers, pos, n_heads, d_head]`` with
@@ -58,7 +58,7 @@ def compute_means(
             "token ids [n_examples, pos] with at least one example",
             "tokenize the reference set into one padded tensor",
         )
-    sizer = RowSizer(32 if rows_per_pass is None else rows_per_pass, input_ids.shape[0], "compute_means")
+    sizer = RowSizer(rows_per_pass, input_ids.shape[0], "compute_means", start=32)
     if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
                                        or attention_mask.shape != input_ids.shape):
         raise fail(

@@ -1,16 +1,18 @@
-"""Tokenised prompt sets: single-token answers (left-padded) and target continuations (right-padded).
+"""One prompt type: tokenised prompts, each with an optional target continuation, padded on demand.
 
-:class:`Task` holds single-token answers, left-padded (the demo and the Monte Carlo study); :func:`copy_task`
-tokenises the copy task of seed 003 (:data:`headkit.data.COPY_PROMPTS`). :class:`Examples` holds prompts
-with target continuations of any length, right-padded with a mask on the target tokens, built by
-:func:`examples` from pairs, records or a ``datasets`` object (the built-in pair sets are in
-:mod:`headkit.data`).
+:class:`Prompts` keeps each prompt's and each target's tokens unpadded and gives two views:
+``.left`` (left-padded prompts, the next-token target of each: the Monte Carlo study, the demo, induction
+scores) and ``.right`` (prompt then target, right-padded, a mask on the target tokens: gate fitting and
+sequence log-probabilities). Build one with :func:`tokenize` (pairs, records, columns, a
+``datasets.Dataset``, or prompts alone), :func:`copy_task` (seed 003's copy task, its first sentences
+marked) or :meth:`Prompts.from_tokens`; the built-in pair sets are in :mod:`headkit.data`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,213 +25,306 @@ if TYPE_CHECKING:
 
 Pairs = Sequence[tuple[str, str]]
 
-__all__ = ["Task", "copy_task", "Examples", "examples", "left_padded", "single_tokens"]
+__all__ = ["Prompts", "LeftPadded", "RightPadded", "tokenize", "copy_task", "left_padded", "single_tokens"]
 
 
 @dataclass(frozen=True)
-class Task:
-    """A tokenized, left-padded prompt set with one target token per prompt.
+class LeftPadded:
+    """Prompts left-padded (every row ends in its last prompt token), as next-token readouts want them.
 
-    ``first_sentence`` marks each prompt's first sentence (the text being copied), BOS excluded.
+    ``targets`` is each prompt's next-token target (its target's first token; None when a prompt has no
+    target); ``marked`` is True on each prompt's marked span (e.g. the copy task's first sentence).
 
     Example:
-        >>> import headkit as hk
-        >>> from headkit.prompts import copy_task
-        >>> task = copy_task(hk.models.tiny_tokenizer())
-        >>> task.prompts[0], task.answers[0], task.first_sentence[0].sum().item()
-        ('Tom eats apples. Tom eats', ' apples', 4)
+        >>> from headkit.prompts import Prompts
+        >>> view = Prompts.from_tokens([[1, 5], [1, 6, 7]], [[8, 9], [4]]).left
+        >>> view.attention_mask.tolist(), view.targets.tolist()
+        ([[0, 1, 1], [1, 1, 1]], [8, 4])
     """
 
-    prompts: tuple[str, ...]
-    answers: tuple[str, ...]
     input_ids: Int[torch.Tensor, "n pos"]
     attention_mask: Int[torch.Tensor, "n pos"]
-    targets: Int[torch.Tensor, " n"]
-    first_sentence: Bool[torch.Tensor, "n pos"]
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def subset(self, keep: Bool[torch.Tensor, " n"]) -> Task:
-        """The prompts where ``keep`` is True."""
-        rows = keep.nonzero()[:, 0].tolist()
-        return Task(
-            prompts=tuple(self.prompts[i] for i in rows),
-            answers=tuple(self.answers[i] for i in rows),
-            input_ids=self.input_ids[rows],
-            attention_mask=self.attention_mask[rows],
-            targets=self.targets[rows],
-            first_sentence=self.first_sentence[rows],
-        )
+    targets: Int[torch.Tensor, " n"] | None
+    marked: Bool[torch.Tensor, "n pos"]
 
 
-def copy_task(tokenizer: Any, prompts: tuple[tuple[str, str], ...] = COPY_PROMPTS) -> Task:
-    """Tokenize the copy task (left-padded). A multi-token answer counts as its first token.
-
-    Example:
-        >>> import headkit as hk
-        >>> from headkit.prompts import copy_task
-        >>> task = copy_task(hk.models.tiny_tokenizer())
-        >>> len(task), task.input_ids.shape[0]
-        (59, 59)
-    """
-    if not prompts:
-        raise fail("copy_task got no prompts", "(prompt, answer) pairs", "pass COPY_PROMPTS or your own pairs")
-    texts = [p for p, _ in prompts]
-    answers = [a for _, a in prompts]
-    encoded = [tokenizer(t)["input_ids"] for t in texts]
-    firsts = [len(tokenizer(t.split(". ")[0] + ".")["input_ids"]) for t in texts]
-    width = max(map(len, encoded))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(texts), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(texts), width, dtype=torch.long)
-    first = torch.zeros(len(texts), width, dtype=torch.bool)
-    bos = 1 if tokenizer.bos_token_id is not None and encoded[0][:1] == [tokenizer.bos_token_id] else 0
-    for row, (tokens, n_first) in enumerate(zip(encoded, firsts)):
-        start = width - len(tokens)
-        ids[row, start:] = torch.tensor(tokens)
-        mask[row, start:] = 1
-        first[row, start + bos : start + n_first] = True
-    targets = torch.tensor([tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in answers])
-    return Task(tuple(texts), tuple(answers), ids, mask, targets, first)
-
-
-# ------------------------------------------------------------------------------------------------- continuations
 @dataclass(frozen=True)
-class Examples:
-    """Prompts with target continuations, tokenised and right-padded; only target tokens are scored.
+class RightPadded:
+    """Each prompt followed by its target, right-padded; ``target_mask`` is True on the target tokens.
 
-    ``target_mask`` is True on the target tokens. The logits that predict them sit one position earlier:
-    :meth:`scored` gives those positions and the tokens they must predict. Padding is never a target.
+    The logits that predict the targets sit one position earlier: :meth:`scored` gives those positions and
+    the tokens they must predict. Padding is never a target.
 
     Example:
-        >>> import headkit as hk
-        >>> from headkit.prompts import examples
-        >>> ex = examples(hk.models.tiny_tokenizer(), [("Tom eats", " apples"), ("He bought milk .", " Tom eats")])
-        >>> ex.input_ids.shape, ex.target_mask.sum(-1).tolist()
-        (torch.Size([2, 7]), [1, 2])
+        >>> from headkit.prompts import Prompts
+        >>> view = Prompts.from_tokens([[1, 5], [1, 6, 7]], [[8, 9], [4]]).right
+        >>> view.attention_mask.tolist(), view.target_mask.int().tolist()
+        ([[1, 1, 1, 1], [1, 1, 1, 1]], [[0, 0, 1, 1], [0, 0, 0, 1]])
     """
 
-    prompts: tuple[str, ...]
-    targets: tuple[str, ...]
     input_ids: Int[torch.Tensor, "n pos"]
     attention_mask: Int[torch.Tensor, "n pos"]
     target_mask: Bool[torch.Tensor, "n pos"]
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def rows(self, index: Sequence[int] | torch.Tensor) -> Examples:
-        """The examples at ``index`` (repeats allowed), with padding columns no row needs trimmed off."""
-        index = torch.as_tensor(index, dtype=torch.long)
-        mask = self.attention_mask[index]
-        width = int(mask.sum(-1).max()) if len(index) else 0
-        return Examples(
-            tuple(self.prompts[i] for i in index.tolist()),
-            tuple(self.targets[i] for i in index.tolist()),
-            self.input_ids[index, :width],
-            mask[:, :width],
-            self.target_mask[index, :width],
-        )
-
-    def concat(self, other: Examples) -> Examples:
-        """These examples, then ``other``'s, right-padded to a common width.
-
-        Example:
-            >>> from headkit.prompts import Examples
-            >>> a, b = Examples.from_tokens([[1, 5]], [[6]]), Examples.from_tokens([[1]], [[7, 8, 9]])
-            >>> a.concat(b).input_ids.tolist()
-            [[1, 5, 6, 0], [1, 7, 8, 9]]
-        """
-        width = max(self.input_ids.shape[1], other.input_ids.shape[1])
-
-        def padded(name: str) -> torch.Tensor:
-            parts = [getattr(e, name) for e in (self, other)]
-            return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in parts])
-
-        return Examples(
-            self.prompts + other.prompts,
-            self.targets + other.targets,
-            padded("input_ids"),
-            padded("attention_mask"),
-            padded("target_mask"),
-        )
+    marked: Bool[torch.Tensor, "n pos"]
 
     def scored(self) -> tuple[Bool[torch.Tensor, "n pos"], Int[torch.Tensor, " m"]]:
-        """Where the logits predict a target token (``[n, pos]``), and those tokens (row-major order)."""
+        """Where the logits predict a target token (``[n, pos]``), and those tokens (row-major order).
+
+        Example:
+            >>> from headkit.prompts import Prompts
+            >>> where, tokens = Prompts.from_tokens([[1, 5]], [[6, 7]]).right.scored()
+            >>> where.int().tolist(), tokens.tolist()
+            ([[0, 1, 1, 0]], [6, 7])
+        """
         positions = torch.zeros_like(self.target_mask)
         positions[:, :-1] = self.target_mask[:, 1:]
         return positions, self.input_ids[:, 1:][self.target_mask[:, 1:]]
 
+
+@dataclass(frozen=True)
+class Prompts:
+    """Tokenised prompts with optional target continuations; ``.left`` and ``.right`` are the padded views.
+
+    ``prompt_ids`` and ``target_ids`` hold each row's tokens unpadded (a target may be empty: prompts
+    alone); ``marked`` optionally gives a ``[start, end)`` span of each prompt's tokens (the copy task's
+    first sentence, BOS excluded). Views are built once, on first use.
+
+    Example:
+        >>> from headkit.prompts import Prompts
+        >>> p = Prompts.from_tokens([[1, 5], [1, 6, 7]], [[8, 9], [4]])
+        >>> p.left.input_ids.tolist(), p.left.targets.tolist()
+        ([[0, 1, 5], [1, 6, 7]], [8, 4])
+        >>> p.right.input_ids.tolist(), p.right.target_mask.int().tolist()
+        ([[1, 5, 8, 9], [1, 6, 7, 4]], [[0, 0, 1, 1], [0, 0, 0, 1]])
+    """
+
+    texts: tuple[str, ...]
+    targets: tuple[str, ...]
+    prompt_ids: tuple[tuple[int, ...], ...]
+    target_ids: tuple[tuple[int, ...], ...]
+    pad_id: int = 0
+    marked_spans: tuple[tuple[int, int], ...] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.prompt_ids)
+        sizes = {len(self.texts), len(self.targets), len(self.target_ids)}
+        if self.marked_spans is not None:
+            sizes.add(len(self.marked_spans))
+        if n == 0 or sizes != {n}:
+            raise fail(
+                f"Prompts got {n} prompt_ids, {len(self.target_ids)} target_ids, {len(self.texts)} texts and "
+                f"{len(self.targets)} targets",
+                "the same number of each, at least one prompt",
+                "build it with prompts.tokenize(tokenizer, pairs) or Prompts.from_tokens(prompt_ids, target_ids)",
+            )
+        for i, p in enumerate(self.prompt_ids):
+            if len(p) == 0:
+                raise fail(
+                    f"prompt {i} ({self.texts[i]!r:.60}) has no tokens",
+                    "at least one token per prompt",
+                    f"drop prompt {i} or give it text",
+                )
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
     @staticmethod
     def from_tokens(
         prompt_ids: Sequence[Sequence[int]],
-        target_ids: Sequence[Sequence[int]],
+        target_ids: Sequence[Sequence[int]] | None = None,
         pad_id: int = 0,
-        prompts: Sequence[str] | None = None,
+        texts: Sequence[str] | None = None,
         targets: Sequence[str] | None = None,
-    ) -> Examples:
-        """Examples from token ids: each row is its prompt's ids then its target's ids, right-padded.
+    ) -> Prompts:
+        """Prompts from token ids (``target_ids`` None: no targets); texts default to the ids written out.
 
         Example:
-            >>> from headkit.prompts import Examples
-            >>> Examples.from_tokens([[1, 5], [1, 6, 7]], [[8, 9], [4]]).target_mask.int().tolist()
+            >>> from headkit.prompts import Prompts
+            >>> Prompts.from_tokens([[1, 5], [1, 6, 7]], [[8, 9], [4]]).right.target_mask.int().tolist()
             [[0, 0, 1, 1], [0, 0, 0, 1]]
         """
-        if len(prompt_ids) == 0 or len(prompt_ids) != len(target_ids):
+        if target_ids is None:
+            target_ids = [() for _ in prompt_ids]
+        if len(prompt_ids) != len(target_ids):
             raise fail(
-                f"Examples got {len(prompt_ids)} prompts and {len(target_ids)} targets",
-                "one target per prompt, at least one pair",
-                "pass matching, non-empty lists",
+                f"Prompts got {len(prompt_ids)} prompts and {len(target_ids)} targets",
+                "one target per prompt",
+                "pass matching lists",
             )
-        for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
-            if len(t) == 0 or len(p) == 0:
-                which = "target" if len(t) == 0 else "prompt"
-                text = (targets if which == "target" else prompts) or ()
-                shown = f" ({text[i]!r})" if i < len(text) else ""
-                raise fail(
-                    f"example {i} has an empty {which} after tokenisation{shown}",
-                    f"at least one {which} token per example (a {which} that tokenises to nothing cannot be scored)",
-                    f"drop example {i} or give it a non-empty {which}",
-                )
-        width = max(len(p) + len(t) for p, t in zip(prompt_ids, target_ids))
-        n = len(prompt_ids)
-        ids = torch.full((n, width), pad_id, dtype=torch.long)
+
+        def written(given: Sequence[str] | None, tokens: Sequence[Sequence[int]]) -> tuple[str, ...]:
+            return tuple(given) if given is not None else tuple(" ".join(map(str, t)) for t in tokens)
+
+        return Prompts(
+            written(texts, prompt_ids), written(targets, target_ids),
+            tuple(tuple(int(t) for t in p) for p in prompt_ids), tuple(tuple(int(t) for t in t_) for t_ in target_ids),
+            int(pad_id),
+        )
+
+    def rows(self, index: Sequence[int] | Bool[torch.Tensor, " n"] | Int[torch.Tensor, " k"]) -> Prompts:
+        """The prompts at ``index`` (a list or tensor of rows, repeats allowed, or a boolean keep-mask).
+
+        Example:
+            >>> from headkit.prompts import Prompts
+            >>> p = Prompts.from_tokens([[1, 5], [1, 6, 7]], [[8], [4]])
+            >>> p.rows(torch.tensor([False, True])).right.input_ids.tolist()   # views fit the rows kept
+            [[1, 6, 7, 4]]
+        """
+        index = torch.as_tensor(index)
+        if index.dtype == torch.bool:
+            if index.shape != (len(self),):
+                raise fail(f"Prompts.rows got a keep-mask {describe(index)}", f"one bool per prompt ({len(self)})",
+                           "pass a mask of the prompts' length, or row numbers")
+            index = index.nonzero()[:, 0]
+        picked = index.long().flatten().tolist()
+        if any(not -len(self) <= i < len(self) for i in picked):
+            raise fail(f"Prompts.rows got rows {picked[:8]}", f"row numbers below {len(self)}", "pass existing rows")
+
+        def take(values: tuple) -> tuple:
+            return tuple(values[i] for i in picked)
+
+        marked = None if self.marked_spans is None else take(self.marked_spans)
+        return Prompts(take(self.texts), take(self.targets), take(self.prompt_ids), take(self.target_ids),
+                       self.pad_id, marked)
+
+    def concat(self, other: Prompts) -> Prompts:
+        """These prompts, then ``other``'s (marked spans kept only when both have them).
+
+        Example:
+            >>> from headkit.prompts import Prompts
+            >>> a, b = Prompts.from_tokens([[1, 5]], [[6]]), Prompts.from_tokens([[1]], [[7, 8, 9]])
+            >>> a.concat(b).right.input_ids.tolist()
+            [[1, 5, 6, 0], [1, 7, 8, 9]]
+        """
+        marked = None
+        if self.marked_spans is not None and other.marked_spans is not None:
+            marked = self.marked_spans + other.marked_spans
+        return Prompts(self.texts + other.texts, self.targets + other.targets, self.prompt_ids + other.prompt_ids,
+                       self.target_ids + other.target_ids, self.pad_id, marked)
+
+    @cached_property
+    def left(self) -> LeftPadded:
+        """The prompts left-padded, with each one's next-token target (see :class:`LeftPadded`)."""
+        n, width = len(self), max(map(len, self.prompt_ids))
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(n, width, dtype=torch.long)
+        marked = torch.zeros(n, width, dtype=torch.bool)
+        for row, tokens in enumerate(self.prompt_ids):
+            start = width - len(tokens)
+            ids[row, start:] = torch.tensor(tokens)
+            mask[row, start:] = 1
+            if self.marked_spans is not None:
+                a, b = self.marked_spans[row]
+                marked[row, start + a : start + b] = True
+        targets = None
+        if all(self.target_ids):
+            targets = torch.tensor([t[0] for t in self.target_ids], dtype=torch.long)
+        return LeftPadded(ids, mask, targets, marked)
+
+    @cached_property
+    def right(self) -> RightPadded:
+        """Each prompt then its target, right-padded, with the target tokens marked (see :class:`RightPadded`)."""
+        n = len(self)
+        width = max(len(p) + len(t) for p, t in zip(self.prompt_ids, self.target_ids))
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros(n, width, dtype=torch.long)
         target = torch.zeros(n, width, dtype=torch.bool)
-        for row, (p, t) in enumerate(zip(prompt_ids, target_ids)):
+        marked = torch.zeros(n, width, dtype=torch.bool)
+        for row, (p, t) in enumerate(zip(self.prompt_ids, self.target_ids)):
             ids[row, : len(p) + len(t)] = torch.tensor([*p, *t])
             mask[row, : len(p) + len(t)] = 1
             target[row, len(p) : len(p) + len(t)] = True
-        def texts(given: Sequence[str] | None, tokens: Sequence[Sequence[int]]) -> tuple[str, ...]:
-            return tuple(given) if given is not None else tuple(" ".join(map(str, t)) for t in tokens)
+            if self.marked_spans is not None:
+                a, b = self.marked_spans[row]
+                marked[row, a:b] = True
+        return RightPadded(ids, mask, target, marked)
 
-        return Examples(texts(prompts, prompt_ids), texts(targets, target_ids), ids, mask, target)
+    def require_targets(self, owner: str) -> Prompts:
+        """These prompts, or a HeadkitError naming the first prompt whose target has no tokens.
+
+        Example:
+            >>> from headkit.prompts import Prompts
+            >>> try:
+            ...     Prompts.from_tokens([[1, 5]], [[]]).require_targets("fit")
+            ... except ValueError as error:
+            ...     print(str(error).split(";")[0])
+            fit: example 0 has an empty target after tokenisation ('')
+        """
+        for i, t in enumerate(self.target_ids):
+            if len(t) == 0:
+                raise fail(
+                    f"{owner}: example {i} has an empty target after tokenisation ({self.targets[i]!r})",
+                    "at least one target token per example (a target that tokenises to nothing cannot be scored)",
+                    f"drop example {i} or give it a non-empty target",
+                )
+        return self
 
 
-def examples(tokenizer: Any, data: Any, *, prompt: str = "prompt", target: str = "target") -> Examples:
-    """Tokenise prompts with targets: (prompt, target) pairs, records, columns, or a ``datasets.Dataset``.
+def tokenize(tokenizer: Any, data: Any, *, prompt: str = "prompt", target: str = "target") -> Prompts:
+    """Tokenise prompts with targets: (prompt, target) pairs, records, columns, a ``datasets.Dataset``, or prompts alone.
 
     The prompt is tokenised as usual (BOS included if the tokenizer adds one) and the target on its own
-    without special tokens, then appended: the boundary is exact, as with the reference CHG code's marker
-    token. Start targets with the space they need (" Paris"). Rows are right-padded.
+    without special tokens: the boundary is exact, as with the reference CHG code's marker token. Start
+    targets with the space they need (" Paris"). A list of strings gives prompts without targets.
+    Padding uses the tokenizer's pad token (else its EOS token, else 0).
 
     Example:
         >>> import headkit as hk
-        >>> from headkit.prompts import examples
+        >>> from headkit.prompts import tokenize
         >>> tok = hk.models.tiny_tokenizer()
-        >>> len(examples(tok, [{"prompt": "Tom eats", "target": " apples"}]))
-        1
-        >>> len(examples(tok, {"q": ["Tom eats", "He bought"], "a": [" apples", " milk"]}, prompt="q", target="a"))
+        >>> p = tokenize(tok, [("Tom eats", " apples"), ("He bought milk .", " Tom eats")])
+        >>> p.right.input_ids.shape, p.right.target_mask.sum(-1).tolist()
+        (torch.Size([2, 7]), [1, 2])
+        >>> len(tokenize(tok, {"q": ["Tom eats", "He bought"], "a": [" apples", " milk"]}, prompt="q", target="a"))
         2
+        >>> tokenize(tok, ["Tom eats apples", "He eats"]).left.attention_mask.tolist()
+        [[1, 1, 1, 1], [0, 1, 1, 1]]
     """
-    if isinstance(data, Examples):
+    if isinstance(data, Prompts):
         return data
     pairs = _pairs(data, prompt, target)
     prompt_ids = [tokenizer(p)["input_ids"] for p, _ in pairs]
-    target_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for _, t in pairs]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    return Examples.from_tokens(prompt_ids, target_ids, pad, [p for p, _ in pairs], [t for _, t in pairs])
+    target_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for _, t in pairs]
+    return Prompts.from_tokens(prompt_ids, target_ids, pad_id(tokenizer), [p for p, _ in pairs], [t for _, t in pairs])
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id prompts are padded with: the tokenizer's pad token, else its EOS token (the first of a list), else 0.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.prompts import pad_id
+        >>> tok = hk.models.tiny_tokenizer()
+        >>> pad_id(tok) == tok.pad_token_id
+        True
+    """
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if isinstance(candidate, (list, tuple)):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def copy_task(tokenizer: Any, prompts: tuple[tuple[str, str], ...] = COPY_PROMPTS) -> Prompts:
+    """Tokenise the copy task of seed 003, each prompt's first sentence (the text being copied) marked.
+
+    A multi-token answer's next-token target is its first token (``.left.targets``).
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.prompts import copy_task
+        >>> task = copy_task(hk.models.tiny_tokenizer())
+        >>> len(task), task.texts[0], task.targets[0], task.left.marked[0].sum().item()
+        (59, 'Tom eats apples. Tom eats', ' apples', 4)
+    """
+    if not prompts:
+        raise fail("copy_task got no prompts", "(prompt, answer) pairs", "pass COPY_PROMPTS or your own pairs")
+    base = tokenize(tokenizer, list(prompts))
+    bos = 1 if tokenizer.bos_token_id is not None and base.prompt_ids[0][:1] == (tokenizer.bos_token_id,) else 0
+    firsts = [len(tokenizer(t.split(". ")[0] + ".")["input_ids"]) for t in base.texts]
+    return Prompts(base.texts, base.targets, base.prompt_ids, base.target_ids, base.pad_id,
+                   tuple((bos, n) for n in firsts))
 
 
 def _pairs(data: Any, prompt: str, target: str) -> list[tuple[str, str]]:
@@ -238,9 +333,9 @@ def _pairs(data: Any, prompt: str, target: str) -> list[tuple[str, str]]:
         names = list(columns) if columns is not None else list(data)
         if prompt not in names or target not in names:
             raise fail(
-                f"examples got columns {names}",
+                f"tokenize got columns {names}",
                 f"a {prompt!r} column and a {target!r} column",
-                "name them with examples(tok, data, prompt=..., target=...)",
+                "name them with tokenize(tok, data, prompt=..., target=...)",
             )
         pairs = list(zip(data[prompt], data[target]))
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
@@ -251,27 +346,31 @@ def _pairs(data: Any, prompt: str, target: str) -> list[tuple[str, str]]:
                     raise fail(
                         f"record {i} has keys {sorted(item)}",
                         f"keys {prompt!r} and {target!r}",
-                        "name them with examples(tok, data, prompt=..., target=...)",
+                        "name them with tokenize(tok, data, prompt=..., target=...)",
                     )
                 pairs.append((item[prompt], item[target]))
             elif isinstance(item, (tuple, list)) and len(item) == 2:
                 pairs.append((item[0], item[1]))
+            elif isinstance(item, str):  # a prompt without a target
+                pairs.append((item, ""))
             else:
-                raise fail(f"examples got item {i}: {item!r:.60}", "(prompt, target) pairs or records", "pass pairs")
+                raise fail(f"tokenize got item {i}: {item!r:.60}", "(prompt, target) pairs, records or prompt strings",
+                           "pass pairs")
     else:
         raise fail(
-            f"examples got a {type(data).__name__}",
+            f"tokenize got a {type(data).__name__}",
             "(prompt, target) pairs, records with prompt/target keys, a mapping of columns, or a datasets.Dataset",
-            "e.g. examples(tok, [(\"The capital of France is\", \" Paris\")])",
+            "e.g. tokenize(tok, [(\"The capital of France is\", \" Paris\")])",
         )
     if not pairs:
-        raise fail("examples got no examples", "at least one (prompt, target) pair", "pass a non-empty set")
+        raise fail("tokenize got no examples", "at least one (prompt, target) pair", "pass a non-empty set")
     for i, (p, t) in enumerate(pairs):
         if not isinstance(p, str) or not isinstance(t, str):
             raise fail(
                 f"example {i} is ({p!r:.40}, {t!r:.40})", "a prompt string and a target string", "convert to str"
             )
     return pairs
+
 
 
 # ------------------------------------------------------------------------------------------------- single-token answers
@@ -315,14 +414,8 @@ def left_padded(
                    "pass the prompts as strings (or token ids)")
     if tok is None:
         raise fail("evaluate got prompts as strings but no tokenizer", "a tokenizer", "pass tokenizer=")
-    encoded = [tok(p)["input_ids"] for p in prompts]
-    width = max(map(len, encoded))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(encoded), width, dtype=torch.long)
-    for row, tokens in enumerate(encoded):
-        ids[row, width - len(tokens) :] = torch.tensor(tokens)
-        mask[row, width - len(tokens) :] = 1
+    view = tokenize(tok, prompts).left
+    ids, mask = view.input_ids, view.attention_mask
     return ids, mask
 
 

@@ -161,7 +161,7 @@ class SequenceLogProb(Readout):
     def __init__(self, input_ids: Int[torch.Tensor, "prompt pos"], target_mask: Bool[torch.Tensor, "prompt pos"]) -> None:
         if not isinstance(target_mask, torch.Tensor) or target_mask.dtype != torch.bool or target_mask.shape != input_ids.shape:
             raise fail(f"SequenceLogProb got target_mask {describe(target_mask)} for ids {describe(input_ids)}",
-                       "a bool mask of the ids' shape, True on target tokens", "build it with headkit.prompts.examples")
+                       "a bool mask of the ids' shape, True on target tokens", "build it with headkit.prompts.tokenize(tok, pairs).right.target_mask")
         self.input_ids, self.target_mask = input_ids, target_mask
 
     def positions(self, variant, prompt, cols):  # type: ignore[override]

@@ -127,24 +127,34 @@ class Rows:
 class RowSizer:
     """Rows per forward pass: fixed, or tuned (double while evaluations per second improve; halve on OOM).
 
-    Every pass is real work, so tuning wastes nothing. Tuning starts at ``step`` rows (one group of rows
-    that must share a pass) and doubles from there. Pass one sizer to several calls to keep what it
-    measured (the gate fitter does, step after step).
+    Every pass is real work, so tuning wastes nothing. Tuning starts at ``start`` rows (default ``step``,
+    one group of rows that must share a pass) and doubles from there, up to ``total``. Pass one sizer to
+    several calls to keep what it measured (the gate fitter does, step after step).
 
     Example:
         >>> from headkit.sweep import RowSizer
         >>> s = RowSizer(None, total=64)
         >>> s.size, s.record(1, 1.0), s.size
         (1, None, 2)
+        >>> s = RowSizer(None, total=64, start=16)          # a known good size to grow from
+        >>> s.size, s.record(16, 1.0), s.size, s.record(32, 2.0), s.size   # 32 rows were no faster: back to 16
+        (16, None, 32, None, 16)
     """
 
     def __init__(
-        self, fixed: int | None, total: int, owner: str = "sweep", name: str = "rows_per_pass", step: int = 1
+        self,
+        fixed: int | None,
+        total: int,
+        owner: str = "sweep",
+        name: str = "rows_per_pass",
+        step: int = 1,
+        start: int | None = None,
     ) -> None:
         if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 1):
             raise fail(f"{owner} got {name}={fixed!r}", "a whole number >= 1, or None to tune it by throughput",
                        f"pass e.g. {name}=64")
-        self.size, self.best, self.settled, self.total = fixed or step, 0.0, fixed is not None, max(1, total)
+        first = fixed or max(step, min(start or step, max(1, total)))
+        self.size, self.best, self.settled, self.total = first, 0.0, fixed is not None, max(1, total)
 
     def record(self, rows: int, seconds: float) -> None:
         """Record one pass's rows and time; double while the rate improves by 5 %, then settle."""

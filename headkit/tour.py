@@ -117,16 +117,17 @@ def tour(model: Any, tokenizer: Any = None, *, heads: HeadsLike | None = None, t
     shape = backend.shape
     full = copy_task(backend.tokenizer)
     with torch.no_grad():
-        logits = backend.logits(full.input_ids, attention_mask=full.attention_mask, last_only=True)
-    solved = score_next_token(logits[:, -1], full.targets).bool()
-    task = full.subset(solved)
-    if len(task) == 0:
+        logits = backend.logits(full.left.input_ids, attention_mask=full.left.attention_mask, last_only=True)
+    solved = score_next_token(logits[:, -1], full.left.targets).bool()
+    if not bool(solved.any()):
         raise HeadkitError("the default model solved none of the copy prompts; expected most. Fix: reinstall")
+    task = full.rows(solved)
+    view = task.left
     chosen = Heads(heads) if heads else induction_heads(backend, task, top)
     chosen.validate(shape.n_layers, shape.n_heads, n_kv_heads=shape.n_kv_heads, owner="--heads")
 
     with torch.no_grad():
-        means = hk.compute_means(model, task.input_ids, attention_mask=task.attention_mask)
+        means = hk.compute_means(model, view.input_ids, attention_mask=view.attention_mask)
     everything = Heads.all(shape.n_layers, shape.n_heads)
     control = _random_heads(everything - chosen, len(chosen))
     half = torch.ones(shape.n_layers, shape.n_heads)
@@ -136,7 +137,7 @@ def tour(model: Any, tokenizer: Any = None, *, heads: HeadsLike | None = None, t
         ("zero_ablate", str(chosen), [hk.zero_ablate(chosen)]),
         ("mean_ablate (means over these prompts)", str(chosen), [hk.mean_ablate(chosen, means)]),
         ("gate 0.5", str(chosen), [hk.gate(half)]),
-        ("mask_attention (first sentence keys)", str(chosen), [hk.mask_attention(chosen, keys=task.first_sentence)]),
+        ("mask_attention (first sentence keys)", str(chosen), [hk.mask_attention(chosen, keys=view.marked)]),
         ("capture_attention (reads only)", str(chosen), [hk.capture_attention(chosen)]),
         ("zero_ablate, random heads (control)", str(control), [hk.zero_ablate(control)]),
         ("zero_ablate, every head", f"all {len(everything)}", [hk.zero_ablate(everything)]),
@@ -147,14 +148,14 @@ def tour(model: Any, tokenizer: Any = None, *, heads: HeadsLike | None = None, t
         for _ in range(max(1, repeats)):
             t0 = time.perf_counter()
             with torch.no_grad():
-                logits = backend.logits(task.input_ids, *interventions, attention_mask=task.attention_mask, last_only=True)
+                logits = backend.logits(view.input_ids, *interventions, attention_mask=view.attention_mask, last_only=True)
             times.append(time.perf_counter() - t0)
         rows.append({
             "intervention": name,
             "heads": head_text,
-            "correct": int(score_next_token(logits[:, -1], task.targets).sum()),
+            "correct": int(score_next_token(logits[:, -1], view.targets).sum()),
             "n": len(task),
-            "logprob": float(score_next_token(logits[:, -1], task.targets, "logprob").mean()),
+            "logprob": float(score_next_token(logits[:, -1], view.targets, "logprob").mean()),
             "ms": 1000 * statistics.median(times),
         })
     return Tour(rows, chosen, bool(heads), len(task), len(full), repeats)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 
 import headkit as hk
 from headkit import gating
-from headkit.prompts import Examples, examples
+from headkit.prompts import Prompts, tokenize
 from tests import reference as ref
 from tests.conftest import max_diff, require, shared_runner
 
@@ -31,17 +30,17 @@ def own_continuations(model, n=32, new=2, seed=0):
             for _ in range(new):
                 ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
             targets.append(ids[len(p) :])
-    return Examples.from_tokens(prompts, targets)
+    return Prompts.from_tokens(prompts, targets)
 
 
 def hand_logprob(model, ex):
     """Each example run alone, unpadded: mean log p of its target tokens, read off the full logits."""
     out = []
     for row in range(len(ex)):
-        n = int(ex.attention_mask[row].sum())
-        ids = ex.input_ids[row, :n]
+        n = int(ex.right.attention_mask[row].sum())
+        ids = ex.right.input_ids[row, :n]
         logp = torch.log_softmax(model(ids[None]).logits[0].double(), -1)
-        where = ex.target_mask[row, :n].nonzero()[:, 0]
+        where = ex.right.target_mask[row, :n].nonzero()[:, 0]
         out.append(torch.stack([logp[t - 1, ids[t]] for t in where.tolist()]).mean())
     return torch.stack(out)
 
@@ -56,11 +55,11 @@ def planted():
 # ------------------------------------------------------------------------------------------------- data
 def test_examples_mark_target_tokens_and_pad_on_the_right():
     tok = hk.models.tiny_tokenizer()
-    ex = examples(tok, [("Tom eats", " apples"), ("He bought milk", " Tom eats")])
-    assert ex.input_ids.tolist()[0][:4] == tok("Tom eats apples")["input_ids"]
-    assert ex.attention_mask.sum(-1).tolist() == [4, 6] and ex.input_ids.shape == (2, 6)
-    assert ex.target_mask.int().tolist()[0][:4] == [0, 0, 0, 1]
-    positions, labels = ex.scored()
+    ex = tokenize(tok, [("Tom eats", " apples"), ("He bought milk", " Tom eats")])
+    assert ex.right.input_ids.tolist()[0][:4] == tok("Tom eats apples")["input_ids"]
+    assert ex.right.attention_mask.sum(-1).tolist() == [4, 6] and ex.right.input_ids.shape == (2, 6)
+    assert ex.right.target_mask.int().tolist()[0][:4] == [0, 0, 0, 1]
+    positions, labels = ex.right.scored()
     assert positions.sum().item() == 3 and labels.tolist()[0] == tok(" apples", add_special_tokens=False)["input_ids"][0]
 
 
@@ -74,15 +73,15 @@ def test_examples_from_records_columns_and_a_dataset_object():
         def __getitem__(self, name):
             return [p if name == "question" else t for p, t in pairs]
 
-    want = examples(tok, pairs).input_ids
-    assert torch.equal(examples(tok, [{"prompt": p, "target": t} for p, t in pairs]).input_ids, want)
-    assert torch.equal(examples(tok, {"prompt": [p for p, _ in pairs], "target": [t for _, t in pairs]}).input_ids, want)
-    assert torch.equal(examples(tok, Dataset(), prompt="question", target="answer").input_ids, want)
+    want = tokenize(tok, pairs).right.input_ids
+    assert torch.equal(tokenize(tok, [{"prompt": p, "target": t} for p, t in pairs]).right.input_ids, want)
+    assert torch.equal(tokenize(tok, {"prompt": [p for p, _ in pairs], "target": [t for _, t in pairs]}).right.input_ids, want)
+    assert torch.equal(tokenize(tok, Dataset(), prompt="question", target="answer").right.input_ids, want)
 
 
 def test_padding_never_enters_the_score():
     model, tok = hk.models.tiny("gpt2", dtype=torch.float64)
-    ex = examples(tok, [("Tom eats apples . Tom", " eats apples"), ("He", " bought"), ("Alice saw a movie .", " Alice")])
+    ex = tokenize(tok, [("Tom eats apples . Tom", " eats apples"), ("He", " bought"), ("Alice saw a movie .", " Alice")])
     got = gating.sequence_logprob(model, ex)
     with torch.no_grad():
         assert max_diff(got, hand_logprob(model, ex)) <= 1e-10
@@ -91,7 +90,7 @@ def test_padding_never_enters_the_score():
 @pytest.mark.parametrize("adapter", ["tl", "nnsight-sdpa", "nnsight-remote"])
 def test_sequence_logprob_under_gates_is_the_same_through_every_adapter(adapter):
     other, hf = shared_runner(adapter, "gemma3"), shared_runner("hf-sdpa", "gemma3")
-    ex = examples(hf.tokenizer, [("Tom eats apples . Tom", " eats apples"), ("He", " bought")])
+    ex = tokenize(hf.tokenizer, [("Tom eats apples . Tom", " eats apples"), ("He", " bought")])
     gates = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0))
     want = gating.sequence_logprob(hf.backend, ex, gates)
     assert max_diff(gating.sequence_logprob(other.backend, ex, gates), want) <= 1e-5
@@ -99,7 +98,7 @@ def test_sequence_logprob_under_gates_is_the_same_through_every_adapter(adapter)
 
 def test_many_masks_equal_weight_scaled_models():
     model, tok = hk.models.tiny("neox", dtype=torch.float64)
-    ex = examples(tok, [("Tom eats apples . Tom", " eats"), ("He bought milk", " .")])
+    ex = tokenize(tok, [("Tom eats apples . Tom", " eats"), ("He bought milk", " .")])
     gates = torch.rand(3, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     got = gating.sequence_logprob(model, ex, gates, rows_per_pass=4)  # 6 rows in two passes
     for m in range(3):
@@ -113,7 +112,7 @@ def test_gradient_of_the_objective_matches_finite_differences():
     model, tok = hk.models.tiny("gpt2", dtype=torch.float64)
     for p in model.parameters():
         p.requires_grad_(False)
-    ex = examples(tok, [("Tom eats apples . Tom", " eats apples"), ("He bought", " milk")])
+    ex = tokenize(tok, [("Tom eats apples . Tom", " eats apples"), ("He bought", " milk")])
     theta = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
 
     def loss(t):
@@ -336,8 +335,7 @@ def test_weights_are_frozen_during_the_fit_and_restored_after_also_on_error():
     ex = own_continuations(model, n=4)
     gating.fit(model, ex, steps=1, reg_steps=1, batch_size=2, progress=False)
     assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
-    bad = copy.copy(ex)
-    object.__setattr__(bad, "input_ids", ex.input_ids + 1000)  # out of vocabulary: refused at the first forward
+    bad = Prompts.from_tokens([[t + 1000 for t in p] for p in ex.prompt_ids], ex.target_ids)  # out of vocabulary
     with pytest.raises(hk.HeadkitError, match=r"token id \d+ in input_ids.*vocabulary"):
         gating.fit(model, bad, steps=1, reg_steps=1, batch_size=2, progress=False)
     assert all(p.requires_grad for p in model.parameters())

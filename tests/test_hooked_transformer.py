@@ -20,7 +20,7 @@ import torch
 import headkit as hk
 from headkit import gating, montecarlo, receivers, stochastic_ablation, suppression
 from headkit.adapters import transformer_lens as hk_tl
-from headkit.prompts import Examples
+from headkit.prompts import Prompts
 from tests.conftest import Runner, attachments, max_diff, shared_runner, token_ids
 from tests.hooked import hooked_from, hooked_transformer_available
 
@@ -245,7 +245,7 @@ def test_monte_carlo_and_the_study_equal_the_transformers_adapter(tl_pair):
 def test_gate_fitting_equals_the_transformers_adapter(tl_pair):
     hooked, plain = tl_pair
     targets = own_targets(plain, PROMPTS)
-    data = Examples.from_tokens(
+    data = Prompts.from_tokens(
         [plain.tokenizer(p)["input_ids"] for p in PROMPTS], [[int(t)] for t in targets]
     )
     kw = dict(seeds=2, steps=3, reg_steps=2, batch_size=3, progress=False)

@@ -52,3 +52,15 @@ def test_the_remote_nnsight_example_fails_offline_with_the_cause(nnsight_blocks,
     with pytest.raises(hk.HeadkitError, match=r"could not reach NDIF at http://127\.0\.0\.1:9") as error:
         run_as_script(nnsight_blocks[1], tmp_path)
     assert "a-secret-key" not in str(error.value)
+
+
+def test_the_prompts_example_runs_as_written(tmp_path):
+    (block,) = python_blocks("Prompts")
+    namespace = run_as_script(block, tmp_path)
+    p, tok = namespace["p"], namespace["tok"]
+    assert p.left.input_ids.shape == (2, 7) and p.right.input_ids.shape == (2, 8)
+    first = [tok(t, add_special_tokens=False)["input_ids"][0] for t in (" apples", " milk .")]
+    assert p.left.targets.tolist() == first
+    assert p.right.target_mask.sum(-1).tolist() == [len(tok(t, add_special_tokens=False)["input_ids"])
+                                                    for t in (" apples", " milk .")]
+    assert len(namespace["solved"]) == 3 and namespace["solved"].texts[1] == namespace["task"].texts[2]

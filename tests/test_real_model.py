@@ -70,17 +70,17 @@ def test_copy_task_mostly_succeeds_and_ablating_every_head_collapses_it(gemma):
     model, tokenizer, task = gemma
     backend = hk.get_backend(model, tokenizer)
     with torch.no_grad():
-        plain = backend.logits(task.input_ids, attention_mask=task.attention_mask, last_only=True)
+        plain = backend.logits(task.left.input_ids, attention_mask=task.left.attention_mask, last_only=True)
         ablated = backend.logits(
-            task.input_ids, hk.zero_ablate(hk.Heads.all(18, 4)), attention_mask=task.attention_mask, last_only=True
+            task.left.input_ids, hk.zero_ablate(hk.Heads.all(18, 4)), attention_mask=task.left.attention_mask, last_only=True
         )
-    assert score_next_token(plain[:, -1], task.targets).mean() >= 0.75  # 51 of 59 when this was written
-    assert score_next_token(ablated[:, -1], task.targets).mean() <= 0.05  # 0 of 59
+    assert score_next_token(plain[:, -1], task.left.targets).mean() >= 0.75  # 51 of 59 when this was written
+    assert score_next_token(ablated[:, -1], task.left.targets).mean() <= 0.05  # 0 of 59
 
 
 def test_zero_ablation_equals_zeroed_wo_on_the_real_model(gemma):
     model, tokenizer, task = gemma
-    ids, mask = task.input_ids[:8], task.attention_mask[:8]
+    ids, mask = task.left.input_ids[:8], task.left.attention_mask[:8]
     heads = hk.Heads.parse("L5H1 L5H3 L11H2 L13H3")
     with torch.no_grad():
         got = hk.get_backend(model).logits(ids, hk.zero_ablate(heads), attention_mask=mask)
@@ -92,12 +92,12 @@ def test_transformer_lens_equals_transformers_on_the_real_model(gemma):
     from transformer_lens.model_bridge import TransformerBridge
 
     model, tokenizer, task = gemma
-    ids, mask = task.input_ids[:8], task.attention_mask[:8]
+    ids, mask = task.left.input_ids[:8], task.left.attention_mask[:8]
     bridge = TransformerBridge.boot_transformers("gemma-3-270m", hf_model=copy.deepcopy(model), tokenizer=tokenizer)
     gate = torch.rand(18, 4, generator=torch.Generator().manual_seed(0))
     cases = [
         [hk.zero_ablate("L5H1 L17H0")],
-        [hk.mask_attention("L11H2 L13H3", keys=task.first_sentence[:8])],  # per row, left-padded batch
+        [hk.mask_attention("L11H2 L13H3", keys=task.left.marked[:8])],  # per row, left-padded batch
         [hk.gate(gate), hk.mask_attention("L5H3", keys=[(14, 17)]), hk.capture_attention("L5H3")],
     ]
     real = mask.bool()
@@ -116,15 +116,15 @@ def test_nnsight_equals_transformers_and_transformer_lens_on_the_real_model(gemm
     from tests.ndif import StrictRemote
 
     model, tokenizer, task = gemma
-    ids, mask = task.input_ids[:6], task.attention_mask[:6]
+    ids, mask = task.left.input_ids[:6], task.left.attention_mask[:6]
     traced = hk.get_backend(TransformersModel(copy.deepcopy(model), tokenizer=tokenizer))
     remote = NNsightBackend(traced.model, remote=StrictRemote(traced.model))
     bridge = hk.get_backend(TransformerBridge.boot_transformers("gemma-3-270m", hf_model=copy.deepcopy(model), tokenizer=tokenizer))
     cases = [
         [hk.zero_ablate("L5H1 L17H0")],
-        [hk.mean_ablate("L11H2", hk.compute_means(model, task.input_ids[6:12], attention_mask=task.attention_mask[6:12]))],
+        [hk.mean_ablate("L11H2", hk.compute_means(model, task.left.input_ids[6:12], attention_mask=task.left.attention_mask[6:12]))],
         [hk.gate(torch.rand(18, 4, generator=torch.Generator().manual_seed(1)))],
-        [hk.mask_attention("L11H2 L13H3", keys=task.first_sentence[:6]), hk.capture_attention("L13H3")],
+        [hk.mask_attention("L11H2 L13H3", keys=task.left.marked[:6]), hk.capture_attention("L13H3")],
     ]
     real = mask.bool()
     with torch.no_grad():
@@ -155,7 +155,7 @@ def test_chg_on_gemma_runs_and_ablating_its_facilitating_heads_hurts(gemma):
     from headkit import data, gating, prompts
 
     model, tokenizer, _ = gemma
-    data = prompts.examples(tokenizer, data.copy_pairs()[:24])
+    data = prompts.tokenize(tokenizer, data.copy_pairs()[:24])
     with pytest.warns(UserWarning, match="RMS-normalises"):
         fit = gating.fit(model, data, seeds=2, steps=15, reg_steps=15, batch_size=8, progress=False)
     assert fit.G_minus.shape == (2, 18, 4) and torch.isfinite(fit.G_plus).all()
@@ -225,10 +225,10 @@ def test_stochastic_ablation_study_on_the_real_model_equals_one_forward_per_mask
             # seed 003: the padded prompt batch, one forward per mask, the logits of the last (left-padded)
             # position; transformers' own logits_to_keep=1 computes that row alone instead of every position's
             with torch.no_grad(), hk_hf.applied(model, *([hk.zero_ablate(off)] if len(off) else [])):
-                logits = model(task.input_ids, attention_mask=task.attention_mask, logits_to_keep=1).logits[:, -1]
-            target = logits.gather(-1, task.targets[:, None])[:, 0]
-            others = logits.scatter(-1, task.targets[:, None], float("-inf")).amax(-1)
-            naive.append((target - others)[[task.prompts.index(p) for p in result.prompts]])
+                logits = model(task.left.input_ids, attention_mask=task.left.attention_mask, logits_to_keep=1).logits[:, -1]
+            target = logits.gather(-1, task.left.targets[:, None])[:, 0]
+            others = logits.scatter(-1, task.left.targets[:, None], float("-inf")).amax(-1)
+            naive.append((target - others)[[task.texts.index(p) for p in result.prompts]])
         naive = torch.stack(naive)
         assert torch.equal(phase.success, naive > 0)
         assert max_diff(phase.margins, naive) <= 1e-3  # fp32, 262k-way logits, padded differently

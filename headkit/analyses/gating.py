@@ -37,7 +37,7 @@ from headkit.config import configure
 from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT
 from headkit.core.errors import describe, fail
 from headkit.core.interventions import gate
-from headkit.prompts import Examples, examples
+from headkit.prompts import Prompts, tokenize
 from headkit.readouts import SequenceLogProb
 from headkit.sweep import Rows, RowSizer, Variants, fixed, sweep, sweep_all
 from headkit.sweep import gates as sweep_gates
@@ -102,20 +102,20 @@ def sequence_logprob(
             f"gates [{shape.n_layers}, {shape.n_heads}] or [n_masks, {shape.n_layers}, {shape.n_heads}]",
             f"build them with torch.ones({shape.n_layers}, {shape.n_heads}) (and a leading mask axis for many)",
         )
-    ex = _examples(backend, data, "sequence_logprob")
+    ex = _prompts(backend, data, "sequence_logprob")
     n = len(ex)
     many = None if gates is None else gates.reshape(-1, *gates.shape[-2:])
     n_masks = 1 if many is None else many.shape[0]
     rows = Rows(torch.arange(n_masks).repeat_interleave(n), torch.arange(n).repeat(n_masks))
     variants = fixed() if many is None else sweep_gates(many)
     grad = many is not None and many.requires_grad and torch.is_grad_enabled()
-    out = sweep_all(backend, ex.input_ids, ex.attention_mask, _readout(ex), variants, rows, rows_per_pass=sizer,
+    out = sweep_all(backend, ex.right.input_ids, ex.right.attention_mask, _readout(ex), variants, rows, rows_per_pass=sizer,
                     grad=grad)
     return out.reshape(n_masks, n) if gates is not None and gates.ndim == 3 else out
 
 
-def _readout(ex: Examples) -> SequenceLogProb:
-    return SequenceLogProb(ex.input_ids, ex.target_mask)
+def _readout(ex: Prompts) -> SequenceLogProb:
+    return SequenceLogProb(ex.right.input_ids, ex.right.target_mask)
 
 
 # ------------------------------------------------------------------------------------------------- fitting
@@ -135,8 +135,8 @@ def fit(
     ``recipe`` (default: the paper's, :class:`Recipe`) says how; keyword ``changes`` replace its fields
     (``fit(model, data, steps=100)``). ``seeds`` is a count (seeds 0..n-1) or a list of seeds; all are
     fitted in one batched run. ``data``
-    is anything :func:`headkit.prompts.examples` takes (pairs, records, a ``datasets.Dataset``) or
-    :class:`~headkit.prompts.Examples`. ``rows_per_pass`` is the rows of one forward pass (None: a step's
+    is anything :func:`headkit.prompts.tokenize` takes (pairs, records, a ``datasets.Dataset``) or
+    :class:`~headkit.prompts.Prompts`. ``rows_per_pass`` is the rows of one forward pass (None: a step's
     whole batch); a smaller size processes the batch in pieces and sums the gradients: the same result. Model weights are frozen for
     the run and restored after.
 
@@ -154,7 +154,7 @@ def fit(
     _check_rows_per_pass(rows_per_pass, "fit")
     lam = how.lam
     backend = _backend(model, tokenizer, "fit")
-    ex = _examples(backend, data, "fit")
+    ex = _prompts(backend, data, "fit")
     _warn_normalised_attention_output(backend)
     theta, samplers = _start(backend, seed_list, len(ex))
     device, dtype = theta.device, theta.dtype
@@ -216,8 +216,8 @@ def fit_contrastive(
     _check_rows_per_pass(rows_per_pass, "fit_contrastive")
     lam = how.lam
     backend = _backend(model, tokenizer, "fit_contrastive")
-    ex_r = _examples(backend, retain, "fit_contrastive (retain)")
-    ex_f = _examples(backend, forget, "fit_contrastive (forget)")
+    ex_r = _prompts(backend, retain, "fit_contrastive (retain)")
+    ex_f = _prompts(backend, forget, "fit_contrastive (forget)")
     if len(ex_r) != len(ex_f):
         raise fail(
             f"fit_contrastive got {len(ex_r)} retain examples and {len(ex_f)} forget examples",
@@ -242,7 +242,7 @@ def fit_contrastive(
 
 def _optimise(
     backend: Backend,
-    ex: Examples,
+    ex: Prompts,
     theta: torch.Tensor,
     samplers: list[_Sampler],
     *,
@@ -295,7 +295,8 @@ def _optimise(
         else:  # contrastive: the retain row and the forget row of each pair share a pass
             rows = Rows(fit_of_unit.repeat_interleave(2), torch.stack([example, example + pair_offset], 1).flatten(), 2)
         done = 0
-        for lp in sweep(backend, ex.input_ids, ex.attention_mask, readout, variants, rows, rows_per_pass=sizer, grad=True):
+        for lp in sweep(backend, ex.right.input_ids, ex.right.attention_mask, readout, variants, rows, rows_per_pass=sizer,
+                        grad=True):
             if pair_offset is None:
                 keep, loss = lp, -lp.sum() / batch_size
             else:
@@ -376,7 +377,7 @@ def ablation_curves(
     from tqdm.auto import tqdm
 
     backend = _backend(model, tokenizer, "ablation_curves", local=False)
-    ex = _examples(backend, data, "ablation_curves")
+    ex = _prompts(backend, data, "ablation_curves")
     n_heads = result.G_plus[0].numel()
     if n_heads != backend.shape.n_layers * backend.shape.n_heads:
         raise fail(
@@ -411,7 +412,7 @@ def variant_logprobs(model: Any, variants: dict[str, Any], result: ContrastiveFi
                      tokenizer: Any = None) -> pd.DataFrame:
     """Mean log p(target) per token of each prompt variant: the full model's, then each seed's under its ``G``.
 
-    ``variants`` maps a name to a data set (pairs or Examples), e.g. the retained and the forgotten variant
+    ``variants`` maps a name to a data set (pairs, records, or :class:`~headkit.prompts.Prompts`), e.g. the retained and the forgotten variant
     of a contrastive fit. Returns one row per variant: ``full`` and one column per seed (``seed <n>``).
 
     Example:
@@ -431,7 +432,7 @@ def variant_logprobs(model: Any, variants: dict[str, Any], result: ContrastiveFi
     seeds = list(result.seeds) or list(range(result.G.shape[0]))
     rows = {}
     for name, data in variants.items():
-        ex = _examples(backend, data, "variant_logprobs")
+        ex = _prompts(backend, data, "variant_logprobs")
         rows[name] = [sequence_logprob(backend, ex).mean().item()]
         rows[name] += [sequence_logprob(backend, ex, result.G[s]).mean().item() for s in range(len(seeds))]
     return pd.DataFrame.from_dict(rows, orient="index", columns=["full", *(f"seed {s}" for s in seeds)])
@@ -449,16 +450,16 @@ def _backend(model: Any, tokenizer: Any, owner: str, local: bool = True) -> Back
     return backend
 
 
-def _examples(backend: Backend, data: Any, owner: str) -> Examples:
-    if isinstance(data, Examples):
-        return data
+def _prompts(backend: Backend, data: Any, owner: str) -> Prompts:
+    if isinstance(data, Prompts):
+        return data.require_targets(owner)
     if backend.tokenizer is None:
         raise fail(
             f"{owner} got text examples but the model has no tokenizer",
             "a tokenizer to turn prompts and targets into tokens",
-            f"pass tokenizer=... to {owner.split()[0]}, or pass headkit.prompts.Examples built from token ids",
+            f"pass tokenizer=... to {owner.split()[0]}, or pass headkit.prompts.Prompts.from_tokens(prompt_ids, target_ids)",
         )
-    return examples(backend.tokenizer, data)
+    return tokenize(backend.tokenizer, data).require_targets(owner)
 
 
 def _seeds(seeds: int | Sequence[int], owner: str) -> list[int]:

@@ -11,16 +11,18 @@ from typing import Any
 
 import torch
 
+from headkit.core.errors import fail
 from headkit.core.heads import Heads
-from headkit.prompts import Task
+from headkit.prompts import Prompts
 
 __all__ = ["induction_heads", "copy_attention"]
 
 
-def copy_attention(model: Any, task: Task) -> torch.Tensor:
+def copy_attention(model: Any, task: Prompts) -> torch.Tensor:
     """Each head's attention from the last token to the earlier copy of the answer, mean over prompts ``[layer * head]``.
 
-    The keys are the positions of the first sentence holding the target token; heads are in
+    The keys are the positions of the first sentence (the marked span of :func:`~headkit.prompts.copy_task`)
+    holding the target token; heads are in
     ``Heads.all(n_layers, n_heads)`` order. ``model`` is any model headkit has an adapter for, or a backend.
 
     Example:
@@ -35,17 +37,24 @@ def copy_attention(model: Any, task: Task) -> torch.Tensor:
     from headkit.backend import get_backend
     from headkit.core.interventions import capture_attention
 
+    if not isinstance(task, Prompts) or task.marked_spans is None or task.left.targets is None:
+        raise fail(
+            f"copy_attention got {type(task).__name__}" + ("" if not isinstance(task, Prompts) else " without marked first sentences"),
+            "a copy task: prompts with a target each and their first sentences marked",
+            "build it with headkit.prompts.copy_task(tokenizer) (or your pairs: copy_task(tokenizer, pairs))",
+        )
+    view = task.left
     backend = get_backend(model)
     shape = backend.shape
     capture = capture_attention(Heads.all(shape.n_layers, shape.n_heads))
     with torch.no_grad():
-        got = backend.run(task.input_ids, capture, attention_mask=task.attention_mask, last_only=True).captures
-    target_keys = (task.input_ids == task.targets[:, None]) & task.first_sentence  # [n, pos]
+        got = backend.run(view.input_ids, capture, attention_mask=view.attention_mask, last_only=True).captures
+    target_keys = (view.input_ids == view.targets[:, None]) & view.marked  # [n, pos]
     last_row = got[capture].patterns[:, :, -1, :]  # [n, heads, key]
     return (last_row * target_keys[:, None, :]).sum(-1).mean(0)  # [heads]
 
 
-def induction_heads(model: Any, task: Task, top: int = 4) -> Heads:
+def induction_heads(model: Any, task: Prompts, top: int = 4) -> Heads:
     """The ``top`` heads with the most attention from the last token to the earlier copy of the answer.
 
     Ranked by :func:`copy_attention`; the result is a :class:`headkit.Heads` set (sorted by layer and head). ``model`` is any model headkit has an adapter for, or a backend.

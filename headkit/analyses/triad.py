@@ -24,7 +24,7 @@ import torch
 
 from headkit.core.errors import describe, fail
 from headkit.readouts import NextToken
-from headkit.sweep import gates, sweep_all
+from headkit.sweep import RowSizer, gates, sweep_all
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,7 +150,7 @@ def triad(
     token at ``key`` (for induction: the earlier occurrence of the token to predict). ``model`` is any
     model headkit has an adapter for (transformers, a TransformerLens bridge or HookedTransformer, a local
     nnsight model) or its backend; the direct effect reads its weights through the backend's ``head_paths``. The
-    zero-ablations run ``rows_per_pass`` heads per forward pass (None: 64).
+    zero-ablations run ``rows_per_pass`` heads per forward pass (None: tuned by throughput from 64).
 
     Example:
         >>> import headkit as hk
@@ -204,7 +204,7 @@ def triad(
     one_off = torch.ones(n_heads_total, n_heads_total, device=backend.device).fill_diagonal_(0.0)
     readout = NextToken(torch.tensor([target]), "prob", position=query)
     ablated = sweep_all(backend, ids, None, readout, gates(one_off.reshape(-1, shape.n_layers, shape.n_heads)),
-                        rows_per_pass=64 if rows_per_pass is None else rows_per_pass).float().cpu()
+                        rows_per_pass=RowSizer(rows_per_pass, n_heads_total, "triad", start=64)).float().cpu()
     index = pd.MultiIndex.from_product([range(shape.n_layers), range(shape.n_heads)], names=["layer", "head"])
     table = pd.DataFrame(
         {
