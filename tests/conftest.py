@@ -317,7 +317,7 @@ class _Snapshot:
         return {"objects": configs, "values": states}
 
     def problems(self) -> list[str]:
-        from headkit.adapters import huggingface
+        from headkit.adapters import huggingface_attention
 
         found = []
         for where, module in self.modules.items():
@@ -357,7 +357,7 @@ class _Snapshot:
                     found.append(f"{where}: configuration changed: {changed}")
             if where in self.tl_cfg and not _same(_config_state(module.cfg), self.tl_cfg[where]):
                 found.append(f"{where}: TransformerLens cfg changed")
-            if any(m in huggingface._ATTACHED for m in module.modules()):
+            if any(m in huggingface_attention._ATTACHED for m in module.modules()):
                 found.append(f"{where}: headkit's attention routing still registered")
         return found
 

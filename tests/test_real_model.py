@@ -167,11 +167,11 @@ def test_chg_on_gemma_runs_and_ablating_its_facilitating_heads_hurts(gemma):
 
 def test_receiver_scan_chunked_equals_full_patterns_on_the_real_model(gemma, gemma_sdpa, monkeypatch):
     """Pooling in chunks of 7 query rows (sdpa model) = pooling eager output_attentions by hand."""
-    from headkit.adapters import huggingface
+    from headkit.adapters import huggingface_attention
 
     model, tokenizer, _ = gemma
     trace = hk.sentences.locate(tokenizer, hk.data.reasoning_traces()[0])
-    monkeypatch.setattr(huggingface, "_POOL_CHUNK_ELEMENTS", 7 * 4 * trace.n_tokens)
+    monkeypatch.setattr(huggingface_attention, "_POOL_CHUNK_ELEMENTS", 7 * 4 * trace.n_tokens)
     sdpa = gemma_sdpa
     scan = hk.receivers.scan(sdpa, [trace], progress=False)
     member = trace.membership().double()

@@ -233,9 +233,9 @@ def test_scan_equals_the_seed_pipeline_on_full_patterns(adapter, arch, monkeypat
     hf-chunked: the transformers adapter pools 3 query rows at a time (as it does for long texts).
     """
     if adapter == "hf-chunked":
-        from headkit.adapters import huggingface
+        from headkit.adapters import huggingface_attention
 
-        monkeypatch.setattr(huggingface, "_POOL_CHUNK_ELEMENTS", 3 * 4 * 46)
+        monkeypatch.setattr(huggingface_attention, "_POOL_CHUNK_ELEMENTS", 3 * 4 * 46)
     runner = shared_runner("hf-sdpa" if adapter == "hf-chunked" else adapter, arch)
     traces = [tiny_trace(runner.tokenizer, n) for n in (9, 10)]
     result = receivers.scan(runner.backend, traces, proximity_ignore=2, progress=False)
