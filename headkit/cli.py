@@ -6,6 +6,7 @@
     headkit receivers receiver heads (kurtosis of vertical attention scores) over reasoning traces
     headkit suppress  sentence-suppression KL matrix of one text
     headkit triad     attention vs direct effect vs ablation effect per head (induction)
+    headkit bench     ablation throughput on your model and device (naive loop vs fused vs plain, adapters)
 
 Every command takes ``--model`` (a local transformers folder or a .gguf file; default: the embedded Gemma 3
 270M), ``--adapter transformers|transformer_lens|nnsight``, ``--device``, ``--dtype`` and
@@ -28,7 +29,7 @@ import torch
 import headkit as hk
 from headkit.cli_inputs import ADAPTERS, open_model, out_folder, read_texts
 
-__all__ = ["main", "demo", "chg", "mc", "receivers", "suppress", "triad"]
+__all__ = ["main", "demo", "chg", "mc", "receivers", "suppress", "triad", "bench"]
 
 Out = Callable[[str], Any]
 
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ...     main(["--help"])
         ... except SystemExit as done:
         ...     print("exit", done.code)  # doctest: +ELLIPSIS
-        usage: headkit [-h] [--version] {demo,chg,mc,receivers,suppress,triad} ...
+        usage: headkit [-h] [--version]...
         ...
         exit 0
         >>> main(["chg", "--ks", "a,b"])   # the message goes to stderr
@@ -57,16 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="headkit", description="Exact attention-head interventions.")
     parser.add_argument("--version", action="version", version=f"headkit {hk.__version__}")
     commands = parser.add_subparsers(dest="command")
-    on = argparse.ArgumentParser(add_help=False)
-    on.add_argument("--model", default=None,
-                    help="a local transformers folder (model + tokenizer) or a .gguf file; nothing is downloaded "
-                    "(default: the embedded Gemma 3 270M)")
+    loads = argparse.ArgumentParser(add_help=False)
+    loads.add_argument("--model", default=None,
+                       help="a local transformers folder (model + tokenizer) or a .gguf file; nothing is downloaded "
+                       "(default: the embedded Gemma 3 270M)")
+    loads.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    loads.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype (default float32)")
+    loads.add_argument("--attn-implementation", choices=["sdpa", "eager"], default=None,
+                       help="the model's attention (default: as saved; nnsight captures need eager)")
+    on = argparse.ArgumentParser(add_help=False, parents=[loads])
     on.add_argument("--adapter", choices=ADAPTERS, default="transformers",
                     help="run through plain transformers (default), a TransformerLens bridge or nnsight")
-    on.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
-    on.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype (default float32)")
-    on.add_argument("--attn-implementation", choices=["sdpa", "eager"], default=None,
-                    help="the model's attention (default: as saved; nnsight captures need eager)")
     demo_parser = commands.add_parser(
         "demo", parents=[on], help="apply each intervention to a few heads of the model on the copy task"
     )
@@ -133,11 +135,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     tri_parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens")
     tri_parser.add_argument("--top", type=int, default=10, help="rows of each top-k table (10)")
     tri_parser.add_argument("--out", default="triad_out", help="folder for the CSV table")
+    from headkit.bench import SHAPES
+
+    bench_parser = commands.add_parser(
+        "bench", parents=[loads], help="ablation throughput on your model and device: naive loop vs fused vs plain",
+        description="Time seed 003's naive loop (one hooked forward per mask, full logits), the fused engine (many "
+        "masks per pass, last-token logits) and a plain forward of the same rows, interleaved over rounds; each "
+        "installed adapter's per-forward overhead; optionally the whole study. Writes OUT/bench.json (every raw "
+        "timing) and OUT/bench.md.",
+    )
+    bench_parser.add_argument("--shape", choices=list(SHAPES), default=None,
+                              help="random weights of a named shape instead of --model (speed does not depend on them)")
+    bench_parser.add_argument("--masks", type=int, default=16, help="head masks (16; the seed: 10000)")
+    bench_parser.add_argument("--prompts", type=int, default=57, help="random prompts of 12-16 tokens (57, as the seed)")
+    bench_parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
+    bench_parser.add_argument("--study", type=int, default=0, help="also time the whole study, N masks per phase")
+    bench_parser.add_argument("--overhead-rounds", type=int, default=10,
+                              help="rounds of the per-adapter overhead table (0 skips it)")
+    bench_parser.add_argument("--out", default="bench_out", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
     if args.command is None:  # a bare `headkit`
         parser.print_help()
         return 0
-    model = dict(model=args.model, adapter=args.adapter, device=args.device, dtype=args.dtype,
+    model = dict(model=args.model, adapter=getattr(args, "adapter", "transformers"), device=args.device, dtype=args.dtype,
                  attn_implementation=args.attn_implementation)
     try:
         if args.command == "demo":
@@ -150,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "suppress":
             suppress(text=args.text, heads=args.heads, temperature=args.temperature, log=args.log,
                      out_dir=args.out, **model)
+        elif args.command == "bench":
+            bench(shape=args.shape, masks=args.masks, prompts=args.prompts, rounds=args.rounds, study=args.study,
+                  overhead_rounds=args.overhead_rounds, out_dir=args.out, model=args.model, device=args.device,
+                  dtype=args.dtype, attn_implementation=args.attn_implementation,
+                  command=" ".join(["headkit", *(sys.argv[1:] if argv is None else argv)]))
         elif args.command == "triad":
             triad(length=args.length, seed=args.seed, top=args.top, out_dir=args.out, **model)
         else:
@@ -425,6 +450,38 @@ def triad(*, length: int = 10, seed: int = 0, top: int = 10, out_dir: str = "tri
     out(result.summary(top))
     result.save(out_dir)
     out(f"\nwrote {out_dir}/triad.csv in {time.perf_counter() - started:.0f} s")
+    return result
+
+
+def bench(*, shape: str | None = None, masks: int = 16, prompts: int = 57, rounds: int = 3, study: int = 0,
+          overhead_rounds: int = 10, out_dir: str = "bench_out", model: Any = None, tokenizer: Any = None,
+          device: str | None = None, dtype: str = "float32", attn_implementation: str | None = None,
+          command: str | None = None, out: Out = print) -> Any:
+    """Ablation throughput of a model (or a named shape) on this device: print the tables, write bench.json/.md.
+
+    See :func:`headkit.bench.run`. Returns the :class:`headkit.bench.Bench`.
+
+    Example:
+        >>> import tempfile
+        >>> import headkit as hk
+        >>> from headkit.cli import bench
+        >>> model, tok = hk.models.tiny("llama")
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     b = bench(masks=4, prompts=4, rounds=1, overhead_rounds=0, out_dir=folder, model=model, tokenizer=tok,
+        ...               out=lambda text: None)
+        ...     sorted(os.listdir(folder)), b.throughput["decisions_equal"]
+        (['bench.json', 'bench.md'], True)
+    """
+    from headkit import bench as measure
+
+    started = time.perf_counter()
+    out_folder(out_dir)
+    result = measure.run(model, tokenizer, shape=shape, device=device, dtype=dtype, masks=masks, prompts=prompts,
+                         rounds=rounds, study=study, overhead_rounds=overhead_rounds,
+                         attn_implementation=attn_implementation, command=command, out=out)
+    out(result.summary())
+    result.save(out_dir)
+    out(f"wrote {out_dir}/bench.json (every raw timing) and bench.md in {time.perf_counter() - started:.0f} s")
     return result
 
 
