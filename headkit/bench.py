@@ -210,7 +210,7 @@ def overhead(model: Any, tokenizer: Any, ids: Int[torch.Tensor, "batch pos"], *,
     ids = ids.to(model.device)
     if tokenizer is None:  # a shape with random weights: nnsight and TransformerLens want a tokenizer object,
         tokenizer = hk.models.tiny_tokenizer()  # and only token ids are fed here, so any one will do
-    late = [shape.n_layers // 2, shape.n_layers - 1]
+    late = sorted({shape.n_layers // 2, shape.n_layers - 1})
     heads = hk.Heads([(layer, h) for layer in late for h in range(min(2, shape.n_heads))])
     keys = [(1, max(2, ids.shape[1] // 2))]
     cases = {
@@ -405,7 +405,8 @@ def run(model: Any = None, tokenizer: Any = None, *, shape: str | None = None, d
     meta = {"model": name, "device": str(dev), "dtype": str(backend.dtype).replace("torch.", ""),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads",
-            "shape": str(backend.shape), "versions": _versions(),
+            "shape": str(backend.shape), "n_layers": backend.shape.n_layers, "n_heads": backend.shape.n_heads,
+            "versions": _versions(),
             "command": command or "headkit.bench.run(...)", "tf32": False if dev.type == "cuda" else None}
     ids, attn = random_prompts(prompts, backend.vocab_size, dev)
     say = out or (lambda text: None)
