@@ -120,7 +120,9 @@ def tour(model: Any, tokenizer: Any = None, *, heads: HeadsLike | None = None, t
         logits = backend.logits(full.left.input_ids, attention_mask=full.left.attention_mask, last_only=True)
     solved = score_next_token(logits[:, -1], full.left.targets).bool()
     if not bool(solved.any()):
-        raise HeadkitError("the default model solved none of the copy prompts; expected most. Fix: reinstall")
+        raise HeadkitError(f"the model ({type(model).__name__}) completes none of the {len(full)} copy "
+                           "prompts; expected a model that copies (the default Gemma 3 270M completes most). Fix: "
+                           "run it on a model trained on text (a random or tiny model copies nothing)")
     task = full.rows(solved)
     view = task.left
     chosen = Heads(heads) if heads else induction_heads(backend, task, top)
