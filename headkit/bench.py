@@ -58,7 +58,7 @@ def shape_model(name: str, *, device: str = "cpu", dtype: torch.dtype = torch.fl
     Example:
         >>> import headkit as hk
         >>> from headkit.bench import shape_model
-        >>> hk.get_backend(shape_model("gpt2-small")).shape
+        >>> hk.get_backend(shape_model("gpt2-small", device="meta")).shape
         ModelShape(n_layers=12, n_heads=12, d_head=64, n_kv_heads=12)
     """
     if name not in SHAPES:
@@ -69,7 +69,9 @@ def shape_model(name: str, *, device: str = "cpu", dtype: torch.dtype = torch.fl
     config = AutoConfig.for_model(spec.pop("model_type"), **spec)
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # built where it runs: "meta" gives the shape without memory or time
+        model = AutoModelForCausalLM.from_config(config)
+    return model.to(dtype=dtype).eval()
 
 
 def random_prompts(n: int, vocab: int, device: str | torch.device = "cpu",
