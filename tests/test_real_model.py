@@ -157,7 +157,7 @@ def test_chg_on_gemma_runs_and_ablating_its_facilitating_heads_hurts(gemma):
     model, tokenizer, _ = gemma
     data = prompts.tokenize(tokenizer, data.copy_pairs()[:24])
     with pytest.warns(UserWarning, match="RMS-normalises"):
-        fit = gating.fit(model, data, seeds=2, steps=15, reg_steps=15, batch_size=8, progress=False)
+        fit = gating.fit(model, data, seeds=2, steps=15, reg_steps=15, batch_size=4, progress=False)
     assert fit.G_minus.shape == (2, 18, 4) and torch.isfinite(fit.G_plus).all()
     assert fit.history.groupby("stage")["nll"].apply(lambda s: s.iloc[-8:].mean() < s.iloc[:8].mean()).all()
     curves = gating.ablation_curves(model, data, fit, ks=[8], progress=False)
