@@ -143,7 +143,7 @@ def throughput(backend: Any, ids: Int[torch.Tensor, "prompt pos"], attention_mas
     drawn = montecarlo.bernoulli(masks, p_keep, shape.n_layers, shape.n_heads, seed=seed)
     with torch.no_grad():
         targets = backend.logits(ids, attention_mask=attention_mask, last_only=True)[:, -1].argmax(-1).cpu()
-    probe = RowSizer(None, masks * n)  # tune once: what a long run settles on
+    probe = RowSizer(None, masks * n, step=n)  # tune once, from one whole mask: what a long run settles on
     with torch.no_grad():
         while not probe.settled:
             m = max(1, probe.size // n)  # whole masks, as the engine packs them
@@ -379,8 +379,7 @@ def run(model: Any = None, tokenizer: Any = None, *, shape: str | None = None, d
         (True, 'LlamaForCausalLM')
     """
     import headkit as hk
-    from headkit.cli_inputs import open_model
-    from headkit.models import DTYPES
+    from headkit.models import DEFAULT_MODEL, DTYPES, load
 
     if shape is not None and model is not None:
         raise fail("bench got both a model and --shape", "one of them", "drop --shape, or --model")
@@ -388,17 +387,18 @@ def run(model: Any = None, tokenizer: Any = None, *, shape: str | None = None, d
                              ("study", study, 0), ("overhead_rounds", overhead_rounds, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise fail(f"bench got {name}={value!r}", f"a whole number >= {low}", f"pass {name}={max(low, 1)}")
+    if dtype not in DTYPES:
+        raise fail(f"bench got --dtype {dtype!r}", f"one of {', '.join(DTYPES)}", "pass --dtype float32")
+    where = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if shape is not None:
-        from headkit.cli_inputs import device as check_device
-
-        where = check_device(device)
-        if dtype not in DTYPES:
-            raise fail(f"bench got --dtype {dtype!r}", f"one of {', '.join(DTYPES)}", "pass --dtype float32")
         model = shape_model(shape, device=where, dtype=DTYPES[dtype], attn_implementation=attn_implementation or "sdpa")
         name = f"{shape} shape (random weights)"
+    elif model is None or isinstance(model, (str, os.PathLike)):
+        name = DEFAULT_MODEL if model is None else os.fspath(model)
+        model, tokenizer = load(model, dtype=dtype, device=where,
+                                attn_implementation=attn_implementation)  # type: ignore[arg-type]
     else:
-        model, tokenizer, name = open_model(model, tokenizer, device=device, dtype=dtype,
-                                            attn_implementation=attn_implementation)
+        name = type(model).__name__
     backend = hk.get_backend(model, tokenizer)
     dev = backend.device
     if dev.type == "cuda":

@@ -303,9 +303,11 @@ def bench(*, shape: str | None = None, masks: int = 16, prompts: int = 57, round
         (['bench.json', 'bench.md'], True)
     """
     from headkit import bench as measure
+    from headkit.cli_inputs import device as check_device
 
     started = time.perf_counter()
     out_folder(out_dir)
+    device = check_device(device)  # a bad --device is named before anything loads
     result = measure.run(model, tokenizer, shape=shape, device=device, dtype=dtype, masks=masks, prompts=prompts,
                          rounds=rounds, study=study, overhead_rounds=overhead_rounds,
                          attn_implementation=attn_implementation, command=command, out=out)
