@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import torch
 
 import headkit as hk
+from headkit import bench
 from headkit.adapters import huggingface as hk_hf
 from headkit.adapters import transformer_lens as hk_tl
 
@@ -44,15 +44,8 @@ def main(argv=None) -> None:
 
     runs = {"hf plain": lambda: model(ids, use_cache=False), "hf capture": hf_capture,
             "tl plain": lambda: bridge(ids), "tl capture": tl_capture}
-    times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        for fn in runs.values():  # warm-up
-            fn()
-        for _ in range(args.rounds):
-            for name, fn in runs.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+        times, _ = bench.interleaved(runs, args.rounds, warmup=True)
     m = {name: statistics.median(t) for name, t in times.items()}
     print(args.label, f"hf capture {m['hf capture'] / m['hf plain']:.3f}x  tl capture {m['tl capture'] / m['tl plain']:.3f}x"
           f"  (plain hf {m['hf plain'] * 1e3:.0f} ms, tl {m['tl plain'] * 1e3:.0f} ms)")

@@ -34,7 +34,7 @@ from headkit.core.errors import fail
 if TYPE_CHECKING:
     from jaxtyping import Int
 
-__all__ = ["SHAPES", "shape_model", "random_prompts", "throughput", "overhead", "run", "Bench"]
+__all__ = ["SHAPES", "shape_model", "random_prompts", "interleaved", "throughput", "overhead", "run", "Bench"]
 
 SHAPES: dict[str, dict[str, Any]] = {
     "pythia-160m": dict(model_type="gpt_neox", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -100,9 +100,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _interleaved(runs: dict[str, Callable[[], Any]], rounds: int, device: torch.device,
-                 warmup: bool = False) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Each run once per round, in turn; seconds per call and each run's last result."""
+def interleaved(runs: dict[str, Callable[[], Any]], rounds: int, device: torch.device | str = "cpu",
+                warmup: bool = False) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Time each run once per round, in turn (so drift hits all alike): seconds per call, and each one's last result.
+
+    On CUDA the device is synchronised around every call. ``warmup`` calls each once first, untimed.
+
+    Example:
+        >>> from headkit.bench import interleaved
+        >>> times, results = interleaved({"a": lambda: 1, "b": lambda: 2}, rounds=3)
+        >>> [len(t) for t in times.values()], results
+        ([3, 3], {'a': 1, 'b': 2})
+    """
+    device = torch.device(device)
     times: dict[str, list[float]] = {name: [] for name in runs}
     results: dict[str, Any] = {}
     if warmup:
@@ -175,7 +185,7 @@ def throughput(backend: Any, ids: Int[torch.Tensor, "prompt pos"], attention_mas
                 rows = min(per_pass, masks - start)
                 backend.logits(ids.repeat(rows, 1), attention_mask=attention_mask.repeat(rows, 1), last_only=True)
 
-    times, results = _interleaved({"naive": naive, "fused": fused, "plain": plain}, rounds, device)
+    times, results = interleaved({"naive": naive, "fused": fused, "plain": plain}, rounds, device)
     equal = bool(torch.equal(results["naive"], results["fused"]))
     if not equal:
         raise fail("bench: the fused decisions differ from the naive loop's", "the same top-1 decisions",
@@ -264,7 +274,7 @@ def overhead(model: Any, tokenizer: Any, ids: Int[torch.Tensor, "batch pos"], *,
                         bridge(ids)
                 runs[f"TransformerLens: {name}"] = tl_run
     with torch.no_grad():
-        times, _ = _interleaved(runs, rounds, model.device, warmup=True)
+        times, _ = interleaved(runs, rounds, model.device, warmup=True)
     med = {name: statistics.median(t) for name, t in times.items()}
     base = {name.split(":")[0]: ms for name, ms in med.items() if "plain" in name}
     return {"batch": list(ids.shape), "seconds": times, "ms": {k: v * 1000 for k, v in med.items()},
@@ -379,7 +389,7 @@ def run(model: Any = None, tokenizer: Any = None, *, shape: str | None = None, d
         (True, 'LlamaForCausalLM')
     """
     import headkit as hk
-    from headkit.models import DEFAULT_MODEL, DTYPES, load
+    from headkit.models import DEFAULT_MODEL, dtype_of, load
 
     if shape is not None and model is not None:
         raise fail("bench got both a model and --shape", "one of them", "drop --shape, or --model")
@@ -387,11 +397,10 @@ def run(model: Any = None, tokenizer: Any = None, *, shape: str | None = None, d
                              ("study", study, 0), ("overhead_rounds", overhead_rounds, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise fail(f"bench got {name}={value!r}", f"a whole number >= {low}", f"pass {name}={max(low, 1)}")
-    if dtype not in DTYPES:
-        raise fail(f"bench got --dtype {dtype!r}", f"one of {', '.join(DTYPES)}", "pass --dtype float32")
+    torch_dtype = dtype_of(dtype)
     where = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if shape is not None:
-        model = shape_model(shape, device=where, dtype=DTYPES[dtype], attn_implementation=attn_implementation or "sdpa")
+        model = shape_model(shape, device=where, dtype=torch_dtype, attn_implementation=attn_implementation or "sdpa")
         name = f"{shape} shape (random weights)"
     elif model is None or isinstance(model, (str, os.PathLike)):
         name = DEFAULT_MODEL if model is None else os.fspath(model)

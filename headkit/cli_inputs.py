@@ -239,12 +239,11 @@ def open_model(
         ...     print(str(error).split(";")[0])
         --model '/nowhere/model' does not exist
     """
-    from headkit.models import DEFAULT_MODEL, DTYPES, load
+    from headkit.models import DEFAULT_MODEL, dtype_of, load
 
     if adapter not in ADAPTERS:
         raise HeadkitError(f"--adapter {adapter!r}; expected one of {', '.join(ADAPTERS)}. Fix: pass --adapter transformers")
-    if dtype not in DTYPES:
-        raise HeadkitError(f"--dtype {dtype!r}; expected one of {', '.join(DTYPES)}. Fix: pass --dtype float32")
+    dtype_of(dtype)  # checked here too for a model object, which is used as given
     if attn_implementation not in (None, "sdpa", "eager"):
         raise HeadkitError(f"--attn-implementation {attn_implementation!r}; expected sdpa or eager. "
                            "Fix: pass --attn-implementation eager (captures through nnsight need it)")

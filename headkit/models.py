@@ -24,7 +24,7 @@ import torch
 
 from headkit.core.errors import fail
 
-__all__ = ["load", "load_default", "tiny", "tiny_tokenizer", "cache_dir", "TINY_ARCHITECTURES", "DEFAULT_MODEL"]
+__all__ = ["load", "dtype_of", "load_default", "tiny", "tiny_tokenizer", "cache_dir", "TINY_ARCHITECTURES", "DEFAULT_MODEL"]
 
 
 DEFAULT_MODEL = "Gemma 3 270M (gemma-3-270m-q4_k_m.gguf, dequantised to float32)"
@@ -136,7 +136,7 @@ def load(
         >>> type(loaded).__name__, loaded.dtype, tokenizer("Tom eats")["input_ids"]
         ('LlamaForCausalLM', torch.bfloat16, [1, 29, 47])
     """
-    torch_dtype = _dtype(dtype)
+    torch_dtype = dtype_of(dtype)
     if path is None:
         return load_default(dtype=torch_dtype, device=device, attn_implementation=attn_implementation or "sdpa")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -180,7 +180,14 @@ def load(
     return model.to(device).eval(), tokenizer
 
 
-def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+def dtype_of(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype a ``--dtype`` name stands for (a torch dtype passes through), or a HeadkitError.
+
+    Example:
+        >>> from headkit.models import dtype_of
+        >>> dtype_of("bfloat16")
+        torch.bfloat16
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from headkit.core.adapter import pad_id
 from headkit.core.errors import describe, fail
 from headkit.data import COPY_PROMPTS
 
@@ -266,7 +267,8 @@ def tokenize(tokenizer: Any, data: Any, *, prompt: str = "prompt", target: str =
     The prompt is tokenised as usual (BOS included if the tokenizer adds one) and the target on its own
     without special tokens: the boundary is exact, as with the reference CHG code's marker token. Start
     targets with the space they need (" Paris"). A list of strings gives prompts without targets.
-    Padding uses the tokenizer's pad token (else its EOS token, else 0).
+    Padding uses the tokenizer's pad token, else its (first) EOS token, else 0: the policy generation uses
+    (:func:`headkit.core.adapter.pad_id`).
 
     Example:
         >>> import headkit as hk
@@ -286,24 +288,6 @@ def tokenize(tokenizer: Any, data: Any, *, prompt: str = "prompt", target: str =
     prompt_ids = [tokenizer(p)["input_ids"] for p, _ in pairs]
     target_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for _, t in pairs]
     return Prompts.from_tokens(prompt_ids, target_ids, pad_id(tokenizer), [p for p, _ in pairs], [t for _, t in pairs])
-
-
-def pad_id(tokenizer: Any) -> int:
-    """The id prompts are padded with: the tokenizer's pad token, else its EOS token (the first of a list), else 0.
-
-    Example:
-        >>> import headkit as hk
-        >>> from headkit.prompts import pad_id
-        >>> tok = hk.models.tiny_tokenizer()
-        >>> pad_id(tok) == tok.pad_token_id
-        True
-    """
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if isinstance(candidate, (list, tuple)):
-            candidate = candidate[0] if candidate else None
-        if candidate is not None:
-            return int(candidate)
-    return 0
 
 
 def copy_task(tokenizer: Any, prompts: tuple[tuple[str, str], ...] = COPY_PROMPTS) -> Prompts:
