@@ -23,7 +23,7 @@ Adapters place the same interventions on each framework:
 neither TransformerLens nor nnsight.
 """
 
-from headkit import data, models, plots, prompts, sentences
+from headkit import data, models, plots, prompts, sentences, shards
 from headkit.analyses import gating, montecarlo, receivers, stochastic_ablation, suppression, triad
 from headkit.backend import get_backend
 from headkit.core.errors import HeadkitError
@@ -49,6 +49,7 @@ __all__ = [
     "prompts",
     "data",
     "sentences",
+    "shards",
     "receivers",
     "suppression",
     "triad",

@@ -13,17 +13,22 @@ Every command takes ``--model`` (a local transformers folder or a .gguf file; de
 ``--attn-implementation``. Each command checks what the user typed (flags, files, the output folder) before the model loads, prints
 the result's ``summary()`` between its own header and timing lines, and writes the result's ``save(out)``.
 The commands themselves are Python functions in :mod:`headkit.commands` (importable from here too).
+
+Under ``torchrun --nproc-per-node N -m headkit mc|chg|suppress ...`` the command splits its work over the N
+ranks (:mod:`headkit.shards`): rank 0 prints and writes the results, the outcome log is written in shards.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 import headkit as hk
 from headkit.cli_inputs import ADAPTERS
 from headkit.commands import bench, chg, demo, mc, receivers, suppress, triad
+from headkit.shards import World, init_from_env
 
 __all__ = ["main", "demo", "chg", "mc", "receivers", "suppress", "triad", "bench"]
 
@@ -88,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chg_parser.add_argument("--data", default=None,
                             help="a text file of prompt<TAB>target lines to fit on instead of --task")
     chg_parser.add_argument("--out", default="chg_out", help="folder for the PNG figures and CSV tables")
+    chg_parser.add_argument("--rows-per-pass", type=int, default=None,
+                            help="rows per forward pass (default: a step's whole batch)")
     mc_parser = commands.add_parser(
         "mc", parents=[on], help="stochastic-ablation study: random head masks, fused many per forward pass (seed 003)",
         description="Evaluate random keep/ablate head masks on the seed-003 copy prompts with the default model, "
@@ -104,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     mc_parser.add_argument("--seed", type=int, default=0, help="seed of the masks")
     mc_parser.add_argument("--top", type=int, default=10, help="heads listed per score (10)")
     mc_parser.add_argument("--out", default="mc_out", help="folder for figures, CSV tables and the outcome log")
+    mc_parser.add_argument("--rows-per-pass", type=int, default=None,
+                           help="masked prompts per forward pass (default: tuned by throughput; fix it for results "
+                           "that are the same bit for bit on any number of ranks)")
     rec_parser = commands.add_parser(
         "receivers", parents=[on], help="receiver heads (Thought Anchors): kurtosis of vertical attention scores over traces",
         description="Scan every head's sentence-level attention over reasoning traces (one text file per trace, "
@@ -123,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sup_parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (authors: 0.6)")
     sup_parser.add_argument("--log", action="store_true", help="average log(KL + 1e-9) as the authors' figure")
     sup_parser.add_argument("--out", default="suppress_out", help="folder for the figure and CSV table")
+    sup_parser.add_argument("--rows-per-pass", type=int, default=None,
+                            help="suppressed sentences per forward pass (default: as many as 256 MiB of logits hold)")
     tri_parser = commands.add_parser(
         "triad", parents=[on], help="attention vs direct effect vs ablation effect per head, on a repeated random-token sequence",
     )
@@ -154,17 +166,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     model = dict(model=args.model, adapter=getattr(args, "adapter", "transformers"), device=args.device, dtype=args.dtype,
                  attn_implementation=args.attn_implementation)
+    started_group = False
     try:
+        here = _ranks(args.command)
+        started_group = here.size > 1
+        if not here.first:  # one rank prints and writes; every rank computes its part
+            model["out"] = lambda text: None
         if args.command == "demo":
             demo(heads=args.heads, top=args.top, repeats=args.repeats, **model)
         elif args.command == "mc":
             mc(masks=args.masks, p_keep=args.p_keep, prompts=args.prompts, seed=args.seed, top=args.top,
-               out_dir=args.out, **model)
+               out_dir=args.out, rows_per_pass=args.rows_per_pass, **model)
         elif args.command == "receivers":
             receivers(texts=args.texts, proximity_ignore=args.proximity, top=args.top, out_dir=args.out, **model)
         elif args.command == "suppress":
             suppress(text=args.text, heads=args.heads, temperature=args.temperature, log=args.log,
-                     out_dir=args.out, **model)
+                     out_dir=args.out, rows_per_pass=args.rows_per_pass, **model)
         elif args.command == "bench":
             bench(shape=args.shape, masks=args.masks, prompts=args.prompts, rounds=args.rounds, study=args.study,
                   overhead_rounds=args.overhead_rounds, out_dir=args.out, model=args.model, device=args.device,
@@ -179,11 +196,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise hk.HeadkitError(f"chg got --ks {args.ks!r}; expected head counts like 1,2,4,8. "
                                       "Fix: pass whole numbers separated by commas (empty to skip the curves)") from None
             chg(task=args.task, data_file=args.data, seeds=args.seeds, steps=args.steps, reg_steps=args.reg_steps,
-                batch_size=args.batch_size, lam=args.lam, ks=ks, out_dir=args.out, **model)
+                batch_size=args.batch_size, lam=args.lam, ks=ks, out_dir=args.out, rows_per_pass=args.rows_per_pass,
+                **model)
     except hk.HeadkitError as e:
         print(f"headkit: {e}", file=sys.stderr)
         return 2
+    finally:
+        if started_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
+
+
+SHARDED = ("mc", "chg", "suppress")
+"""Commands that split their work over torch.distributed ranks (under ``torchrun``)."""
+
+
+def _ranks(command: str) -> World:
+    """The ranks this command runs on: torchrun's process group for a command that shards, else one process."""
+    if os.environ.get("WORLD_SIZE", "1") != "1" and command not in SHARDED:
+        raise hk.HeadkitError(f"headkit {command} was started by torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}); "
+                              f"expected one of {', '.join(SHARDED)}, which split their work over ranks. "
+                              f"Fix: run `headkit {command}` in one process, without torchrun")
+    return init_from_env()
 
 
 if __name__ == "__main__":

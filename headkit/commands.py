@@ -22,6 +22,13 @@ __all__ = ["demo", "chg", "mc", "receivers", "suppress", "triad", "bench"]
 Out = Callable[[str], Any]
 
 
+def _first() -> bool:
+    """Whether this process is the one that writes results and shows progress (rank 0, or the only process)."""
+    from headkit.shards import world
+
+    return world().first
+
+
 def demo(*, heads: str | None = None, top: int = 4, repeats: int = 3, model: Any = None, tokenizer: Any = None,
          adapter: str = "transformers", device: str | None = None, dtype: str = "float32",
          attn_implementation: str | None = None, out: Out = print) -> list[dict[str, Any]]:
@@ -65,7 +72,7 @@ def chg(*, task: str = "copy", data_file: str | None = None, seeds: int = 2, ste
         batch_size: int = 16, lam: float = 0.1, ks: Sequence[int] = (1, 2, 4, 8, 12, 16, 24, 32),
         out_dir: str = "chg_out", model: Any = None, tokenizer: Any = None, adapter: str = "transformers",
         device: str | None = None, dtype: str = "float32", attn_implementation: str | None = None,
-        out: Out = print) -> dict[str, Any]:
+        rows_per_pass: int | None = None, out: Out = print) -> dict[str, Any]:
     """Causal head gating on a built-in task or ``data_file`` (prompt<TAB>target lines): print roles, write figures.
 
     Writes what :meth:`GateFit.save <headkit.analyses.gate_fits.GateFit.save>` writes (``roles.png``,
@@ -106,24 +113,26 @@ def chg(*, task: str = "copy", data_file: str | None = None, seeds: int = 2, ste
     if task == "antonym" and own is None:
         retain, forget = data.antonym_pairs("instruction"), data.antonym_pairs("icl")
         fitted = gating.fit_contrastive(backend, retain, forget, seeds=seeds, steps=steps, batch_size=batch_size,
-                                        lam=lam)
+                                        lam=lam, rows_per_pass=rows_per_pass, progress=_first())
         logprobs = gating.variant_logprobs(backend, {"instruction (retain)": retain, "in-context (forget)": forget},
                                            fitted)
         out(f"contrastive CHG: retain the instruction variant, forget the in-context variant ({len(retain)} pairs)")
         out(fitted.summary(logprobs))
-        fitted.save(out_dir)
+        if _first():
+            fitted.save(out_dir)
         out(f"\nwrote {out_dir}/contrastive.png and contrastive.csv in {time.perf_counter() - started:.0f} s")
         return {"fit": fitted, "full": logprobs["full"].tolist(), "gated": logprobs.iloc[:, 1:].to_numpy().tolist()}
 
     pairs = own or {"copy": data.copy_pairs, "ioi": data.ioi_pairs, "arithmetic": data.arithmetic_pairs}[task]()
     examples = prompts.tokenize(backend.tokenizer, pairs)
     fitted = gating.fit(backend, examples, seeds=seeds, steps=steps, reg_steps=reg_steps, batch_size=batch_size,
-                        lam=lam)
+                        lam=lam, rows_per_pass=rows_per_pass, progress=_first())
     out(f"fitted in {time.perf_counter() - started:.0f} s on {len(examples)} examples "
         f"(G: {steps} steps; G+ and G-: {reg_steps} steps, together)")
-    curves = gating.ablation_curves(backend, examples, fitted, ks=ks) if ks else None
+    curves = gating.ablation_curves(backend, examples, fitted, ks=ks, progress=_first()) if ks else None
     out(fitted.summary(curves))
-    fitted.save(out_dir, curves=curves, task=task)
+    if _first():
+        fitted.save(out_dir, curves=curves, task=task)
     out(f"\nwrote {out_dir}/roles.png, ablation_curves.png and CSV tables; total {time.perf_counter() - started:.0f} s")
     return {"fit": fitted, "taxonomy": fitted.taxonomy(), **({"curves": curves} if ks else {})}
 
@@ -131,7 +140,7 @@ def chg(*, task: str = "copy", data_file: str | None = None, seeds: int = 2, ste
 def mc(*, masks: int | None = None, p_keep: str | tuple[float, float] = "auto", prompts: str | None = None,
        seed: int = 0, top: int = 10, out_dir: str = "mc_out", model: Any = None, tokenizer: Any = None,
        adapter: str = "transformers", device: str | None = None, dtype: str = "float32",
-       attn_implementation: str | None = None, out: Out = print) -> Any:
+       attn_implementation: str | None = None, rows_per_pass: int | None = None, out: Out = print) -> Any:
     """The stochastic-ablation study (default: the default model): print the top heads and throughput, write figures.
 
     ``prompts`` is a text file of ``prompt<TAB>target`` lines (default: the seed-003 copy prompts). Writes what
@@ -168,9 +177,11 @@ def mc(*, masks: int | None = None, p_keep: str | tuple[float, float] = "auto", 
     out(f"{masks} masks per phase, p_keep {p_keep}" + (" (pass --masks 10000 for the seed's full study)"
                                                         if masks < 10_000 else ""))
     result = stochastic_ablation.study(backend, texts, targets, tokenizer=tokenizer, n_masks=masks, p_keep=p_keep,
-                                       seed=seed, path=os.path.join(out_dir, "outcomes"))
+                                       seed=seed, path=os.path.join(out_dir, "outcomes"), rows_per_pass=rows_per_pass,
+                                       progress=_first())
     out(result.summary(top, task=f"prompts of {prompts}" if prompts else "copy task (seed 003)"))
-    result.save(out_dir)
+    if _first():
+        result.save(out_dir)
     out(f"wrote {out_dir}/scores.png, outliers.png, synergy.png and CSV tables; outcomes in {out_dir}/outcomes; "
         f"total {time.perf_counter() - started:.0f} s")
     return result
@@ -211,7 +222,7 @@ def receivers(*, texts: Sequence[str] = (), proximity_ignore: int = 4, top: int 
 def suppress(*, text: str | None = None, heads: str | None = None, temperature: float = 1.0, log: bool = False,
              out_dir: str = "suppress_out", model: Any = None, tokenizer: Any = None, adapter: str = "transformers",
              device: str | None = None, dtype: str = "float32", attn_implementation: str | None = None,
-             out: Out = print) -> Any:
+             rows_per_pass: int | None = None, out: Out = print) -> Any:
     """Sentence-suppression KL matrix of a text file (default: the first built-in trace); print and plot it.
 
     Writes what :meth:`Suppression.save <headkit.analyses.suppression.Suppression.save>` writes
@@ -236,9 +247,11 @@ def suppress(*, text: str | None = None, heads: str | None = None, temperature: 
     sentences = hk.sentences.locate(backend.tokenizer, content)
     out(f"headkit suppress: {len(sentences)} sentences, {sentences.n_tokens} tokens, "
         f"heads: {heads or 'all'}, temperature {temperature}")
-    result = hk.suppression.kl_matrix(backend, sentences, heads=heads, temperature=temperature, log=log)
+    result = hk.suppression.kl_matrix(backend, sentences, heads=heads, temperature=temperature, log=log,
+                                      rows_per_pass=rows_per_pass, progress=_first())
     out(result.summary())
-    result.save(out_dir)
+    if _first():
+        result.save(out_dir)
     out(f"\nwrote {out_dir}/suppression.png and suppression.csv in {time.perf_counter() - started:.0f} s")
     return result
 

@@ -50,6 +50,7 @@ from headkit.core.architectures import NORMALISED_ATTENTION_OUTPUT
 from headkit.core.errors import fail
 from headkit.core.interventions import gate
 from headkit.prompts import Prompts
+from headkit.shards import World, world
 from headkit.sweep import Rows, RowSizer, Variants, sweep
 
 if TYPE_CHECKING:
@@ -94,6 +95,10 @@ def fit(
     whole batch); a smaller size processes the batch in pieces and sums the gradients: the same result. Model weights are frozen for
     the run and restored after.
 
+    In a torch.distributed process group (e.g. under ``torchrun``) each rank fits a contiguous part of the
+    seeds and every rank returns all of them; each seed's fit is its own, so the gates equal a one-process
+    run's to floating-point rounding (the rows beside a seed's in a pass differ).
+
     Example:
         >>> import headkit as hk
         >>> from headkit import gating
@@ -110,29 +115,35 @@ def fit(
     backend = _backend(model, tokenizer, "fit")
     ex = _prompts(backend, data, "fit")
     _warn_normalised_attention_output(backend)
-    theta, samplers = _start(backend, seed_list, len(ex))
-    device, dtype = theta.device, theta.dtype
-    k = len(seed_list)
-    history: list[tuple[str, int, int, str, float]] = []
-    with backend.frozen():
-        _optimise(
-            backend, ex, theta, samplers, seed_of_fit=list(range(k)), lam=torch.zeros(k, dtype=dtype, device=device),
-            steps=how.steps, lr=how.lr, recipe=how, rows_per_pass=rows_per_pass,
-            progress=progress, desc="CHG G  (lam=0)", log=lambda step, nll: history.extend(
-                ("G", step, seed_list[i], "G", v) for i, v in enumerate(nll)),
-        )
-        G = torch.sigmoid(theta.detach()).cpu()
-        both = theta.detach().repeat_interleave(2, 0).clone().requires_grad_(True)  # rows: s0+, s0-, s1+, ...
-        signs = torch.tensor([lam, -lam] * k, dtype=dtype, device=device)
-        _optimise(
-            backend, ex, both, samplers, seed_of_fit=[i // 2 for i in range(2 * k)], lam=signs,
-            steps=how.reg_steps, lr=how.reg_lr, recipe=how, rows_per_pass=rows_per_pass,
-            progress=progress, desc=f"CHG G+ G- (lam=+-{lam:g})", log=lambda step, nll: history.extend(
-                ("G+-", step, seed_list[i // 2], "G+" if i % 2 == 0 else "G-", v) for i, v in enumerate(nll)),
-        )
-    gates = torch.sigmoid(both.detach()).cpu()
+    here = world()
+
+    def fit_seeds(seeds: list[int]) -> tuple[list[torch.Tensor], list[tuple[str, int, int, str, float]]]:
+        theta, samplers = _start(backend, seeds, len(ex))
+        device, dtype = theta.device, theta.dtype
+        k = len(seeds)
+        history: list[tuple[str, int, int, str, float]] = []
+        with backend.frozen():
+            _optimise(
+                backend, ex, theta, samplers, seed_of_fit=list(range(k)), lam=torch.zeros(k, dtype=dtype, device=device),
+                steps=how.steps, lr=how.lr, recipe=how, rows_per_pass=rows_per_pass,
+                progress=progress and here.first, desc="CHG G  (lam=0)", log=lambda step, nll: history.extend(
+                    ("G", step, seeds[i], "G", v) for i, v in enumerate(nll)),
+            )
+            G = torch.sigmoid(theta.detach()).cpu()
+            both = theta.detach().repeat_interleave(2, 0).clone().requires_grad_(True)  # rows: s0+, s0-, s1+, ...
+            signs = torch.tensor([lam, -lam] * k, dtype=dtype, device=device)
+            _optimise(
+                backend, ex, both, samplers, seed_of_fit=[i // 2 for i in range(2 * k)], lam=signs,
+                steps=how.reg_steps, lr=how.reg_lr, recipe=how, rows_per_pass=rows_per_pass,
+                progress=progress and here.first, desc=f"CHG G+ G- (lam=+-{lam:g})", log=lambda step, nll: history.extend(
+                    ("G+-", step, seeds[i // 2], "G+" if i % 2 == 0 else "G-", v) for i, v in enumerate(nll)),
+            )
+        gates = torch.sigmoid(both.detach()).cpu()
+        return [G, gates[0::2], gates[1::2]], history
+
+    (G, G_plus, G_minus), history = _over_ranks(here, seed_list, fit_seeds)
     used = {**asdict(how), "examples": len(ex)}
-    return GateFit(G, gates[0::2], gates[1::2], tuple(seed_list), _history_frame(history), used)
+    return GateFit(G, G_plus, G_minus, tuple(seed_list), _history_frame(history), used)
 
 
 def fit_contrastive(
@@ -180,18 +191,44 @@ def fit_contrastive(
         )
     both = ex_r.concat(ex_f)  # rows 0..n-1 retain, n..2n-1 forget
     n = len(ex_r)
-    theta, samplers = _start(backend, seed_list, n)
-    history: list[tuple[str, int, int, str, float]] = []
-    with backend.frozen():
-        _optimise(
-            backend, both, theta, samplers, seed_of_fit=list(range(len(seed_list))),
-            lam=torch.full((len(seed_list),), float(lam), dtype=theta.dtype, device=theta.device), steps=how.steps,
-            lr=how.lr, recipe=how, rows_per_pass=rows_per_pass, progress=progress,
-            desc=f"contrastive CHG (lam={lam:g})", pair_offset=n,
-            log=lambda step, nll: history.extend(("C", step, seed_list[i], "G", v) for i, v in enumerate(nll)),
-        )
+    here = world()
+
+    def fit_seeds(seeds: list[int]) -> tuple[list[torch.Tensor], list[tuple[str, int, int, str, float]]]:
+        theta, samplers = _start(backend, seeds, n)
+        history: list[tuple[str, int, int, str, float]] = []
+        with backend.frozen():
+            _optimise(
+                backend, both, theta, samplers, seed_of_fit=list(range(len(seeds))),
+                lam=torch.full((len(seeds),), float(lam), dtype=theta.dtype, device=theta.device), steps=how.steps,
+                lr=how.lr, recipe=how, rows_per_pass=rows_per_pass, progress=progress and here.first,
+                desc=f"contrastive CHG (lam={lam:g})", pair_offset=n,
+                log=lambda step, nll: history.extend(("C", step, seeds[i], "G", v) for i, v in enumerate(nll)),
+            )
+        return [torch.sigmoid(theta.detach()).cpu()], history
+
+    (G,), history = _over_ranks(here, seed_list, fit_seeds)
     used = {**asdict(how), "examples": n}
-    return ContrastiveFit(torch.sigmoid(theta.detach()).cpu(), tuple(seed_list), _history_frame(history), used)
+    return ContrastiveFit(G, tuple(seed_list), _history_frame(history), used)
+
+
+def _over_ranks(
+    here: World,
+    seeds: list[int],
+    fit_seeds: Callable[[list[int]], tuple[list[torch.Tensor], list[tuple[str, int, int, str, float]]]],
+) -> tuple[list[torch.Tensor], list[tuple[str, int, int, str, float]]]:
+    """Fit each rank's part of the seeds (all of them in one process) and gather every rank's gates, in seed
+    order, and history, in the order one process logs it (stage, step, seed, fit)."""
+    part = here.part(len(seeds))
+    mine = seeds[part.start : part.stop]
+    gates, history = fit_seeds(mine) if mine else ([], [])  # more ranks than seeds: some have none
+    if here.size == 1:
+        return gates, history
+    gathered = here.gather((gates, history))
+    parts = [g for g, _ in gathered if g]
+    merged = [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+    position = {seed: i for i, seed in enumerate(seeds)}
+    rows = sorted((r for _, h in gathered for r in h), key=lambda r: (r[0], r[1], position[r[2]], r[3]))
+    return merged, rows
 
 
 def _optimise(

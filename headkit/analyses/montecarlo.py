@@ -28,10 +28,7 @@ if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
 
 __all__ = ["evaluate", "evaluate_chunks", "calibrate", "bernoulli", "single_heads", "k_subsets",
-           "METRICS"]
-
-
-
+           "masks_per_pass", "METRICS"]
 
 def bernoulli(n: int, p_keep: float, n_layers: int, n_heads: int, *, seed: int = 0) -> Bool[torch.Tensor, "n layer head"]:
     """``n`` random masks, each head kept independently with probability ``p_keep`` (seeded, reproducible).
@@ -192,6 +189,10 @@ def evaluate(
     zero-ablate (fractions scale the head). A forward pass evaluates whole masks on every prompt, at most
     ``rows_per_pass`` rows (masks x prompts, at least one mask); None tunes it by measured throughput.
 
+    In a torch.distributed process group (e.g. under ``torchrun``) each rank evaluates one contiguous part
+    of the masks (cut at whole passes, :mod:`headkit.shards`) and every rank returns all scores; with a fixed
+    ``rows_per_pass`` they equal a one-process run's bit for bit.
+
     Example:
         >>> import headkit as hk
         >>> from headkit import montecarlo
@@ -201,10 +202,31 @@ def evaluate(
         ...                     progress=False).shape
         torch.Size([8, 1])
     """
-    return torch.cat(list(evaluate_chunks(
-        model, prompts, targets, masks, metric=metric, distractors=distractors, attention_mask=attention_mask,
-        tokenizer=tokenizer, rows_per_pass=rows_per_pass, progress=progress,
-    )))
+    from headkit.shards import assemble, world
+
+    here = world()
+    kw = dict(metric=metric, distractors=distractors, attention_mask=attention_mask, tokenizer=tokenizer,
+              rows_per_pass=rows_per_pass, progress=progress and here.first)
+    if here.size == 1:
+        return torch.cat(list(evaluate_chunks(model, prompts, targets, masks, **kw)))
+    chunks = evaluate_chunks(model, prompts, targets, masks, **kw)  # checks the inputs on every rank
+    n_masks, n_prompts = masks.shape[0], chunks.n_prompts
+    mine = here.part(n_masks, block=masks_per_pass(rows_per_pass, n_prompts))
+    scores = torch.cat(list(chunks.over(masks[mine.start : mine.stop]))) if len(mine) else torch.zeros(0, n_prompts)
+    return assemble(here.gather((mine.start, scores)), n_masks, like=scores)
+
+
+def masks_per_pass(rows_per_pass: int | None, n_prompts: int) -> int:
+    """Masks in each forward pass at a fixed ``rows_per_pass`` (whole masks, at least one); 1 when it is tuned.
+
+    Work is split across ranks at multiples of it, so every pass holds the masks it holds in one process.
+
+    Example:
+        >>> from headkit.analyses.montecarlo import masks_per_pass
+        >>> masks_per_pass(64, 10), masks_per_pass(4, 10), masks_per_pass(None, 10)
+        (6, 1, 1)
+    """
+    return max(1, rows_per_pass // n_prompts) if rows_per_pass else 1
 
 
 def evaluate_chunks(
@@ -223,7 +245,8 @@ def evaluate_chunks(
     """:func:`evaluate`, chunk by chunk: yields the scores ``[m, n_prompts]`` of each forward pass's masks, in order.
 
     Inputs are checked at the call (not at the first ``next``). Use it to stream outcomes into
-    accumulators or to disk while a long run goes on.
+    accumulators or to disk while a long run goes on. It evaluates every mask in this process (it does not
+    split work across ranks; :func:`evaluate` and the study do).
 
     Example:
         >>> import headkit as hk
@@ -264,8 +287,27 @@ def evaluate_chunks(
                    "finite masks: 1 keeps a head, 0 ablates it, fractions scale it",
                    "sample them with montecarlo.bernoulli, or torch.nan_to_num the ones you built")
     n_prompts = ids.shape[0]
-    sizer = RowSizer(rows_per_pass, masks.shape[0] * n_prompts, "evaluate", step=n_prompts)
+    RowSizer(rows_per_pass, masks.shape[0] * n_prompts, "evaluate", step=n_prompts)  # names a bad size now
     readout = NextToken(target_ids, metric, other_ids)
-    passes = sweep(backend, ids, attn, readout, gates(masks.float()), Rows.product(masks.shape[0], n_prompts),
-                   rows_per_pass=sizer, progress=progress, desc="masks", unit="row")
-    return (scores.reshape(-1, n_prompts).cpu() for scores in passes)
+
+    def over(some: torch.Tensor) -> Iterator[torch.Tensor]:
+        sizer = RowSizer(rows_per_pass, some.shape[0] * n_prompts, "evaluate", step=n_prompts)
+        passes = sweep(backend, ids, attn, readout, gates(some.float()), Rows.product(some.shape[0], n_prompts),
+                       rows_per_pass=sizer, progress=progress, desc="masks", unit="row")
+        return (scores.reshape(-1, n_prompts).cpu() for scores in passes)
+
+    return _Chunks(over(masks), over, n_prompts)
+
+
+class _Chunks:
+    """The chunks of :func:`evaluate_chunks` (an iterator), and ``over(masks)``: the same evaluation on other
+    masks of the same shape (checked inputs, reused: the study runs its parts of the masks through it)."""
+
+    def __init__(self, chunks: Iterator[torch.Tensor], over: Any, n_prompts: int) -> None:
+        self._chunks, self.over, self.n_prompts = chunks, over, n_prompts
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return next(self._chunks)

@@ -38,11 +38,13 @@ import numpy as np
 import torch
 
 from headkit.analyses.mask_statistics import Counts, regression
-from headkit.analyses.montecarlo import bernoulli, calibrate, evaluate, evaluate_chunks
+from headkit.analyses.montecarlo import bernoulli, calibrate, evaluate, evaluate_chunks, masks_per_pass
+from headkit.analyses.outcome_shards import run_phase
 from headkit.analyses.study_results import PHASES, Phase, Study
 from headkit.config import configure
 from headkit.core.errors import fail
 from headkit.core.heads import Heads
+from headkit.shards import world
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -218,44 +220,30 @@ def study(
     p_pair = _p_keep(how, backend, (ids, target_ids, attn), tok, root, common, progress)
 
     phases: dict[str, Phase] = {}
-    evaluations, seconds, largest = 0, 0.0, 0
+    evaluations, seconds, largest = 0, 0.0, [0]
+    here = world()
+    block = masks_per_pass(rows_per_pass, len(prompts))
     for i, (name, p) in enumerate(zip(PHASES, p_pair)):
         masks = bernoulli(n_masks, p, n_layers, n_heads, seed=2 * seed + i)
-        stored_masks, stored = torch.zeros(0, n_layers, n_heads, dtype=torch.bool), torch.zeros(0, len(prompts))
-        log = None
-        if root is not None:
-            from headkit.analyses.outcome_log import OutcomeLog
-
-            log = OutcomeLog(root / name, n_layers=n_layers, n_heads=n_heads, n_prompts=len(prompts),
-                             meta={**common, "phase": name, "p_keep": p, "metric": "margin"})
-            stored_masks, stored = log.read()
-            stored_masks, stored = stored_masks[:n_masks], stored[:n_masks]
-            if not torch.equal(stored_masks, masks[: len(stored_masks)]):
-                log.close()
-                raise fail(f"the outcome log at {root / name} holds masks this call would not draw",
-                           "a log written by the same call", "pass another path, or delete that folder")
-        parts, done = [stored], stored.shape[0]
+        chunks = evaluate_chunks(backend, ids, target_ids, masks[:1], metric="margin", attention_mask=attn,
+                                 tokenizer=tok, rows_per_pass=rows_per_pass, progress=False)
+        log = dict(n_layers=n_layers, n_heads=n_heads, n_prompts=len(prompts),
+                   meta={**common, "phase": name, "p_keep": p, "metric": "margin"})
         started = time.perf_counter()
-        with tqdm(total=n_masks, initial=done, desc=f"{name} (p_keep {p:.2f})", unit="mask",
-                  disable=not progress) as bar:
-            try:
-                if done < n_masks:
-                    chunks = evaluate_chunks(backend, ids, target_ids, masks[done:], metric="margin",
-                                             attention_mask=attn, tokenizer=tok, rows_per_pass=rows_per_pass,
-                                             progress=False)
-                    for chunk in chunks:
-                        largest = max(largest, chunk.numel())
-                        if log is not None:
-                            log.append(masks[done : done + chunk.shape[0]], chunk)
-                        parts.append(chunk)
-                        done += chunk.shape[0]
-                        evaluations += chunk.numel()
-                        bar.update(chunk.shape[0])
-            finally:
-                if log is not None:
-                    log.close()  # release the folder's writer lock
+        rank = f", rank 0 of {here.size}" if here.size > 1 else ""
+        with tqdm(desc=f"{name} (p_keep {p:.2f}{rank})", unit="mask", disable=not (progress and here.first)) as bar:
+            def planned(mine: int, stored: int) -> None:  # this rank's masks, after those stored (one process)
+                bar.reset(total=mine + (stored if here.size == 1 else 0))
+                bar.update(stored if here.size == 1 else 0)
+
+            def passed(m: int) -> None:
+                bar.update(m)
+                largest[0] = max(largest[0], m * len(prompts))
+
+            margins, evaluated = run_phase(chunks.over, masks, root / name if root is not None else None, log,
+                                           block=block, on_plan=planned, on_chunk=passed, here=here)
         seconds += time.perf_counter() - started
-        margins = torch.cat(parts).float()
+        evaluations += evaluated * len(prompts)
         counts = Counts(n_layers, n_heads)
         counts.update(masks, (margins > 0).double())
         phases[name] = Phase(name, p, masks, margins, counts)
@@ -285,7 +273,8 @@ def study(
     }, index=pd.Index(["outliers kept only", "outliers ablated", "full model"], name="model"))
     validation["rate"] = validation["correct"] / validation["prompts"]
     return Study(prompts, targets, dropped, n_layers, n_heads, phases, scores, Heads(chosen), validation,
-                 evaluations, seconds, {"path": str(root) if root else None, "rows_per_pass": largest})
+                 evaluations, seconds, {"path": str(root) if root else None, "rows_per_pass": largest[0],
+                                        "ranks": here.size})
 
 
 def _p_keep(how: StudyConfig, backend: Any, task: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tok: Any,

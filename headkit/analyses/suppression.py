@@ -22,6 +22,7 @@ import torch
 from headkit.core.errors import describe, fail
 from headkit.core.heads import Heads, coerce
 from headkit.readouts import KL
+from headkit.shards import assemble, world
 from headkit.sweep import Rows, RowSizer, key_masks, sweep
 
 if TYPE_CHECKING:
@@ -142,7 +143,9 @@ def kl_matrix(
     layer (as in Thought Anchors). ``temperature`` divides the logits of both distributions first (the
     authors used 0.6); ``log=True`` averages ``log(KL + 1e-9)`` over a sentence's tokens instead of KL.
     ``rows_per_pass`` suppressed sentences are evaluated per forward pass (None: as many as keep a pass's
-    logits within 256 MiB); a pass halves on out-of-memory.
+    logits within 256 MiB); a pass halves on out-of-memory. In a torch.distributed process group each rank
+    suppresses a contiguous part of the sentences (whole passes) and every rank returns the whole matrix,
+    equal to a one-process run's bit for bit.
 
     Example:
         >>> import headkit as hk
@@ -182,12 +185,16 @@ def kl_matrix(
     later = lambda js: covered[None] & (torch.arange(n_tok)[None] >= first[js][:, None])  # noqa: E731  sentences i >= j
     readout = KL(base_logp, covered, later, float(temperature))
     token_kl = torch.full((n_sent, n_tok), torch.nan, dtype=torch.float64)
-    passes = sweep(backend, ids, None, readout, key_masks(chosen, member), Rows(torch.arange(n_sent), torch.zeros(n_sent)),
-                   rows_per_pass=_budgeted(rows_per_pass, n_sent, int(covered.sum()), base_logp.shape[-1]),
-                   progress=progress and n_sent > 1, desc="suppressed sentences",
-                   unit="sentence")
+    size = _budgeted(rows_per_pass, n_sent, int(covered.sum()), base_logp.shape[-1])
+    here = world()
+    mine = here.part(n_sent, block=size)  # this rank's sentences (all of them in one process)
+    rows = Rows(torch.arange(mine.start, mine.stop), torch.zeros(len(mine)))
+    passes = sweep(backend, ids, None, readout, key_masks(chosen, member), rows, rows_per_pass=size,
+                   progress=progress and n_sent > 1 and here.first, desc="suppressed sentences", unit="sentence")
     for suppressed, position, kl in passes:  # row j suppresses sentence j; KL at the tokens of sentences i >= j
         token_kl[suppressed, position] = kl.double().cpu()
+    if here.size > 1:
+        token_kl = assemble(here.gather((mine.start, token_kl[mine.start : mine.stop])), n_sent)
     values = (token_kl + 1e-9).log() if log else token_kl
     matrix = torch.full((n_sent, n_sent), torch.nan, dtype=torch.float64)
     for i in range(n_sent):
