@@ -129,11 +129,15 @@ def interleaved(runs: dict[str, Callable[[], Any]], rounds: int, device: torch.d
 
 
 def throughput(backend: Any, ids: Int[torch.Tensor, "prompt pos"], attention_mask: Int[torch.Tensor, "prompt pos"],
-               *, masks: int = 16, rounds: int = 3, p_keep: float = 0.85, seed: int = 0) -> dict[str, Any]:
+               *, masks: int = 16, rounds: int = 3, p_keep: float = 0.85, seed: int = 0,
+               naive_masks: int | None = None) -> dict[str, Any]:
     """Naive loop vs fused engine vs plain forward on these prompts: evaluations per second and raw timings.
 
     Targets are the full model's own top-1 tokens; the masks are Bernoulli(``p_keep``) keep/ablate masks.
-    Raises if the fused decisions differ from the naive loop's.
+    The naive loop runs the first ``naive_masks`` masks (default: all; its rate per mask does not depend on
+    how many, and on a GPU thousands of its passes would take most of a benchmark's time). The decisions of
+    the masks both ran are compared: in float32/float64 a difference raises; in bfloat16/float16 near-ties
+    can flip between the two ways of ablating, so the agreeing fraction is reported.
 
     Example:
         >>> import headkit as hk
@@ -165,10 +169,12 @@ def throughput(backend: Any, ids: Int[torch.Tensor, "prompt pos"], attention_mas
             probe.record(m * n, time.perf_counter() - t0)
     per_pass = max(1, probe.size // n)
 
+    n_naive = masks if naive_masks is None else max(1, min(masks, naive_masks))
+
     def naive() -> torch.Tensor:
         out = []
         with torch.no_grad():
-            for mask in drawn:
+            for mask in drawn[:n_naive]:
                 off = ~mask
                 ivs = [hk.zero_ablate(hk.Heads(off))] if off.any() else []
                 logits = backend.logits(ids, *ivs, attention_mask=attention_mask)  # full logits, as seed 003
@@ -186,15 +192,18 @@ def throughput(backend: Any, ids: Int[torch.Tensor, "prompt pos"], attention_mas
                 backend.logits(ids.repeat(rows, 1), attention_mask=attention_mask.repeat(rows, 1), last_only=True)
 
     times, results = interleaved({"naive": naive, "fused": fused, "plain": plain}, rounds, device)
-    equal = bool(torch.equal(results["naive"], results["fused"]))
-    if not equal:
-        raise fail("bench: the fused decisions differ from the naive loop's", "the same top-1 decisions",
-                   "report this with the model and dtype (bf16 ties can flip; try --dtype float32)")
+    agree = float((results["naive"] == results["fused"][:n_naive]).float().mean())
+    exact = backend.dtype in (torch.float32, torch.float64)
+    if exact and agree < 1:
+        raise fail(f"bench: the fused decisions differ from the naive loop's ({1 - agree:.2%} of them) in "
+                   f"{backend.dtype}", "the same top-1 decisions", "report this with the model and dtype")
     evals = masks * n
     rate = {k: evals / statistics.median(v) for k, v in times.items()}
-    return {"masks": masks, "prompts": n, "evaluations": evals, "masks_per_pass": per_pass, "p_keep": p_keep,
-            "seconds": times, "evals_per_s": rate, "fused_over_naive": rate["fused"] / rate["naive"],
-            "fused_time_over_plain": rate["plain"] / rate["fused"], "decisions_equal": equal}
+    rate["naive"] = n_naive * n / statistics.median(times["naive"])
+    return {"masks": masks, "naive_masks": n_naive, "prompts": n, "evaluations": evals, "masks_per_pass": per_pass,
+            "p_keep": p_keep, "seconds": times, "evals_per_s": rate, "fused_over_naive": rate["fused"] / rate["naive"],
+            "fused_time_over_plain": rate["plain"] / rate["fused"], "decisions_equal": agree == 1,
+            "decisions_agree": agree}
 
 
 def overhead(model: Any, tokenizer: Any, ids: Int[torch.Tensor, "batch pos"], *, rounds: int = 10) -> dict[str, Any]:
@@ -309,13 +318,16 @@ class Bench:
         if self.throughput:
             t = self.throughput
             r = t["evals_per_s"]
+            naive = t.get("naive_masks", t["masks"])
             lines += [f"## Ablation throughput: {t['masks']} masks x {t['prompts']} prompts "
-                      f"(p_keep {t['p_keep']}), {len(t['seconds']['naive'])} interleaved rounds, medians", "",
+                      f"(p_keep {t['p_keep']}; naive loop on {naive}), {len(t['seconds']['naive'])} interleaved "
+                      "rounds, medians", "",
                       "| naive loop (evals/s) | fused (evals/s) | plain forward (evals/s) | fused / naive "
-                      "| fused time / plain time | masks per pass | decisions equal |",
+                      "| fused time / plain time | masks per pass | decisions agree |",
                       "|---:|---:|---:|---:|---:|---:|---|",
                       f"| {r['naive']:.1f} | {r['fused']:.1f} | {r['plain']:.1f} | {t['fused_over_naive']:.2f}x "
-                      f"| {t['fused_time_over_plain']:.2f}x | {t['masks_per_pass']} | {t['decisions_equal']} |", ""]
+                      f"| {t['fused_time_over_plain']:.2f}x | {t['masks_per_pass']} "
+                      f"| {t.get('decisions_agree', 1.0):.2%} |", ""]
         if self.study:
             s = self.study
             lines += [f"## Whole study: 2 x {s['masks']} masks x {s['prompts']} prompts", "",
@@ -373,12 +385,13 @@ def _versions() -> dict[str, str]:
 def run(model: Any = None, tokenizer: Any = None, *, shape: str | None = None, device: str | None = None,
         dtype: str = "float32", masks: int = 16, prompts: int = 57, rounds: int = 3, study: int = 0,
         overhead_rounds: int = 10, attn_implementation: str | None = None, command: str | None = None,
-        out: Callable[[str], Any] | None = None) -> Bench:
+        out: Callable[[str], Any] | None = None, naive_masks: int | None = None) -> Bench:
     """Benchmark ablation throughput (and per-adapter overhead, and optionally the whole study) on one model.
 
     ``model`` is a model object, a folder or ``.gguf`` file, or None with ``shape`` (random weights of a
     named shape, :data:`SHAPES`) or neither (the embedded default model). ``overhead_rounds=0`` skips the
-    adapter overhead; ``study=N`` also times the stochastic-ablation study with N masks per phase.
+    adapter overhead; ``study=N`` also times the stochastic-ablation study with N masks per phase;
+    ``naive_masks`` runs the naive loop on fewer masks (see :func:`throughput`).
 
     Example:
         >>> import headkit as hk
@@ -394,7 +407,8 @@ def run(model: Any = None, tokenizer: Any = None, *, shape: str | None = None, d
     if shape is not None and model is not None:
         raise fail("bench got both a model and --shape", "one of them", "drop --shape, or --model")
     for name, value, low in (("masks", masks, 1), ("prompts", prompts, 1), ("rounds", rounds, 1),
-                             ("study", study, 0), ("overhead_rounds", overhead_rounds, 0)):
+                             ("study", study, 0), ("overhead_rounds", overhead_rounds, 0),
+                             ("naive_masks", masks if naive_masks is None else naive_masks, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise fail(f"bench got {name}={value!r}", f"a whole number >= {low}", f"pass {name}={max(low, 1)}")
     torch_dtype = dtype_of(dtype)
@@ -423,7 +437,7 @@ def run(model: Any = None, tokenizer: Any = None, *, shape: str | None = None, d
     say = out or (lambda text: None)
     say(f"headkit bench: {name}, {meta['device_name']}, {meta['dtype']}: {masks} masks x {prompts} prompts, "
         f"{rounds} rounds")
-    result = Bench(meta, throughput=throughput(backend, ids, attn, masks=masks, rounds=rounds))
+    result = Bench(meta, throughput=throughput(backend, ids, attn, masks=masks, rounds=rounds, naive_masks=naive_masks))
     if study:
         from headkit.analyses import stochastic_ablation
 

@@ -296,7 +296,8 @@ def triad(*, length: int = 10, seed: int = 0, top: int = 10, out_dir: str = "tri
     return result
 
 
-def bench(*, shape: str | None = None, masks: int = 16, prompts: int = 57, rounds: int = 3, study: int = 0,
+def bench(*, shape: str | None = None, masks: int = 16, naive_masks: int | None = None, prompts: int = 57,
+          rounds: int = 3, study: int = 0,
           overhead_rounds: int = 10, out_dir: str = "bench_out", model: Any = None, tokenizer: Any = None,
           device: str | None = None, dtype: str = "float32", attn_implementation: str | None = None,
           command: str | None = None, out: Out = print) -> Any:
@@ -321,7 +322,8 @@ def bench(*, shape: str | None = None, masks: int = 16, prompts: int = 57, round
     started = time.perf_counter()
     out_folder(out_dir)
     device = check_device(device)  # a bad --device is named before anything loads
-    result = measure.run(model, tokenizer, shape=shape, device=device, dtype=dtype, masks=masks, prompts=prompts,
+    result = measure.run(model, tokenizer, shape=shape, device=device, dtype=dtype, masks=masks,
+                         naive_masks=naive_masks, prompts=prompts,
                          rounds=rounds, study=study, overhead_rounds=overhead_rounds,
                          attn_implementation=attn_implementation, command=command, out=out)
     out(result.summary())
