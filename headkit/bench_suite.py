@@ -31,8 +31,12 @@ from typing import Any
 import torch
 
 from headkit.bench import SHAPES, interleaved, random_prompts, run, shape_model
+from headkit.core.errors import fail
 
-__all__ = ["chg_seeds", "suppression", "precision", "suite", "TARGETS"]
+__all__ = ["chg_seeds", "suppression", "precision", "suite", "PARTS", "TARGETS"]
+
+PARTS = ("throughput", "study", "chg", "suppression", "precision")
+"""The suite's parts, in the order they run (:func:`suite`'s ``parts`` picks some)."""
 
 TARGETS = {
     "fused_over_naive": (">=", 50.0, "fused >= 50x the naive loop (Pythia-160M shape, 57 prompts, bf16)"),
@@ -143,20 +147,26 @@ def precision(shape: str, *, masks: int = 2000, prompts: int = 57, device: str =
 
 
 def suite(out_dir: str | Path, *, quick: bool = False, device: str | None = None,
-          shapes: Sequence[str] | None = None, say: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Run every part (see the module docstring) into ``out_dir``; returns what :func:`summary_text` reports.
+          shapes: Sequence[str] | None = None, parts: Sequence[str] | None = None,
+          say: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Run the suite's parts (all of :data:`PARTS` by default) into ``out_dir``; returns what :func:`summary_text` reports.
 
-    ``quick`` runs the same code at toy sizes (a CPU check of the suite, not a measurement). The example
-    takes about 15 s on a CPU; tests/test_bench_suite.py runs it.
+    ``quick`` runs the same code at toy sizes (a CPU check of the suite, not a measurement); the whole quick
+    suite takes about 25 s on a CPU (tests/test_bench_suite.py runs it).
 
     Example:
         >>> import tempfile
         >>> from headkit.bench_suite import suite
-        >>> with tempfile.TemporaryDirectory() as out:     # doctest: +SKIP
-        ...     sorted(suite(out, quick=True, say=lambda text: None)["parts"])
-        ['chg', 'precision', 'study', 'suppression', 'throughput']
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     record = suite(out, quick=True, parts=["precision"], say=lambda text: None)
+        >>> sorted(record["parts"]), record["parts"]["precision"]["evaluations"]
+        (['precision'], 32)
     """
     import headkit as hk
+
+    unknown = sorted(set(parts or ()) - set(PARTS))
+    if unknown:
+        raise fail(f"unknown suite part(s) {unknown}", f"some of {list(PARTS)}", "leave parts out to run them all")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,9 +244,10 @@ def suite(out_dir: str | Path, *, quick: bool = False, device: str | None = None
             f"({r['disagreements_near_ties']} of {r['disagreements']} disagreements are near-ties)")
         return r
 
-    for name, fn in (("throughput", throughput), ("study", study), ("chg", chg), ("suppression", sup),
-                     ("precision", prec)):
-        part(name, fn)
+    run_part = {"throughput": throughput, "study": study, "chg": chg, "suppression": sup, "precision": prec}
+    for name in PARTS:
+        if parts is None or name in parts:
+            part(name, run_part[name])
     (out / "suite.json").write_text(json.dumps(record, indent=1, default=str))
     (out / "summary.md").write_text(summary_text(record) + "\n")
     say(summary_text(record))
@@ -333,9 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="toy sizes in float32: check that it runs (CPU, CI)")
     parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     parser.add_argument("--shapes", default=None, help=f"comma-separated, from {', '.join(SHAPES)}")
+    parser.add_argument("--parts", default=None, help=f"comma-separated, from {', '.join(PARTS)} (default: all)")
     args = parser.parse_args(argv)
-    suite(args.out, quick=args.quick, device=args.device,
-          shapes=[s.strip() for s in args.shapes.split(",")] if args.shapes else None)
+
+    def listed(text: str | None) -> list[str] | None:
+        return [item.strip() for item in text.split(",")] if text else None
+
+    suite(args.out, quick=args.quick, device=args.device, shapes=listed(args.shapes), parts=listed(args.parts))
     return 0
 
 

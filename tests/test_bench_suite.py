@@ -8,6 +8,7 @@ import statistics
 
 import pytest
 
+from headkit import HeadkitError
 from headkit.bench_suite import TARGETS, suite
 
 
@@ -37,3 +38,13 @@ def test_every_part_is_written_and_the_summary_reports_the_measured_figures(quic
     assert all(text in summary for _, _, text in TARGETS.values())
     assert record["parts"]["suppression"]["max_difference"] < 1e-5  # batched = one sentence per pass
     assert record["meta"]["quick"] is True and lines[-1].rstrip("\n") == summary.rstrip("\n")
+
+
+def test_parts_pick_what_runs_and_an_unknown_part_is_refused_before_anything_is_written(tmp_path):
+    record = suite(tmp_path / "one", quick=True, device="cpu", shapes=["pythia-160m"], parts=["precision"],
+                   say=lambda text: None)
+    assert list(record["parts"]) == ["precision"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["precision.json", "suite.json", "summary.md"]
+    with pytest.raises(HeadkitError, match=r"unknown suite part\(s\) \['studies'\].*leave parts out"):
+        suite(tmp_path / "two", quick=True, device="cpu", parts=["studies"], say=lambda text: None)
+    assert not (tmp_path / "two").exists()
