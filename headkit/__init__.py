@@ -14,7 +14,9 @@ Analyses: ``headkit.analyses.montecarlo`` (many head masks per forward pass: ``e
 counts, regression), ``headkit.analyses.stochastic_ablation`` (seed 003's study: importance, exclusion, outliers,
 effects with intervals, synergy; outcomes on disk, resumable), ``headkit.analyses.gating`` (causal head gating: G, G+, G-, taxonomy, contrastive), ``headkit.analyses.receivers``
 (receiver heads: vertical scores, kurtosis), ``headkit.analyses.suppression`` (sentence-suppression KL matrix),
-``headkit.analyses.triad`` (attention vs direct effect vs ablation effect per head), ``headkit.sentences`` (sentences
+``headkit.analyses.triad`` (attention vs direct effect vs ablation effect per head), ``headkit.analyses.resampling``
+and ``headkit.analyses.counterfactual`` (seed 000: rollouts under head ablation, Thought Anchors' counterfactual
+importance; metrics in ``importance``, sentence embeddings in ``embeddings``), ``headkit.sentences`` (sentences
 to token spans), ``headkit.prompts`` (tokenised prompt sets with answers or target
 continuations), ``headkit.data`` (built-in prompts and traces), ``headkit.plots`` (figures).
 
@@ -24,7 +26,16 @@ neither TransformerLens nor nnsight.
 """
 
 from headkit import data, models, plots, prompts, sentences, shards
-from headkit.analyses import gating, montecarlo, receivers, stochastic_ablation, suppression, triad
+from headkit.analyses import (
+    counterfactual,
+    gating,
+    montecarlo,
+    receivers,
+    resampling,
+    stochastic_ablation,
+    suppression,
+    triad,
+)
 from headkit.backend import get_backend
 from headkit.core.errors import HeadkitError
 from headkit.core.heads import Heads
@@ -53,6 +64,8 @@ __all__ = [
     "receivers",
     "suppression",
     "triad",
+    "resampling",
+    "counterfactual",
     "plots",
     "HeadkitError",
 ]

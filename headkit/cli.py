@@ -7,6 +7,7 @@
     headkit suppress  sentence-suppression KL matrix of one text
     headkit triad     attention vs direct effect vs ablation effect per head (induction)
     headkit bench     ablation throughput on your model and device (naive loop vs fused vs plain, adapters)
+    headkit counterfactual  counterfactual importance of each sentence under head ablation (seed 000)
 
 Every command takes ``--model`` (a local transformers folder or a .gguf file; default: the embedded Gemma 3
 270M), ``--adapter transformers|transformer_lens|nnsight``, ``--device``, ``--dtype`` and
@@ -27,10 +28,10 @@ from collections.abc import Sequence
 
 import headkit as hk
 from headkit.cli_inputs import ADAPTERS
-from headkit.commands import bench, chg, demo, mc, receivers, suppress, triad
+from headkit.commands import bench, chg, counterfactual, demo, mc, receivers, suppress, triad
 from headkit.shards import World, init_from_env
 
-__all__ = ["main", "demo", "chg", "mc", "receivers", "suppress", "triad", "bench"]
+__all__ = ["main", "demo", "chg", "mc", "receivers", "suppress", "triad", "bench", "counterfactual"]
 
 
 
@@ -162,6 +163,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_parser.add_argument("--overhead-rounds", type=int, default=10,
                               help="rounds of the per-adapter overhead table (0 skips it)")
     bench_parser.add_argument("--out", default="bench_out", help="folder for bench.json and bench.md")
+    cf_parser = commands.add_parser(
+        "counterfactual", parents=[loads],
+        help="counterfactual importance of each sentence with no, receiver-head and random-head ablation (seed 000)",
+        description="Resample every sentence of a chain of thought many times under three conditions (no ablation, "
+        "the top-k receiver heads ablated, k random heads ablated), all rollouts of a prefix in one batched "
+        "generation, and score each sentence's importance as Thought Anchors does. Rollouts stream to OUT/rollouts "
+        "and a rerun resumes them. Runs through plain transformers (per-row random streams use its generate).",
+    )
+    cf_parser.add_argument("--problem", default=None,
+                           help="a JSON file: prompt, sentences (or chain_of_thought), answer, categories "
+                           "(default: the built-in problem)")
+    cf_parser.add_argument("--rollouts", type=int, default=12, help="rollouts per sentence and condition (12, the seed's)")
+    cf_parser.add_argument("--heads", type=int, default=None,
+                           help="heads per ablated set (default: 20, or 2%% of the heads on small models (the seed's share))")
+    cf_parser.add_argument("--max-new-tokens", type=int, default=None,
+                           help="tokens per rollout (default: 96 for the built-in problem, else 256)")
+    cf_parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0.6, the authors')")
+    cf_parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (0.95, the authors')")
+    cf_parser.add_argument("--threshold", type=float, default=0.8,
+                           help="cosine similarity below which a resampled sentence counts as different (0.8)")
+    cf_parser.add_argument("--embeddings", default="sent,llm",
+                           help="similarity judges: sent (all-MiniLM-L6-v2), llm (the model's input embeddings)")
+    cf_parser.add_argument("--seed", type=int, default=0, help="seed of the random streams and the random heads")
+    cf_parser.add_argument("--rows-per-call", type=int, default=None,
+                           help="rollouts per generate call (default: all of a prefix's, halved on out-of-memory)")
+    cf_parser.add_argument("--out", default="counterfactual_out", help="folder for the tables, figures and rollouts")
     args = parser.parse_args(argv)
     if args.command is None:  # a bare `headkit`
         parser.print_help()
@@ -190,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   overhead_rounds=args.overhead_rounds, out_dir=args.out, model=args.model, device=args.device,
                   dtype=args.dtype, attn_implementation=args.attn_implementation,
                   command=" ".join(["headkit", *(sys.argv[1:] if argv is None else argv)]))
+        elif args.command == "counterfactual":
+            counterfactual(problem=args.problem, rollouts=args.rollouts, heads=args.heads,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           threshold=args.threshold, embeddings=[e.strip() for e in args.embeddings.split(",")],
+                           seed=args.seed, out_dir=args.out, rows_per_call=args.rows_per_call, model=args.model,
+                           device=args.device, dtype=args.dtype, attn_implementation=args.attn_implementation)
         elif args.command == "triad":
             triad(length=args.length, seed=args.seed, top=args.top, out_dir=args.out, **model)
         else:

@@ -14,6 +14,7 @@ exits with one line instead of a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -109,6 +110,44 @@ def read_texts(paths: Sequence[str]) -> list[str]:
                 f"Fix: convert it, e.g. iconv -f latin1 -t utf-8 {path} > fixed.txt"
             ) from None
     return texts
+
+
+def read_problem(path: str | None) -> Any:
+    """A problem for ``headkit counterfactual`` from a JSON file; None gives the built-in one.
+
+    The file holds ``prompt`` (the text before the chain of thought), the chain of thought as ``sentences``
+    (a list) or ``chain_of_thought`` (a text, split by :func:`headkit.sentences.split`), ``answer`` and,
+    optionally, ``categories`` (one label per sentence).
+
+    Example:
+        >>> import json, tempfile
+        >>> from headkit.cli_inputs import read_problem
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        ...     json.dump({"prompt": "Q: 2+3?", "chain_of_thought": "2 plus 3 is 5. So 5.", "answer": "5"}, f)
+        >>> read_problem(f.name).sentences
+        ('2 plus 3 is 5.', 'So 5.')
+    """
+    from headkit.analyses.resampling import Problem
+    from headkit.data import counterfactual_problem
+    from headkit.sentences import split
+
+    if path is None:
+        return counterfactual_problem()
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as error:
+        raise HeadkitError(f"could not read problem file {path!r} ({error.strerror}); expected a readable JSON "
+                           "file. Fix: check the path") from None
+    except ValueError as error:
+        raise HeadkitError(f"problem file {path!r} is not JSON ({error}); expected an object with prompt, "
+                           "sentences or chain_of_thought, answer. Fix: write it with json.dump") from None
+    if not isinstance(data, dict) or "answer" not in data or ("sentences" not in data and "chain_of_thought" not in data):
+        raise HeadkitError(f"problem file {path!r} holds {sorted(data) if isinstance(data, dict) else type(data).__name__}; "
+                           "expected keys prompt, sentences (or chain_of_thought), answer and optionally categories. "
+                           "Fix: add the missing keys")
+    sentences = data["sentences"] if "sentences" in data else split(str(data["chain_of_thought"]))
+    return Problem(str(data.get("prompt", "")), sentences, str(data["answer"]), categories=data.get("categories"))
 
 
 def out_folder(path: str, flag: str = "--out") -> str:

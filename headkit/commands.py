@@ -17,7 +17,7 @@ import torch
 import headkit as hk
 from headkit.cli_inputs import open_model, out_folder, read_texts
 
-__all__ = ["demo", "chg", "mc", "receivers", "suppress", "triad", "bench"]
+__all__ = ["demo", "chg", "mc", "receivers", "suppress", "triad", "bench", "counterfactual"]
 
 Out = Callable[[str], Any]
 
@@ -329,4 +329,58 @@ def bench(*, shape: str | None = None, masks: int = 16, naive_masks: int | None 
     out(result.summary())
     result.save(out_dir)
     out(f"wrote {out_dir}/bench.json (every raw timing) and bench.md in {time.perf_counter() - started:.0f} s")
+    return result
+
+
+def counterfactual(*, problem: str | None = None, rollouts: int = 12, heads: int | None = None,
+                   max_new_tokens: int | None = None, temperature: float = 0.6, top_p: float = 0.95,
+                   threshold: float = 0.8, embeddings: Sequence[str] = ("sent", "llm"), seed: int = 0,
+                   out_dir: str = "counterfactual_out", rows_per_call: int | None = None, model: Any = None,
+                   tokenizer: Any = None, device: str | None = None, dtype: str = "float32",
+                   attn_implementation: str | None = None, out: Out = print) -> Any:
+    """Seed 000: counterfactual importance of every sentence with no ablation, receiver heads and random heads ablated.
+
+    ``problem`` is a JSON file (:func:`headkit.cli_inputs.read_problem`; default: the built-in problem);
+    ``heads`` the number of heads per ablated set (default :func:`headkit.analyses.counterfactual.default_k`).
+    Rollouts stream to ``out_dir/rollouts`` and a rerun resumes them; the tables and figures of
+    :meth:`Counterfactual.save <headkit.analyses.counterfactual.Counterfactual.save>` go to ``out_dir``.
+    ``max_new_tokens`` defaults to the built-in problem's 96, else 256. Returns the result.
+
+    Example:
+        >>> from headkit.cli import counterfactual
+        >>> try:   # a bad problem file is named before the model loads
+        ...     counterfactual(problem="/nonexistent/problem.json")
+        ... except ValueError as error:
+        ...     print(str(error).split(" (")[0])
+        could not read problem file '/nonexistent/problem.json'
+    """
+    from headkit.analyses import counterfactual as cf
+    from headkit.analyses.embeddings import KINDS
+    from headkit.analyses.rollouts import Sampling
+    from headkit.cli_inputs import read_problem
+    from headkit.data import COUNTERFACTUAL_MAX_NEW_TOKENS
+
+    started = time.perf_counter()
+    out_folder(out_dir)
+    task = read_problem(problem)  # bad input is named before the model loads
+    how = Sampling(temperature=temperature, top_p=top_p,
+                   max_new_tokens=max_new_tokens or (COUNTERFACTUAL_MAX_NEW_TOKENS if problem is None else 256))
+    kinds = list(embeddings)
+    if not kinds or any(kind not in KINDS for kind in kinds):
+        raise hk.HeadkitError(f"--embeddings {','.join(kinds)!r}; expected some of {','.join(KINDS)}. "
+                              "Fix: pass --embeddings sent,llm")
+    model, tokenizer, name = open_model(model, tokenizer, device=device, dtype=dtype,
+                                        attn_implementation=attn_implementation)
+    backend = hk.get_backend(model, tokenizer)
+    shape = backend.shape
+    k = heads or cf.default_k(shape.n_layers, shape.n_heads)
+    n = len(task.sentences)
+    out(f"headkit counterfactual: {name}, {n} sentences x 3 conditions x {rollouts} rollouts = {3 * n * rollouts} "
+        f"rollouts (temperature {how.temperature}, top-p {how.top_p}, up to {how.max_new_tokens} new tokens), "
+        f"{k} of {shape.n_layers * shape.n_heads} heads per ablated set")
+    result = cf.study(backend, tokenizer, task, os.path.join(out_dir, "rollouts"), rollouts=rollouts, k=k, how=how,
+                      seed=seed, threshold=threshold, embeddings=kinds, rows_per_call=rows_per_call)  # type: ignore[arg-type]
+    out(result.summary())
+    paths = result.save(out_dir)
+    out(f"\nwrote {', '.join(p.name for p in paths)} and rollouts/ to {out_dir} in {time.perf_counter() - started:.0f} s")
     return result

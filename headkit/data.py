@@ -6,6 +6,7 @@
     arithmetic_pairs(n)   two-digit sums
     antonym_pairs(kind)   antonyms, in-context or by instruction (contrastive gating)
     reasoning_traces()    short multi-sentence reasoning texts (receiver heads, sentence suppression)
+    counterfactual_problem()  a few-shot ordering puzzle with a labelled chain of thought (seed 000)
 
 Tokenise them with :mod:`headkit.prompts` (``copy_task``, ``examples``).
 """
@@ -17,7 +18,8 @@ from typing import Literal
 
 from headkit.core.errors import fail
 
-__all__ = ["COPY_PROMPTS", "copy_pairs", "ioi_pairs", "arithmetic_pairs", "antonym_pairs", "reasoning_traces"]
+__all__ = ["COPY_PROMPTS", "copy_pairs", "ioi_pairs", "arithmetic_pairs", "antonym_pairs", "reasoning_traces",
+           "counterfactual_problem", "COUNTERFACTUAL_MAX_NEW_TOKENS"]
 
 
 COPY_PROMPTS: tuple[tuple[str, str], ...] = (
@@ -217,3 +219,52 @@ def reasoning_traces() -> list[str]:
         4
     """
     return list(_TRACES)
+
+
+# ------------------------------------------------------------------------------------------------- counterfactual importance
+_SHOTS = (
+    "Question: Mia is taller than Leo. Leo is taller than Ava. Who is the shortest?\n"
+    "Solution: I need to order the three people. Mia is taller than Leo, so Leo is shorter than Mia. "
+    "Leo is taller than Ava, so Ava is shorter than Leo. So Ava is shorter than both. The answer is Ava.\n\n"
+    "Question: Sam has 2 apples. He gets 3 more. How many apples does he have?\n"
+    "Solution: Sam starts with 2 apples. He gets 3 more, so I add 3 to 2. 2 plus 3 is 5. The answer is 5.\n\n"
+)
+_COT = (  # hand-written in the examples' style; labels use Thought Anchors' sentence categories
+    ("I need to order the three people by height.", "plan_generation"),
+    ("The question says Tom is taller than Sam.", "fact_retrieval"),
+    ("So Sam is shorter than Tom.", "active_computation"),
+    ("It also says Sam is taller than Bob.", "fact_retrieval"),
+    ("So Bob is shorter than Sam.", "active_computation"),
+    ("Wait, let me check the order again.", "uncertainty_management"),
+    ("Tom is the tallest, then Sam, then Bob.", "self_checking"),
+    ("So Bob is shorter than both.", "result_consolidation"),
+    ("The answer is Bob.", "final_answer_emission"),
+)
+COUNTERFACTUAL_MAX_NEW_TOKENS = 80
+"""Tokens per rollout for :func:`counterfactual_problem` (its whole chain of thought is about 70)."""
+
+
+def _first_solution(text: str) -> str | None:
+    """The answer of the continuation's own solution (the few-shot format may go on to a new question)."""
+    from headkit.analyses.resampling import boxed_answer
+
+    return boxed_answer(text.split("\nQuestion")[0])
+
+
+def counterfactual_problem():  # -> headkit.analyses.resampling.Problem (imported lazily)
+    """The built-in problem of ``headkit counterfactual``: a three-person ordering puzzle after two solved examples.
+
+    Gemma 3 270M (the default model) answers it correctly in about 60 % of samples from the bare question
+    (temperature 0.6, top-p 0.95; 12 of 20 in a check), so sentences of the chain of thought can raise or
+    lower that. The chain of thought is hand-written in the examples' style, with one label per sentence.
+
+    Example:
+        >>> from headkit.data import counterfactual_problem
+        >>> p = counterfactual_problem()
+        >>> len(p.sentences), p.answer, p.categories[0], p.correct(p.extract(" So Bob. The answer is Bob."))
+        (9, 'Bob', 'plan_generation', True)
+    """
+    from headkit.analyses.resampling import Problem
+
+    return Problem(_SHOTS + "Question: Tom is taller than Sam. Sam is taller than Bob. Who is the shortest?\nSolution:",
+                   [s for s, _ in _COT], "Bob", categories=[c for _, c in _COT], extract=_first_solution)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from jaxtyping import Float
 
 __all__ = ["head_map", "head_maps", "role_maps", "ablation_curves", "receivers", "suppression", "importance_exclusion",
-           "synergy"]
+           "synergy", "counterfactual", "by_category"]
 
 
 COLORS = {"facilitation": "tab:green", "irrelevance": "tab:blue", "interference": "tab:red"}
@@ -306,4 +306,67 @@ def synergy(
     ax.set_xticklabels([f"L{t // n_heads}" for t in ticks], fontsize=7)
     ax.set_yticklabels([f"L{t // n_heads}" for t in ticks], fontsize=7)
     ax.set_title(title or "synergy between heads", fontsize=9)
+    return _save(fig, path)
+
+
+def counterfactual(wide: pd.DataFrame, differences: pd.DataFrame, *, metric: str = "counterfactual importance",
+                   path: str | None = None) -> Any:
+    """Seed 000's figures: importance per sentence under each condition (left), none - ablated per sentence (right).
+
+    ``wide`` has one row per sentence and one column per condition ("none" first); ``differences`` one column
+    per ablated condition (:meth:`headkit.analyses.counterfactual.Counterfactual.differences`).
+
+    Example:
+        >>> import pandas as pd
+        >>> from headkit.plots import counterfactual
+        >>> wide = pd.DataFrame({"none": [0.5, 0.1], "random": [0.2, 0.3]})
+        >>> fig = counterfactual(wide, wide[["random"]].rsub(wide["none"], axis=0))
+        >>> [ax.get_title() for ax in fig.axes]
+        ['importance per sentence', 'difference (no ablation - ablated)']
+    """
+    fig, (left, right) = _figure(2, 6.0, 3.8)
+    for condition in wide.columns:
+        left.plot(wide.index, wide[condition], marker="o", markersize=3, label=condition)
+    left.set_xlabel("sentence")
+    left.set_ylabel(metric.replace("_", " "))
+    left.set_title("importance per sentence")
+    left.legend(fontsize=8)
+    width = 0.8 / max(1, len(differences.columns))
+    for n, condition in enumerate(differences.columns):
+        right.bar(differences.index + n * width - 0.4 + width / 2, differences[condition], width=width, label=condition)
+    right.axhline(0, color="0.3", linewidth=0.8)
+    right.set_xlabel("sentence")
+    right.set_ylabel("none - ablated (< 0: more important ablated)")
+    right.set_title("difference (no ablation - ablated)")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def by_category(table: pd.DataFrame, metric: str, conditions: Sequence[str], *, path: str | None = None) -> Any:
+    """Box plots of a metric by sentence category, one panel per condition (seed 000's box plots).
+
+    ``table`` has columns ``category``, ``condition`` and ``metric`` (one row per sentence and condition).
+
+    Example:
+        >>> import pandas as pd
+        >>> from headkit.plots import by_category
+        >>> t = pd.DataFrame({"category": ["plan", "compute"] * 2, "condition": ["none"] * 2 + ["random"] * 2,
+        ...                   "cf": [0.5, 0.1, 0.2, 0.3]})
+        >>> [ax.get_title() for ax in by_category(t, "cf", ["none", "random"]).axes]
+        ['none', 'random']
+    """
+    categories = sorted(table["category"].unique())
+    fig, axes = _figure(len(conditions), max(3.0, 0.5 * len(categories) + 1.2), 4.2)
+    low, high = table[metric].min(), table[metric].max()
+    pad = 0.05 * (high - low or 1.0)
+    for ax, condition in zip(axes, conditions):
+        part = table[table["condition"] == condition]
+        ax.boxplot([part.loc[part["category"] == c, metric].to_numpy() for c in categories], tick_labels=categories)
+        ax.set_title(condition)
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)

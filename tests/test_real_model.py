@@ -249,3 +249,17 @@ def test_a_gguf_file_given_as_model_loads_as_the_default_model(gemma):
         got = other(ids, attention_mask=mask).logits
     real = mask.bool()
     assert max_diff(got[real], want[real]) <= 1e-5
+
+
+def test_the_built_in_counterfactual_problem_is_neither_solved_nor_hopeless_from_the_start(gemma_sdpa, gemma):
+    """Seed 000 needs accuracy from the start strictly between 0.2 and 0.8, else no sentence can matter."""
+    from headkit.analyses.rollouts import Sampling, sample, stream_seed
+    from headkit.data import COUNTERFACTUAL_MAX_NEW_TOKENS, counterfactual_problem
+
+    _, tok, _ = gemma
+    problem = counterfactual_problem()
+    n = 16
+    texts = sample(gemma_sdpa, tok, problem.prefix(0), torch.ones(n, 18, 4), [stream_seed(0, 0, r) for r in range(n)],
+                   Sampling(max_new_tokens=COUNTERFACTUAL_MAX_NEW_TOKENS))
+    accuracy = sum(problem.correct(problem.extract(text)) for text in texts) / n
+    assert 0.2 < accuracy < 0.8, (accuracy, texts[:3])

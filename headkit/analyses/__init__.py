@@ -8,4 +8,9 @@
     suppression           sentence suppression: the KL matrix
     triad                 attention vs direct effect vs ablation effect per head (induction)
     induction             induction-head candidates: attention from the last token to the copied word
+    rollouts              sampled continuations under per-row head gates, one random stream per row
+    resampling            seed 000's rollouts: every sentence resampled under every condition, on disk, resumable
+    importance            Thought Anchors' resampling and counterfactual importance (the authors' definitions)
+    embeddings            sentence embeddings (all-MiniLM-L6-v2 offline, or the model's own), each sentence once
+    counterfactual        seed 000's study: none / receiver heads / random heads ablated, tables and figures
 """
