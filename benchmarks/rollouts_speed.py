@@ -3,7 +3,7 @@
     python benchmarks/rollouts_speed.py --rollouts 12 --prefix 4 --rounds 3 --out benchmarks/results/rollouts_speed_cpu.md
 
 Both runs generate the same rollouts of the built-in counterfactual problem (3 conditions: no ablation and
-two fixed sets of 4 heads, the default k on this model) with the same settings and random streams, through
+two fixed sets of 4 heads) with the same settings and random streams, through
 ``headkit.analyses.resampling.generate`` into a fresh folder each time; only ``rows_per_call`` differs (all
 rows of the prefix vs 1). Rounds alternate the two (medians). The texts of the two runs are compared: each
 row has its own random stream, so they agree up to float32 rounding differences between batch sizes.

@@ -169,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Resample every sentence of a chain of thought many times under three conditions (no ablation, "
         "the top-k receiver heads ablated, k random heads ablated), all rollouts of a prefix in one batched "
         "generation, and score each sentence's importance as Thought Anchors does. Rollouts stream to OUT/rollouts "
-        "and a rerun resumes them. Runs through plain transformers (per-row random streams use its generate).",
+        "and a rerun resumes them (another --heads, --seed or sampling setting needs another --out). Runs through "
+        "plain transformers (per-row random streams use its generate).",
     )
     cf_parser.add_argument("--problem", default=None,
                            help="a JSON file: prompt, sentences (or chain_of_thought), answer, categories "
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cf_parser.add_argument("--heads", type=int, default=None,
                            help="heads per ablated set (default: 20, or 2%% of the heads on small models (the seed's share))")
     cf_parser.add_argument("--max-new-tokens", type=int, default=None,
-                           help="tokens per rollout (default: 96 for the built-in problem, else 256)")
+                           help="tokens per rollout (default: 80 for the built-in problem, else 256)")
     cf_parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0.6, the authors')")
     cf_parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (0.95, the authors')")
     cf_parser.add_argument("--threshold", type=float, default=0.8,

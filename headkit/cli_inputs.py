@@ -142,12 +142,20 @@ def read_problem(path: str | None) -> Any:
     except ValueError as error:
         raise HeadkitError(f"problem file {path!r} is not JSON ({error}); expected an object with prompt, "
                            "sentences or chain_of_thought, answer. Fix: write it with json.dump") from None
-    if not isinstance(data, dict) or "answer" not in data or ("sentences" not in data and "chain_of_thought" not in data):
-        raise HeadkitError(f"problem file {path!r} holds {sorted(data) if isinstance(data, dict) else type(data).__name__}; "
-                           "expected keys prompt, sentences (or chain_of_thought), answer and optionally categories. "
-                           "Fix: add the missing keys")
-    sentences = data["sentences"] if "sentences" in data else split(str(data["chain_of_thought"]))
-    return Problem(str(data.get("prompt", "")), sentences, str(data["answer"]), categories=data.get("categories"))
+    known = {"prompt", "sentences", "chain_of_thought", "answer", "categories"}
+    if not isinstance(data, dict) or not {"prompt", "answer"} <= set(data) or \
+            ("sentences" in data) == ("chain_of_thought" in data) or set(data) - known:
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise HeadkitError(f"problem file {path!r} holds {got}; expected the keys prompt, answer, one of sentences "
+                           "(a list) or chain_of_thought (a text), and optionally categories. Fix: rename or add "
+                           "the keys (unknown ones are refused, so a typo is not ignored)")
+    sentences = data.get("sentences")
+    if sentences is not None and (not isinstance(sentences, list) or not all(isinstance(x, str) for x in sentences)):
+        raise HeadkitError(f"problem file {path!r} has sentences of type {type(sentences).__name__}; expected a list "
+                           "of strings. Fix: pass a list, or the whole text as chain_of_thought")
+    if sentences is None:
+        sentences = split(str(data["chain_of_thought"]))
+    return Problem(str(data["prompt"]), sentences, str(data["answer"]), categories=data.get("categories"))
 
 
 def out_folder(path: str, flag: str = "--out") -> str:

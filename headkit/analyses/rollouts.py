@@ -24,7 +24,7 @@ from headkit.core.errors import describe, fail
 if TYPE_CHECKING:
     from jaxtyping import Float
 
-__all__ = ["Sampling", "stream_seed", "sample", "RowSampler"]
+__all__ = ["Sampling", "stream_seed", "sample", "check_backend", "RowSampler"]
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,11 @@ def stream_seed(*key: object) -> int:
 
     Example:
         >>> from headkit.analyses.rollouts import stream_seed
-        >>> stream_seed(0, 3, 1) == stream_seed(0, 3, 1), stream_seed(0, 3, 1) == stream_seed(0, 1, 3)
+        >>> import numpy as np
+        >>> stream_seed(0, 3, 1) == stream_seed(0, np.int64(3), 1), stream_seed(0, 3, 1) == stream_seed(0, 1, 3)
         (True, False)
     """
-    digest = hashlib.sha256(repr(key).encode()).digest()
+    digest = hashlib.sha256(repr(tuple(int(k) if hasattr(k, "__index__") else k for k in key)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -117,6 +118,19 @@ class RowSampler:
         return torch.stack(picks)
 
 
+def check_backend(backend: Any) -> None:
+    """Refuse backends other than plain transformers (per-row random streams need transformers' ``generate``).
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.analyses.rollouts import check_backend
+        >>> check_backend(hk.get_backend(*hk.models.tiny("llama")))   # a transformers model: accepted
+    """
+    if type(backend).__name__ != "HFBackend":
+        raise fail(f"rollouts got a {type(backend).__name__}", "a transformers model (generation with per-row "
+                   "random streams uses transformers' generate)", "pass the transformers model itself")
+
+
 def sample(
     model: Any,
     tokenizer: Any,
@@ -144,9 +158,7 @@ def sample(
 
     how = how or Sampling()
     backend = get_backend(model, tokenizer)
-    if type(backend).__name__ != "HFBackend":
-        raise fail(f"rollouts got a {type(backend).__name__}", "a transformers model (generation with per-row "
-                   "random streams uses transformers' generate)", "pass the transformers model itself")
+    check_backend(backend)
     shape = backend.shape
     if not isinstance(gates, torch.Tensor) or gates.ndim != 3 or tuple(gates.shape[1:]) != (shape.n_layers, shape.n_heads):
         raise fail(f"rollouts got gates {describe(gates)}", f"[rows, {shape.n_layers}, {shape.n_heads}]",
@@ -167,5 +179,5 @@ def sample(
         out = backend.generate(ids.repeat(rows, 1), gate(gates.to(device=backend.device, dtype=dtype)),
                                max_new_tokens=how.max_new_tokens, do_sample=False,
                                logits_processor=LogitsProcessorList([picker]),
-                               attention_mask=torch.ones(rows, ids.shape[1], dtype=torch.long))
+                               attention_mask=torch.ones(rows, ids.shape[1], dtype=torch.long, device=backend.device))
     return [tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in out.cpu()]
