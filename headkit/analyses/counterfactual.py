@@ -247,7 +247,7 @@ def study(
     """Seed 000 end to end: choose the heads, resample every sentence under every condition, score importance.
 
     Conditions default to none / the top-``k`` receiver heads / ``k`` random heads (``k`` by
-    :func:`default_k`); pass ``conditions`` (name -> heads, gate or None) to choose your own. Rollouts
+    :func:`default_k`); pass ``conditions`` (name -> heads, gate, interventions or None) to choose your own. Rollouts
     stream to ``folder`` and resume (:func:`headkit.analyses.resampling.generate`); ``embeddings`` picks
     the similarity judges ("sent": all-MiniLM-L6-v2, "llm": the model's input embeddings).
 
@@ -278,12 +278,15 @@ def study(
     judges = {kind: emb.sentence_model() if kind == "sent" else emb.input_embeddings(backend.model, backend.tokenizer)
               for kind in embeddings}  # a missing embedding model is named before any rollout is generated
     if conditions is None:
-        chosen = choose_heads(backend, tokenizer, problem, k or default_k(shape.n_layers, shape.n_heads), seed=seed)
+        chosen = choose_heads(backend, tokenizer, problem, k if k is not None else default_k(shape.n_layers, shape.n_heads),
+                              seed=seed)
         conditions = {"none": None, **chosen}
+    from headkit.analyses.resampling import extra_interventions
     from headkit.core.heads import Heads
 
-    heads = {name: list(Heads(value).pairs) if value is not None and not isinstance(value, torch.Tensor) else []
-             for name, value in conditions.items()}
+    extra = extra_interventions(conditions)
+    heads = {name: list(Heads(value).pairs) if value is not None and not isinstance(value, torch.Tensor)
+             and not extra[name] else [] for name, value in conditions.items()}
     records = generate(backend.model, backend.tokenizer, problem, conditions, folder, rollouts=rollouts, how=how,
                        seed=seed, rows_per_call=rows_per_call, progress=progress)
     rows = [{**row, "embedding": kind} for kind, judge in judges.items()

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 
 from headkit.analyses.rollouts import Sampling, check_backend, sample, stream_seed
-from headkit.core.errors import describe, fail
+from headkit.core.errors import HeadkitError, describe, fail
 
-__all__ = ["Problem", "boxed_answer", "conditions_to_gates", "generate", "read", "Record"]
+__all__ = ["Problem", "boxed_answer", "conditions_to_gates", "extra_interventions", "generate", "read", "Record"]
 
 Record = dict[str, Any]
 """One rollout: prefix, condition, rollout, removed, resampled, text, answer, correct."""
@@ -133,8 +133,10 @@ class Problem:
 def conditions_to_gates(conditions: Mapping[str, Any], n_layers: int, n_heads: int) -> dict[str, torch.Tensor]:
     """Turn named conditions into gates ``[layer, head]``: None keeps every head, heads are zero-ablated.
 
-    A condition is None, anything :class:`headkit.Heads` accepts (heads to zero-ablate) or a gate tensor
-    ``[layer, head]`` of per-head values (1 keeps, 0 ablates, between: a soft gate).
+    A condition is None, anything :class:`headkit.Heads` accepts (heads to zero-ablate), a gate tensor
+    ``[layer, head]`` of per-head values (1 keeps, 0 ablates, between: a soft gate), or any headkit
+    intervention (or a list of them: mean-ablation, attention masks, ...), whose gate keeps every head
+    (:func:`extra_interventions` returns the interventions).
 
     Example:
         >>> import headkit as hk
@@ -146,14 +148,14 @@ def conditions_to_gates(conditions: Mapping[str, Any], n_layers: int, n_heads: i
     from headkit.core.heads import Heads
 
     if not isinstance(conditions, Mapping) or not conditions:
-        raise fail(f"got conditions {describe(conditions)}", "a non-empty dict of name -> None, heads or gate",
-                   'pass e.g. {"none": None, "receivers": hk.Heads("L3H1 L5H0")}')
+        raise fail(f"got conditions {describe(conditions)}", "a non-empty dict of name -> None, heads, gate or "
+                   "interventions", 'pass e.g. {"none": None, "receivers": hk.Heads("L3H1 L5H0")}')
     gates = {}
     for name, value in conditions.items():
         if not isinstance(name, str) or not name or not re.fullmatch(r"[\w.-]+", name):
             raise fail(f"got condition name {name!r}", "a non-empty word (letters, digits, _ . -)",
                        'name conditions e.g. "none", "receivers", "random"')
-        if value is None:
+        if value is None or _interventions(value):
             gates[name] = torch.ones(n_layers, n_heads)
         elif isinstance(value, torch.Tensor):
             if tuple(value.shape) != (n_layers, n_heads) or not torch.isfinite(value).all():
@@ -165,6 +167,40 @@ def conditions_to_gates(conditions: Mapping[str, Any], n_layers: int, n_heads: i
             heads.validate(n_layers, n_heads, owner=f"condition {name!r}")
             gates[name] = (~heads.mask(n_layers, n_heads)).float()
     return gates
+
+
+def _interventions(value: Any) -> tuple[Any, ...]:
+    from headkit.core.interventions.base import Intervention
+
+    if isinstance(value, Intervention):
+        return (value,)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, Intervention) for v in value):
+        return tuple(value)
+    return ()
+
+
+def extra_interventions(conditions: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """The interventions each condition applies besides its gate (empty for None, heads and gates).
+
+    Conditions with interventions are generated in calls of their own (their rows cannot share a pass with
+    other conditions' rows); gates share one batch.
+
+    Example:
+        >>> import headkit as hk
+        >>> from headkit.analyses.resampling import extra_interventions
+        >>> extra_interventions({"none": None, "mask": hk.mask_attention("L0H1", keys=[(1, 2)])})
+        {'none': (), 'mask': (MaskAttention(heads='L0H1', keys=[(1, 2)]),)}
+    """
+    return {name: _interventions(value) for name, value in conditions.items()}
+
+
+def _describe_interventions(extra: tuple[Any, ...]) -> list[str]:
+    """Interventions as the meta records them: the repr and the float64 sum of every tensor field."""
+    out = []
+    for iv in extra:
+        sums = [f"{float(torch.as_tensor(v).double().sum()):.12g}" for v in iv.plain_fields() if isinstance(v, torch.Tensor)]
+        out.append(repr(iv) + (f" sums={sums}" if sums else ""))
+    return out
 
 
 def _fingerprint(model: Any) -> str:
@@ -216,10 +252,12 @@ def read(folder: str | Path) -> tuple[dict[str, Any], list[Record]]:
     return json.loads((folder / "meta.json").read_text()), _read_records(folder / "rollouts.jsonl")  # read only
 
 
-def _meta(problem: Problem, gates: dict[str, torch.Tensor], how: Sampling, seed: int, model: Any) -> dict[str, Any]:
+def _meta(problem: Problem, gates: dict[str, torch.Tensor], extra: dict[str, tuple[Any, ...]], how: Sampling,
+          seed: int, model: Any) -> dict[str, Any]:
     return {"problem": problem.settings(), "sampling": asdict(how), "seed": seed,
             "model": {"class": type(model).__name__, "weights_sum": _fingerprint(model)},
-            "conditions": {name: g.tolist() for name, g in gates.items()}}
+            "conditions": {name: {"interventions": _describe_interventions(extra[name])} if extra[name] else g.tolist()
+                           for name, g in gates.items()}}
 
 
 def _merge_meta(folder: Path, new: dict[str, Any]) -> dict[str, Any]:
@@ -298,6 +336,14 @@ def generate(
     check_backend(backend)  # everything is checked before anything is written
     shape = backend.shape
     gates = conditions_to_gates(conditions, shape.n_layers, shape.n_heads)
+    extra = extra_interventions(conditions)
+    for name, interventions in extra.items():
+        for iv in interventions:
+            try:
+                iv.validate(shape)
+            except HeadkitError as error:
+                raise fail(f"condition {name!r}: {error}", "interventions that fit the model",
+                           "fix the condition's heads or positions") from None
     if isinstance(seed, bool) or not hasattr(seed, "__index__"):
         raise fail(f"generate got seed={seed!r}", "a whole number", "pass seed=0")
     seed = int(seed)
@@ -307,7 +353,7 @@ def generate(
                    "leave prefixes out for all of them")
     out = Path(folder)
     hf = backend.model
-    meta = _merge_meta(out, _meta(problem, gates, how, seed, hf))  # refuses before anything is written
+    meta = _merge_meta(out, _meta(problem, gates, extra, how, seed, hf))  # refuses before anything is written
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta))
@@ -320,36 +366,40 @@ def generate(
     todo = {i: [(c, r) for c in names for r in range(rollouts) if (i, c, r) not in have] for i in chosen}
     bar = tqdm(total=sum(map(len, todo.values())), desc="rollouts", unit="rollout", disable=not progress)
     with open(path, "a", encoding="utf-8") as log:
-        for i, rows in todo.items():
+        for i, todo_here in todo.items():
             prefix = problem.prefix(i)
-            while rows:
-                part = rows[: sizer.size]
-                try:
-                    texts = sample(hf, backend.tokenizer, prefix, torch.stack([gates[c] for c, _ in part]),
-                                   [stream_seed(seed, i, r) for _, r in part], how)
-                except Exception as error:  # noqa: BLE001 - only an allocation failure is retried
-                    if not is_out_of_memory(error):
-                        raise
-                    if sizer.size == 1:
-                        raise fail(f"one rollout of {how.max_new_tokens} new tokens after a {len(prefix)}-character "
-                                   "prefix does not fit in memory", "a generation that fits",
-                                   "lower max_new_tokens (--max-new-tokens), or load the model in bfloat16 "
-                                   "(--dtype bfloat16)") from error
-                    sizer.out_of_memory()
-                    continue
-                made = []
-                for (c, r), text in zip(part, texts):
-                    first = split(text)
-                    made.append(_judged({"prefix": i, "condition": c, "rollout": r, "removed": problem.sentences[i],
-                                         "resampled": first[0] if first else "", "text": text}, problem))
-                log.write("".join(json.dumps(m) + "\n" for m in made))
-                log.flush()
-                os.fsync(log.fileno())
-                have.update({(m["prefix"], m["condition"], m["rollout"]): m for m in made})
-                rows = rows[len(part):]
-                bar.update(len(part))
-                if on_call is not None:
-                    on_call(made)
+            groups: dict[str | None, list[tuple[str, int]]] = {}  # gate-only conditions share calls; others alone
+            for c, r in todo_here:
+                groups.setdefault(c if extra[c] else None, []).append((c, r))
+            for key, rows in groups.items():
+                while rows:
+                    part = rows[: sizer.size]
+                    try:
+                        texts = sample(hf, backend.tokenizer, prefix, torch.stack([gates[c] for c, _ in part]),
+                                       [stream_seed(seed, i, r) for _, r in part], how, *(extra[key] if key else ()))
+                    except Exception as error:  # noqa: BLE001 - only an allocation failure is retried
+                        if not is_out_of_memory(error):
+                            raise
+                        if sizer.size == 1:
+                            raise fail(f"one rollout of {how.max_new_tokens} new tokens after a {len(prefix)}-character "
+                                       "prefix does not fit in memory", "a generation that fits",
+                                       "lower max_new_tokens (--max-new-tokens), or load the model in bfloat16 "
+                                       "(--dtype bfloat16)") from error
+                        sizer.out_of_memory()
+                        continue
+                    made = []
+                    for (c, r), text in zip(part, texts):
+                        first = split(text)
+                        made.append(_judged({"prefix": i, "condition": c, "rollout": r, "removed": problem.sentences[i],
+                                             "resampled": first[0] if first else "", "text": text}, problem))
+                    log.write("".join(json.dumps(m) + "\n" for m in made))
+                    log.flush()
+                    os.fsync(log.fileno())
+                    have.update({(m["prefix"], m["condition"], m["rollout"]): m for m in made})
+                    rows = rows[len(part):]
+                    bar.update(len(part))
+                    if on_call is not None:
+                        on_call(made)
     bar.close()
     return [have[(i, c, r)] for i in chosen for c in names for r in range(rollouts)]
 

@@ -138,11 +138,13 @@ def sample(
     gates: Float[torch.Tensor, "row layer head"],
     seeds: Sequence[int],
     how: Sampling | None = None,
+    *interventions: Any,
 ) -> list[str]:
     """Sample one continuation of ``prompt`` per row, row r under ``gates[r]`` with random stream ``seeds[r]``.
 
     ``model`` is a transformers causal LM (or its headkit backend); the texts are the continuations only,
-    decoded without special tokens. All rows run in one ``generate`` call.
+    decoded without special tokens. All rows run in one ``generate`` call; ``interventions`` (any headkit
+    interventions) apply to every row besides its gate.
 
     Example:
         >>> import torch, headkit as hk
@@ -176,7 +178,7 @@ def sample(
                         top_p=float(how.top_p))
     dtype = torch.promote_types(backend.dtype, torch.float32)
     with torch.no_grad():
-        out = backend.generate(ids.repeat(rows, 1), gate(gates.to(device=backend.device, dtype=dtype)),
+        out = backend.generate(ids.repeat(rows, 1), gate(gates.to(device=backend.device, dtype=dtype)), *interventions,
                                max_new_tokens=how.max_new_tokens, do_sample=False,
                                logits_processor=LogitsProcessorList([picker]),
                                attention_mask=torch.ones(rows, ids.shape[1], dtype=torch.long, device=backend.device))
