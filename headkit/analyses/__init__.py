@@ -1,6 +1,7 @@
 """Analyses built on the sweep engine: each is a function returning a result that reports itself.
 
     montecarlo            many keep/ablate head masks per forward pass; samplers, streaming counts, regression
+    estimators            mask designs (antithetic, balanced) and effect estimators (ridge, logistic, Shapley)
     stochastic_ablation   seed 003's study: importance, exclusion, outliers, effects, synergy (outcomes on disk)
     outcome_log           the study's crash-consistent outcome log
     gating                causal head gating (CHG): G, G+, G-, taxonomy, contrastive

@@ -1,0 +1,134 @@
+"""Mask designs and head-effect estimators against planted truth and independent numpy/scipy fits."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+import headkit as hk
+from headkit.analyses import estimators
+from headkit.analyses.montecarlo import bernoulli
+
+
+def test_antithetic_pairs_keep_the_marginal_and_are_negatively_correlated():
+    m = estimators.antithetic(20000, 0.3, 2, 3, seed=1).double()
+    assert m.shape == (20000, 2, 3)
+    assert (m.mean(0) - 0.3).abs().max() < 0.01
+    first, second = m[0::2].reshape(-1), m[1::2].reshape(-1)
+    correlation = np.corrcoef(first.numpy(), second.numpy())[0, 1]
+    assert correlation == pytest.approx(-0.3 / 0.7, abs=0.02)  # P(both) = 0 for p <= 0.5: -p / (1 - p)
+    assert estimators.antithetic(5, 0.5, 1, 2).shape[0] == 5  # an odd count drops the last partner
+
+
+def test_balanced_keeps_every_head_equally_often_in_random_masks():
+    m = estimators.balanced(50, 0.3, 3, 4, seed=2)
+    assert (m.sum(0) == 15).all()
+    assert len({tuple(row.reshape(-1).tolist()) for row in m}) > 40  # not the same mask repeated
+    assert not torch.equal(m[:, 0, 0], m[:, 0, 1])
+
+
+def planted(n, design, seed=0, noise=0.3):
+    torch.manual_seed(seed)
+    beta = torch.tensor([[0.8, 0.0, -0.5], [0.2, 0.0, 1.1]], dtype=torch.float64)
+    masks = design(n, 0.5, 2, 3, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    y = 0.4 + (masks.double() * beta).sum((1, 2))[:, None] + noise * torch.randn(n, 4, generator=g, dtype=torch.float64)
+    return masks, y, beta
+
+
+def test_ridge_recovers_planted_effects_within_its_intervals_and_equals_a_numpy_solve():
+    masks, y, beta = planted(400, estimators.balanced)
+    table = estimators.ridge(masks, y, lam=2.0)
+    effect = torch.tensor(table["effect"].to_numpy()).reshape(2, 3)
+    # the same penalised least squares solved by numpy (intercept unpenalised)
+    x = np.hstack([np.ones((400, 1)), masks.reshape(400, -1).double().numpy()])
+    d = np.eye(7) * 2.0
+    d[0, 0] = 0
+    want = np.linalg.solve(x.T @ x + d, x.T @ y.mean(1).numpy())[1:]
+    assert np.allclose(effect.reshape(-1).numpy(), want, atol=1e-10)
+    assert ((table["low"] <= beta.reshape(-1).numpy()) & (beta.reshape(-1).numpy() <= table["high"])).all()
+    assert float(table["se"].max()) < 0.05
+
+
+def test_ridge_intervals_cover_the_truth_about_as_often_as_they_claim():
+    covered = []
+    for seed in range(40):
+        masks, y, beta = planted(200, estimators.balanced, seed=seed, noise=1.0)
+        t = estimators.ridge(masks, y, lam=0.0)
+        covered += list((t["low"] <= beta.reshape(-1).numpy()) & (beta.reshape(-1).numpy() <= t["high"]))
+    assert 0.88 <= np.mean(covered) <= 0.99  # 240 intervals at 95 %
+
+
+def test_logistic_equals_scipy_on_the_same_penalised_likelihood_and_recovers_planted_log_odds():
+    masks = bernoulli(3000, 0.5, 1, 3, seed=3)
+    beta = np.array([1.5, 0.0, -1.0])
+    logit = -0.5 + masks.reshape(3000, -1).double().numpy() @ beta
+    g = np.random.default_rng(4)
+    successes = torch.tensor(g.random((3000, 6)) < 1 / (1 + np.exp(-logit[:, None])))
+    lam = 3.0
+    table = estimators.logistic(masks, successes, lam=lam)
+    x = np.hstack([np.ones((3000, 1)), masks.reshape(3000, -1).double().numpy()])
+    s, t = successes.double().sum(1).numpy(), 6.0
+
+    def loss(c):
+        eta = x @ c
+        return -(s * eta - t * np.logaddexp(0, eta)).sum() + lam / 2 * (c[1:] ** 2).sum()
+
+    want = minimize(loss, np.zeros(4), method="BFGS", options={"gtol": 1e-9}).x[1:]
+    assert np.allclose(table["effect"].to_numpy(), want, atol=1e-4)
+    assert np.allclose(table["effect"].to_numpy(), beta, atol=4 * table["se"].to_numpy())
+
+
+def exact_shapley(v, players):
+    """Shapley values by enumerating every coalition (the definition)."""
+    n = len(players)
+    out = np.zeros(n)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        for size in range(n):
+            for coalition in itertools.combinations(others, size):
+                weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+                out[i] += weight * (v(set(coalition) | {i}) - v(set(coalition)))
+    return out
+
+
+def game(coalition):
+    """A value with a three-way interaction (antithetic pairs are not exact on it)."""
+    return 1.0 * (0 in coalition) + 0.5 * (1 in coalition) + 2.0 * ({0, 2, 3} <= coalition) - 0.7 * ({1, 3} <= coalition)
+
+
+def as_masks(fn):
+    return lambda m: torch.tensor([fn({i for i, kept in enumerate(row.reshape(-1).tolist()) if kept}) for row in m])
+
+
+def test_shapley_by_permutations_converges_to_the_enumerated_definition():
+    want = exact_shapley(game, range(4))
+    for antithetic in (True, False):
+        table = estimators.shapley(as_masks(game), 2, 2, permutations=2000, antithetic=antithetic, seed=5)
+        got = table["effect"].to_numpy()
+        assert np.allclose(got, want, atol=4 * table["se"].to_numpy().max() + 1e-9)
+        assert np.allclose(got, want, atol=0.05)
+
+
+def test_antithetic_permutations_are_exact_with_pairwise_interactions_only():
+    def pairwise(c):
+        return 0.3 * (0 in c) - 1.0 * (2 in c) + 2.0 * ({0, 1} <= c) + 0.5 * ({1, 3} <= c)
+
+    got = estimators.shapley(as_masks(pairwise), 2, 2, permutations=2, seed=7)["effect"].to_numpy()
+    assert np.allclose(got, exact_shapley(pairwise, range(4)), atol=1e-12)
+
+
+def test_bad_input_names_the_fix():
+    with pytest.raises(hk.HeadkitError, match="p_keep=1.5"):
+        estimators.balanced(10, 1.5, 1, 2)
+    with pytest.raises(hk.HeadkitError, match="3 masks for 6 heads"):
+        estimators.ridge(torch.ones(3, 2, 3, dtype=torch.bool), torch.ones(3, 1))
+    with pytest.raises(hk.HeadkitError, match="even when antithetic"):
+        estimators.shapley(lambda m: m.sum((1, 2)), 1, 2, permutations=3)
+    with pytest.raises(hk.HeadkitError, match="lam=-1"):
+        estimators.logistic(torch.ones(3, 1, 2, dtype=torch.bool), torch.ones(3, 1), lam=-1)
