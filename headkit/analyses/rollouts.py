@@ -124,7 +124,13 @@ def check_backend(backend: Any) -> None:
     Example:
         >>> import headkit as hk
         >>> from headkit.analyses.rollouts import check_backend
-        >>> check_backend(hk.get_backend(*hk.models.tiny("llama")))   # a transformers model: accepted
+        >>> check_backend(hk.get_backend(*hk.models.tiny("llama"))) is None   # a transformers model: accepted
+        True
+        >>> try:
+        ...     check_backend(object())
+        ... except hk.HeadkitError as error:
+        ...     print(str(error).split(";")[0])
+        rollouts got a object
     """
     if type(backend).__name__ != "HFBackend":
         raise fail(f"rollouts got a {type(backend).__name__}", "a transformers model (generation with per-row "
