@@ -325,15 +325,17 @@ def counterfactual(wide: pd.DataFrame, differences: pd.DataFrame, *, metric: str
         ['importance per sentence', 'difference (no ablation - ablated)']
     """
     fig, (left, right) = _figure(2, 6.0, 3.8)
+    color = {condition: f"C{n}" for n, condition in enumerate(wide.columns)}  # one color per condition, both panels
     for condition in wide.columns:
-        left.plot(wide.index, wide[condition], marker="o", markersize=3, label=condition)
+        left.plot(wide.index, wide[condition], marker="o", markersize=3, label=condition, color=color[condition])
     left.set_xlabel("sentence")
     left.set_ylabel(metric.replace("_", " "))
     left.set_title("importance per sentence")
     left.legend(fontsize=8)
     width = 0.8 / max(1, len(differences.columns))
     for n, condition in enumerate(differences.columns):
-        right.bar(differences.index + n * width - 0.4 + width / 2, differences[condition], width=width, label=condition)
+        right.bar(differences.index + n * width - 0.4 + width / 2, differences[condition], width=width, label=condition,
+                  color=color.get(condition))
     right.axhline(0, color="0.3", linewidth=0.8)
     right.set_xlabel("sentence")
     right.set_ylabel("none - ablated (< 0: more important ablated)")

@@ -89,7 +89,7 @@ def kl_divergence(first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[s
     support = set(c1) | set(c2)
     t1, t2 = sum(c1.values()) + _ALPHA * len(support), sum(c2.values()) + _ALPHA * len(support)
     total = 0.0
-    for answer in support:
+    for answer in sorted(support):  # a fixed order: the same sum on every run
         p, q = (c1[answer] + _ALPHA) / t1, (c2[answer] + _ALPHA) / t2
         total += p * math.log(p / q)
     return max(0.0, total)
