@@ -368,10 +368,10 @@ def counterfactual(*, problem: str | None = None, rollouts: int = 12, heads: int
                               "expected at least 4 (receiver heads are ranked by kurtosis over its sentences). "
                               "Fix: give the whole chain of thought, or pick heads in Python (counterfactual.study(..., "
                               "conditions=...))")
-    for flag, value, low in (("--rollouts", rollouts, 1), ("--heads", heads, 1), ("--max-new-tokens", max_new_tokens, 1),
-                             ("--rows-per-call", rows_per_call, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise hk.HeadkitError(f"{flag} {value!r}; expected a whole number >= {low}. Fix: pass e.g. {flag} 12, "
+    for flag, value in (("--rollouts", rollouts), ("--heads", heads), ("--max-new-tokens", max_new_tokens),
+                        ("--rows-per-call", rows_per_call)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise hk.HeadkitError(f"{flag} {value!r}; expected a whole number >= 1. Fix: pass e.g. {flag} 12, "
                                   "or leave it out for the default")
     if not 0 < threshold < 1:
         raise hk.HeadkitError(f"--threshold {threshold!r}; expected a cosine similarity strictly between 0 and 1. "

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from headkit.analyses.importance import METRICS, importance
+from headkit.analyses.importance import METRICS, check_threshold, importance
 from headkit.analyses.resampling import Problem, Record, generate
 from headkit.analyses.rollouts import Sampling
 from headkit.core.errors import fail
@@ -270,9 +270,7 @@ def study(
     unknown = [kind for kind in embeddings if kind not in emb.KINDS]
     if not embeddings or unknown:
         raise fail(f"got embeddings {list(embeddings)}", f"some of {list(emb.KINDS)}", 'pass embeddings=("sent", "llm")')
-    if not 0 < threshold < 1:
-        raise fail(f"got similarity threshold {threshold!r}", "a number strictly between 0 and 1",
-                   "pass threshold=0.8 (Thought Anchors')")
+    check_threshold(threshold)  # before any rollout is generated
     backend = get_backend(model, tokenizer)
     shape = backend.shape
     judges = {kind: emb.sentence_model() if kind == "sent" else emb.input_embeddings(backend.model, backend.tokenizer)

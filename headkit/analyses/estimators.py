@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from headkit.analyses.mask_statistics import design_matrix
 from headkit.core.errors import describe, fail
 
 if TYPE_CHECKING:
@@ -72,15 +73,6 @@ def balanced(n: int, p_keep: float, n_layers: int, n_heads: int, *, seed: int = 
     return column[order].reshape(n, n_layers, n_heads)
 
 
-def _design_matrix(masks: torch.Tensor, owner: str, values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    if masks.ndim != 3 or values.ndim != 2 or masks.shape[0] != values.shape[0]:
-        raise fail(f"{owner} got masks {describe(masks)} and outcomes {describe(values)}",
-                   "masks [n_masks, layer, head] and outcomes [n_masks, n_prompts]", "pass evaluate's masks and its result")
-    n, n_layers, n_heads = masks.shape
-    x = torch.cat([torch.ones(n, 1, dtype=torch.float64), masks.reshape(n, -1).double().cpu()], 1)
-    return x, n_layers, n_heads
-
-
 def _table(effect: torch.Tensor, se: torch.Tensor, n_layers: int, n_heads: int, level: float) -> Any:
     import pandas as pd
     from scipy.stats import norm
@@ -121,7 +113,7 @@ def ridge(
         np.float64(2.0)
     """
     _check_level_lam(level, lam, "ridge")
-    x, n_layers, n_heads = _design_matrix(masks, "ridge", outcomes)
+    x, n_layers, n_heads = design_matrix(masks, outcomes, "ridge")
     y = outcomes.double().mean(1).cpu()
     n, k = x.shape
     if n <= k:
@@ -162,7 +154,7 @@ def logistic(
         np.True_
     """
     _check_level_lam(level, lam, "logistic")
-    x, n_layers, n_heads = _design_matrix(masks, "logistic", successes.double())
+    x, n_layers, n_heads = design_matrix(masks, successes, "logistic")
     s = successes.double().sum(1).cpu()
     trials = float(successes.shape[1])
     k = x.shape[1]

@@ -40,7 +40,7 @@ import numpy as np
 
 from headkit.core.errors import fail
 
-__all__ = ["METRICS", "kl_divergence", "importance"]
+__all__ = ["METRICS", "kl_divergence", "check_threshold", "importance"]
 
 METRICS = ("accuracy", "resampling_importance_accuracy", "resampling_importance_kl",
            "counterfactual_importance_accuracy", "counterfactual_importance_kl",
@@ -103,6 +103,19 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def check_threshold(threshold: object) -> None:
+    """Refuse a cosine-similarity threshold outside (0, 1).
+
+    Example:
+        >>> from headkit.analyses.importance import check_threshold
+        >>> check_threshold(0.8) is None
+        True
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise fail(f"got similarity threshold {threshold!r}", "a number strictly between 0 and 1",
+                   "pass threshold=0.8 (Thought Anchors')")
+
+
 def importance(
     records: Iterable[Mapping[str, Any]],
     embed: Callable[[list[str]], Mapping[str, np.ndarray]],
@@ -131,9 +144,7 @@ def importance(
         >>> r["different_trajectories_fraction"], r["overdeterminedness"], rows[1]["resampling_importance_accuracy"]
         (0.5, 0.0, 0.0)
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-        raise fail(f"got similarity threshold {threshold!r}", "a number strictly between 0 and 1",
-                   "pass threshold=0.8 (Thought Anchors')")
+    check_threshold(threshold)
     if kl not in ("answer", "correct"):
         raise fail(f"got kl={kl!r}", '"answer" (answer distributions) or "correct" (P(correct))', 'pass kl="answer"')
     by: dict[str, dict[int, list[Mapping[str, Any]]]] = {}

@@ -15,7 +15,7 @@ from headkit.core.errors import describe, fail
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float
 
-__all__ = ["Counts", "regression"]
+__all__ = ["Counts", "design_matrix", "regression"]
 
 
 class Counts:
@@ -116,6 +116,27 @@ class Counts:
         return out.fill_diagonal_(float("nan"))
 
 
+def design_matrix(masks: torch.Tensor, outcomes: torch.Tensor, owner: str) -> tuple[torch.Tensor, int, int]:
+    """An intercept column and each mask's keep bits, ``[n_masks, 1 + layer * head]`` float64, with the shapes checked.
+
+    Example:
+        >>> import torch
+        >>> from headkit.analyses.mask_statistics import design_matrix
+        >>> x, n_layers, n_heads = design_matrix(torch.tensor([[[True, False]]]), torch.ones(1, 3), "fit")
+        >>> x.tolist(), n_layers, n_heads
+        ([[1.0, 1.0, 0.0]], 1, 2)
+    """
+    if masks.ndim != 3 or outcomes.ndim != 2 or masks.shape[0] != outcomes.shape[0]:
+        raise fail(
+            f"{owner} got masks {describe(masks)} and outcomes {describe(outcomes)}",
+            "masks [n_masks, layer, head] and outcomes [n_masks, n_prompts]",
+            "pass evaluate's masks and its result",
+        )
+    n, n_layers, n_heads = masks.shape
+    x = torch.cat([torch.ones(n, 1, dtype=torch.float64), masks.reshape(n, -1).double().cpu()], 1)
+    return x, n_layers, n_heads
+
+
 def regression(
     masks: Bool[torch.Tensor, "mask layer head"],
     outcomes: Float[torch.Tensor, "mask prompt"],
@@ -142,14 +163,8 @@ def regression(
     """
     import pandas as pd
 
-    if masks.ndim != 3 or outcomes.ndim != 2 or masks.shape[0] != outcomes.shape[0]:
-        raise fail(
-            f"regression got masks {describe(masks)} and outcomes {describe(outcomes)}",
-            "masks [n_masks, layer, head] and outcomes [n_masks, n_prompts]",
-            "pass evaluate's masks and its result",
-        )
-    n, n_layers, n_heads = masks.shape
-    x = torch.cat([torch.ones(n, 1, dtype=torch.float64), masks.reshape(n, -1).double().cpu()], 1)
+    x, n_layers, n_heads = design_matrix(masks, outcomes, "regression")
+    n = x.shape[0]
     y = outcomes.double().mean(1).cpu()
     if n <= x.shape[1]:
         raise fail(
