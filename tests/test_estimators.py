@@ -64,6 +64,73 @@ def test_ridge_intervals_cover_the_truth_about_as_often_as_they_claim():
     assert 0.88 <= np.mean(covered) <= 0.99  # 240 intervals at 95 %
 
 
+def naive_gcv(x, y, lam):
+    """GCV from the explicit hat matrix of ridge with an unpenalised intercept."""
+    d = np.eye(x.shape[1]) * lam
+    d[0, 0] = 0
+    hat = x @ np.linalg.pinv(x.T @ x + d) @ x.T
+    residual = y - hat @ y
+    return len(y) * residual @ residual / (len(y) - np.trace(hat)) ** 2
+
+
+@pytest.mark.parametrize("n, noise", [(30, 0.5), (200, 0.1), (200, 3.0)])
+def test_the_automatic_penalty_minimises_generalised_cross_validation(n, noise):
+    torch.manual_seed(n)
+    masks = estimators.antithetic(n, 0.5, 4, 5, seed=n)
+    x = np.hstack([np.ones((n, 1)), masks.reshape(n, -1).double().numpy()])
+    beta = np.random.default_rng(n).normal(0, 1, 20)
+    y = x[:, 1:] @ beta + noise * np.random.default_rng(n + 1).normal(size=n)
+    chosen = estimators.gcv_penalty(torch.from_numpy(x), torch.from_numpy(y))
+    fine = [naive_gcv(x, y, lam) for lam in np.logspace(-3, 5, 400)]
+    assert naive_gcv(x, y, chosen) <= 1.02 * min(fine)
+    table = estimators.ridge(masks, torch.from_numpy(y)[:, None])
+    assert table.attrs["lam"] == chosen
+
+
+def test_ridge_from_fewer_masks_than_heads_finds_the_few_heads_that_matter():
+    beta = 0.1 * torch.randn(72, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    beta[[5, 40, 61]] = torch.tensor([2.0, 1.5, 1.0], dtype=torch.float64)
+    hits = 0
+    for seed in range(10):
+        masks = estimators.balanced(40, 0.5, 18, 4, seed=seed)
+        g = torch.Generator().manual_seed(seed + 50)
+        y = (masks.reshape(40, -1).double() @ beta)[:, None] + 0.3 * torch.randn(40, 3, generator=g, dtype=torch.float64)
+        table = estimators.ridge(masks, y)
+        assert table.attrs["lam"] > 0
+        hits += set(np.argsort(-table["effect"].to_numpy())[:3].tolist()) == {5, 40, 61}
+    assert hits >= 7  # 40 masks for 72 heads: least squares is not even defined
+
+
+def test_balanced_blocks_are_each_balanced_and_extend_a_run_unchanged():
+    m = estimators.balanced(60, 0.5, 3, 4, seed=4, block=20)
+    assert all((m[i : i + 20].sum(0) == 10).all() for i in (0, 20, 40))
+    assert torch.equal(m[:40], estimators.balanced(40, 0.5, 3, 4, seed=4, block=20))
+    assert not torch.equal(m[:20], m[20:40])
+
+
+@pytest.mark.parametrize("n, noise", [(120, 1.0), (200, 4.0)])
+def test_bootstrap_rank_stability_tracks_the_rank_correlation_with_planted_truth(n, noise):
+    beta = torch.randn(72, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    beta = beta.sign() * beta.abs() ** 2
+    claimed, actual = [], []
+    for seed in range(4):
+        m = estimators.balanced(n, 0.5, 18, 4, seed=seed, block=20)
+        g = torch.Generator().manual_seed(seed + 9)
+        y = (m.flatten(1).double() @ beta)[:, None] + noise * torch.randn(n, 5, generator=g, dtype=torch.float64)
+        claimed.append(estimators.stability(m, y, n_boot=40, seed=seed).median)
+        effect = torch.tensor(estimators.ridge(m, y)["effect"].to_numpy())
+        actual.append(float(np.corrcoef(effect.argsort().argsort(), beta.argsort().argsort())[0, 1]))
+    assert abs(np.mean(claimed) - np.mean(actual)) < 0.1
+
+
+def test_stability_says_when_it_cannot_be_measured():
+    m = estimators.balanced(40, 0.5, 18, 4, seed=0)
+    y = m.flatten(1).double()[:, :1] + 0.1 * torch.randn(40, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert "fewer masks than heads" in estimators.stability(m, y, n_boot=10).summary()
+    with pytest.raises(hk.HeadkitError, match="block=3 for 40 masks"):
+        estimators.stability(m, y, block=3)
+
+
 def test_logistic_equals_scipy_on_the_same_penalised_likelihood_and_recovers_planted_log_odds():
     masks = bernoulli(3000, 0.5, 1, 3, seed=3)
     beta = np.array([1.5, 0.0, -1.0])
@@ -126,8 +193,10 @@ def test_antithetic_permutations_are_exact_with_pairwise_interactions_only():
 def test_bad_input_names_the_fix():
     with pytest.raises(hk.HeadkitError, match="p_keep=1.5"):
         estimators.balanced(10, 1.5, 1, 2)
-    with pytest.raises(hk.HeadkitError, match="3 masks for 6 heads"):
-        estimators.ridge(torch.ones(3, 2, 3, dtype=torch.bool), torch.ones(3, 1))
+    with pytest.raises(hk.HeadkitError, match="3 masks for 6 heads with lam=0"):
+        estimators.ridge(torch.ones(3, 2, 3, dtype=torch.bool), torch.ones(3, 1), lam=0)
+    with pytest.raises(hk.HeadkitError, match="lam='fast'"):
+        estimators.ridge(torch.ones(3, 2, 3, dtype=torch.bool), torch.ones(3, 1), lam="fast")
     with pytest.raises(hk.HeadkitError, match="even when antithetic"):
         estimators.shapley(lambda m: m.sum((1, 2)), 1, 2, permutations=3)
     with pytest.raises(hk.HeadkitError, match="lam=-1"):
