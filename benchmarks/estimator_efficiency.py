@@ -1,194 +1,333 @@
-"""How many masks each head-score estimator needs before two independent runs agree on the top-k heads.
+"""How many masks each (design, estimator) needs to agree with a reference ranking of the heads.
 
-    python benchmarks/estimator_efficiency.py --masks 400 --cache /tmp/efficiency    # Gemma 3 270M, CPU ~35 min
+    python benchmarks/reference_pool.py --cache /tmp/reference_pool   # once: the pools (Gemma 3 270M, CPU ~90 min)
+    python benchmarks/estimator_efficiency.py                           # reads them back (CPU, a few minutes)
 
-Real model (Gemma 3 270M), the seed-003 copy prompts the full model completes, top-1 success (read off the
-margin: logit(target) - best other logit > 0). One pool of ``--masks`` random masks per design, evaluated
-with the fused engine and kept in an :class:`~headkit.analyses.outcome_log.OutcomeLog` under ``--cache`` (a killed
-run resumes):
+The pools (benchmarks/results/reference_pool.npz) hold the margin of every (mask, prompt) on the seed-003
+copy prompts the full model completes. The **estimand** is each head's effect on the mean margin at keep
+probability 0.5: E[margin | head kept] - E[margin | head ablated] with every other head kept at random with
+probability 0.5 (the head's p = 0.5 Banzhaf value for the margin; least squares on the keep bits estimates
+it without bias). The **reference** is that least-squares fit on the antithetic pool's masks that a run does
+not use (at least 2,000 masks for runs of up to 200), so no run shares noise with its reference.
 
-- ``seed p=0.30``: the seed's "many ablated" phase (importance);
-- ``auto p=...``: the same phase with ``p_keep`` calibrated to 25% success (``montecarlo.calibrate``);
-- ``seed p=0.85``: the seed's "few ablated" phase (exclusion; it already sits near 75% success).
+A run of N masks in each design (runs resampled ``--resamples`` times per N):
 
-Two independently seeded runs of N masks are two disjoint random subsets of a pool (masks are i.i.d.).
-For each N, ``--splits`` random disjoint pairs give the mean overlap of the two runs' top-k heads
-(|A & B| / k). "Masks needed" = the smallest N whose mean overlap reaches ``--agree``. Estimators:
+- ``seed p=0.30``: N of the seed pool's i.i.d. Bernoulli(0.3) masks (the seed's "many ablated" phase);
+- ``i.i.d. p=0.50``: one random member of each of N random antithetic pairs (independent Bernoulli(0.5));
+- ``antithetic p=0.50``: N/2 whole pairs, a mask and its complement;
+- ``balanced p=0.50``: N/10 blocks of the balanced pool (each head kept in exactly half of the masks).
 
-- ``importance`` / ``exclusion``: seed 003's sum-normalised scores (importance on the low-p pools,
-  exclusion on the high-p pool);
-- ``kept - ablated``: P(success | head kept) - P(success | head ablated) (``Counts.effect``);
-- ``regression``: least squares of each mask's success rate on its bits (``mask_statistics.regression``'s
-  point estimate), defined from N > heads + 1 masks;
-- ``regression (margin)``: the same on the mean margin, a continuous metric.
+Estimators (``headkit.analyses``): the seed's importance (share of kept heads among successes), kept minus
+ablated success rate (``Counts.delta``) and mean margin, ridge on the margin and on success (penalty by
+generalised cross-validation), penalised logistic regression on success. For each, the mean Spearman
+correlation with the reference over all heads and the mean top-k overlap |top-k(run) & top-k(reference)| / k
+(k = 3, 5, 8); "masks to match the seed" is the smallest N whose mean reaches what the seed's importance
+reaches with 200 masks.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import csv
+import math
 import platform
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-import headkit as hk
-from headkit import montecarlo
-from headkit.analyses import mask_statistics
-from headkit.analyses.outcome_log import OutcomeLog
-from headkit.prompts import copy_task
+from headkit.analyses import estimators
+from headkit.analyses.mask_statistics import Counts
+
+HERE = Path(__file__).parent / "results"
+BLOCK = 10  # masks per balanced block in the pool (reference_pool.BLOCK)
+KS = (3, 5, 8)
+METRICS = ("Spearman",) + tuple(f"top-{k}" for k in KS)
 
 
-def scores_of(masks: torch.Tensor, success: torch.Tensor, margin: torch.Tensor, name: str) -> torch.Tensor:
-    """One score per head (flat), larger = more important, from masks [n, L, H] and outcomes [n, P]."""
-    if name in ("importance", "exclusion", "kept - ablated"):
-        counts = mask_statistics.Counts(*masks.shape[1:])
-        counts.update(masks, success.double())
-        value = {"importance": counts.importance, "exclusion": counts.exclusion, "kept - ablated": counts.effect}[name]()
-        return value.flatten()
-    outcomes = success.double() if name == "regression" else margin.double()
-    return torch.tensor(mask_statistics.regression(masks, outcomes, n_boot=0)["effect"].to_numpy())
+def load(path: Path) -> dict:
+    data = np.load(path)
+    n_layers, n_heads = int(data["n_layers"]), int(data["n_heads"])
+    pools = {}
+    for name in ("exact", "seed", "pairs", "balanced"):
+        if f"{name}_masks" not in data:  # a pool file from before the balanced pool
+            continue
+        bits = np.unpackbits(data[f"{name}_masks"], axis=1, count=n_layers * n_heads).astype(bool)
+        pools[name] = (torch.from_numpy(bits).reshape(-1, n_layers, n_heads),
+                       torch.from_numpy(data[f"{name}_margins"]).double())
+    return {"pools": pools, "shape": (n_layers, n_heads), "prompts": list(data["prompts"]),
+            "info": ast.literal_eval(str(data["info"]))}
 
 
-def pool(model, task, p: float, n: int, seed: int, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = hk.get_backend(model).shape
-    masks = montecarlo.bernoulli(n, p, shape.n_layers, shape.n_heads, seed=seed)
-    log = OutcomeLog(folder, n_layers=shape.n_layers, n_heads=shape.n_heads, n_prompts=len(task),
-                     meta={"p_keep": p, "seed": seed, "metric": "margin", "prompts": list(task.texts)})
-    done = min(len(log), n)
-    if done < n:
-        chunks = montecarlo.evaluate_chunks(model, task.left.input_ids, task.left.targets, masks[done:], metric="margin",
-                                            attention_mask=task.left.attention_mask, rows_per_pass=len(task))
-        for chunk in chunks:
-            log.append(masks[done : done + chunk.shape[0]], chunk)
-            done += chunk.shape[0]
-    stored_masks, margins = log.read()
-    assert torch.equal(stored_masks[:n], masks), "the log holds other masks"
-    return masks, margins[:n]
+def scores(name: str, masks: torch.Tensor, margins: torch.Tensor) -> np.ndarray:
+    """One score per head (flat), larger = the head matters more, from a run's masks and margins."""
+    success = (margins > 0).double()
+    if name in ("importance (seed)", "kept - ablated (success)"):
+        counts = Counts(*masks.shape[1:])
+        counts.update(masks, success)
+        value = counts.importance() if name == "importance (seed)" else counts.delta()
+        return value.flatten().nan_to_num(-math.inf).numpy()
+    if name == "kept - ablated (margin)":
+        m, y = masks.reshape(len(masks), -1).double(), margins.mean(1)
+        kept, ablated = m.sum(0), (1 - m).sum(0)
+        out = (y @ m) / kept - (y @ (1 - m)) / ablated
+        return out.nan_to_num(-math.inf).numpy()
+    if name == "ridge (margin)":
+        return estimators.ridge(masks, margins)["effect"].to_numpy()
+    if name == "ridge (success)":
+        return estimators.ridge(masks, success)["effect"].to_numpy()
+    if name == "logistic (success)":
+        return estimators.logistic(masks, success)["effect"].to_numpy()
+    raise KeyError(name)
+
+
+ESTIMATORS = ("importance (seed)", "kept - ablated (success)", "kept - ablated (margin)", "ridge (margin)",
+              "ridge (success)", "logistic (success)")
+
+
+class Reference:
+    """Least squares of the mean margin (and success rate) on the keep bits over the antithetic pool, minus
+    whatever pairs a run used, from per-pair sufficient statistics (one 73 x 73 solve per run)."""
+
+    def __init__(self, masks: torch.Tensor, margins: torch.Tensor) -> None:
+        n = len(masks)
+        x = torch.cat([torch.ones(n, 1, dtype=torch.float64), masks.reshape(n, -1).double()], 1)
+        ys = torch.stack([margins.mean(1), (margins > 0).double().mean(1)], 1)
+        self.xx = torch.einsum("ni,nj->nij", x, x).reshape(n // 2, 2, x.shape[1], x.shape[1]).sum(1)
+        self.xy = torch.einsum("ni,nc->nic", x, ys).reshape(n // 2, 2, x.shape[1], 2).sum(1)
+        self.total_xx, self.total_xy = self.xx.sum(0), self.xy.sum(0)
+
+    def effects(self, without: torch.Tensor | None = None, pairs: torch.Tensor | None = None) -> np.ndarray:
+        """Effects [2, heads] (margin, success), fitted on every pair except ``without`` (or only on ``pairs``)."""
+        if pairs is not None:
+            xx, xy = self.xx[pairs].sum(0), self.xy[pairs].sum(0)
+        elif without is not None and len(without):
+            xx, xy = self.total_xx - self.xx[without].sum(0), self.total_xy - self.xy[without].sum(0)
+        else:
+            xx, xy = self.total_xx, self.total_xy
+        return torch.linalg.solve(xx, xy)[1:].T.numpy()
+
+
+def rank(v: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)
+
+
+def agreement(run: np.ndarray, ref: np.ndarray) -> list[float]:
+    """Spearman correlation, then top-k overlap for each k in KS."""
+    rho = float(np.corrcoef(rank(run), rank(ref))[0, 1])
+    top = [len(set(np.argsort(-run, kind="stable")[:k]) & set(np.argsort(-ref, kind="stable")[:k])) / k for k in KS]
+    return [rho] + top
+
+
+def runs(design: str, n: int, pools: dict, g: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One run of ``n`` masks in ``design``: masks, margins, and the antithetic pairs it used (None: none)."""
+    if design.startswith("seed"):
+        masks, margins = pools["seed"]
+        pick = torch.from_numpy(g.choice(len(masks), n, replace=False))
+        return masks[pick], margins[pick], None
+    masks, margins = pools["pairs"]
+    if design.startswith("i.i.d."):
+        pairs = torch.from_numpy(g.choice(len(masks) // 2, n, replace=False))
+        pick = 2 * pairs + torch.from_numpy(g.integers(0, 2, n))
+        return masks[pick], margins[pick], pairs
+    if design.startswith("antithetic"):
+        pairs = torch.from_numpy(g.choice(len(masks) // 2, n // 2, replace=False))
+        pick = torch.stack([2 * pairs, 2 * pairs + 1], 1).reshape(-1)
+        return masks[pick], margins[pick], pairs
+    masks, margins = pools["balanced"]
+    blocks = torch.from_numpy(g.choice(len(masks) // BLOCK, n // BLOCK, replace=False))
+    pick = (BLOCK * blocks[:, None] + torch.arange(BLOCK)).reshape(-1)
+    return masks[pick], margins[pick], None
+
+
+DESIGNS = ("seed p=0.30", "i.i.d. p=0.50", "antithetic p=0.50", "balanced p=0.50")
+
+
+def exact_effects(pools: dict) -> dict[str, np.ndarray]:
+    """Single-head ablation (margin lost when only that head is ablated) and leave-one-in (gained when only it is kept)."""
+    masks, margins = pools["exact"]
+    y = margins.mean(1).numpy()
+    h = masks[0].numel()
+    return {"single-head ablation": y[0] - y[2 : 2 + h], "leave-one-in": y[2 + h : 2 + 2 * h] - y[1]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--masks", type=int, default=400, help="masks per pool (runs of up to half of it)")
-    parser.add_argument("--cache", default="efficiency_pools", help="folder for the outcome logs (resumable)")
-    parser.add_argument("--k", type=int, default=8, help="top-k heads compared")
-    parser.add_argument("--agree", type=float, default=0.8, help="mean top-k overlap that counts as agreement")
-    parser.add_argument("--splits", type=int, default=200, help="random disjoint pairs of runs per N")
-    parser.add_argument("--success", type=float, default=0.25, help="success rate the auto design calibrates to")
+    parser.add_argument("--pool", default=str(HERE / "reference_pool.npz"), help="reference_pool.py's output")
+    parser.add_argument("--resamples", type=int, default=100, help="runs per (design, N)")
+    parser.add_argument("--grid", default="10,20,30,40,60,80,100,120,160,200", help="run sizes N (multiples of 10)")
+    parser.add_argument("--out", default=str(HERE / "estimator_efficiency"), help="results prefix (.md, .csv, .png)")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    model, tok = hk.load_default()
-    full = copy_task(tok)
-    margin = montecarlo.evaluate(model, full.left.input_ids, full.left.targets, torch.ones(1, 18, 4), metric="margin",
-                                 attention_mask=full.left.attention_mask, progress=False)[0]
-    task = full.rows(margin > 0)
-    cache = Path(args.cache)
     started = time.perf_counter()
-    calib = cache / "calibrated_p.txt"
-    if calib.exists():
-        p_auto = float(calib.read_text())
-    else:
-        p_auto = montecarlo.calibrate(model, task.left.input_ids, task.left.targets, success=args.success, seed=0,
-                                      attention_mask=task.left.attention_mask)
-        cache.mkdir(parents=True, exist_ok=True)
-        calib.write_text(repr(p_auto))
-    designs = {"seed p=0.30": (0.3, 300), f"auto p={p_auto:.3f}": (p_auto, 500), "seed p=0.85": (0.85, 850)}
-    pools = {name: pool(model, task, p, args.masks, seed, cache / f"p{p:.4f}_s{seed}")
-             for name, (p, seed) in designs.items()}
+    data = load(Path(args.pool))
+    pools, (n_layers, n_heads) = data["pools"], data["shape"]
+    h = n_layers * n_heads
+    grid = [int(n) for n in args.grid.split(",")]
+    reference = Reference(*pools["pairs"])
+    full_ref = reference.effects()
+    exact = exact_effects(pools)
+    g = np.random.default_rng(0)
+
+    # mean and 10 / 90 % quantiles of each metric, per (design, estimator, N); against the margin reference,
+    # and Spearman against the other references (success, exact ablations)
+    table: dict[tuple[str, str, int], np.ndarray] = {}
+    others: dict[tuple[str, str, int], np.ndarray] = {}
+    designs = [d for d in DESIGNS if not d.startswith("balanced") or "balanced" in pools]
+    for design in designs:
+        for n in grid:
+            got = {name: [] for name in ESTIMATORS}
+            other = {name: [] for name in ESTIMATORS}
+            for _ in range(args.resamples):
+                masks, margins, used = runs(design, n, pools, g)
+                ref = reference.effects(without=used) if used is not None else full_ref
+                for name in ESTIMATORS:
+                    s = scores(name, masks, margins)
+                    got[name].append(agreement(s, ref[0]))
+                    other[name].append([agreement(s, ref[1])[0]] + [agreement(s, e)[0] for e in exact.values()])
+            for name in ESTIMATORS:
+                table[design, name, n] = np.array(got[name])
+                others[design, name, n] = np.array(other[name])
+        print(f"{design}: done ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
+
+    # the reference's own precision: two disjoint halves of the pool, and its relation to exact ablations
+    half = len(pools["pairs"][0]) // 4
+    perm = torch.from_numpy(np.random.default_rng(1).permutation(2 * half))
+    a, b = reference.effects(pairs=perm[:half]), reference.effects(pairs=perm[half:])
+    halves = agreement(a[0], b[0])
+
+    seed_at = {m: table["seed p=0.30", "importance (seed)", 200][:, i].mean() for i, m in enumerate(METRICS)}
+
+    def needed(design: str, name: str, metric: int, level: float) -> int | None:
+        return next((n for n in grid if table[design, name, n][:, metric].mean() >= level - 1e-12), None)
+
+    rows = []
+    for design in designs:
+        for name in ESTIMATORS:
+            need = [needed(design, name, i, seed_at[m]) for i, m in enumerate(METRICS)]
+            worst = None if None in need else max(need)
+            rows.append({"design": design, "estimator": name, "need": need, "all": worst,
+                         "rho80": needed(design, name, 0, 0.8),
+                         "rho": {n: table[design, name, n][:, 0].mean() for n in grid}})
+    ranked = sorted(rows, key=lambda r: (r["all"] if r["all"] is not None else 10**9, -r["rho"][grid[-1]]))
+    best = ranked[0]
     minutes = (time.perf_counter() - started) / 60
 
-    estimators = {"seed p=0.30": ["importance", "kept - ablated", "regression", "regression (margin)"],
-                  f"auto p={p_auto:.3f}": ["importance", "kept - ablated", "regression", "regression (margin)"],
-                  "seed p=0.85": ["exclusion", "kept - ablated", "regression", "regression (margin)"]}
-    grid = [n for n in (10, 20, 30, 40, 60, 80, 100, 130, 160, 200, 250, 300, 400, 500) if 2 * n <= args.masks]
-    ks = sorted({3, 5, args.k})
-    n_heads = 18 * 4
-    g = torch.Generator().manual_seed(1)
-    lines = []
+    out = Path(args.out)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["design", "estimator", "masks", "metric", "mean", "q10", "q90"])
+        for (design, name, n), v in table.items():
+            for i, m in enumerate(METRICS):
+                w.writerow([design, name, n, m, f"{v[:, i].mean():.4f}", f"{np.quantile(v[:, i], 0.1):.4f}",
+                            f"{np.quantile(v[:, i], 0.9):.4f}"])
+    plot(table, grid, seed_at, out.with_suffix(".png"), best, designs)
 
-    def ranks(v: torch.Tensor) -> torch.Tensor:
-        return v.argsort().argsort().double()
-
-    for design, names in estimators.items():
-        masks, margins = pools[design]
-        success = margins > 0
-        lines.append(f"\n### {design}: success rate {success.float().mean():.3f} over {len(masks)} masks x {len(task)} "
-                     "prompts\n")
-        lines.append("| estimator | agreement | " + " | ".join(f"N={n}" for n in grid) + " | masks needed |")
-        lines.append("|---|---|" + "---|" * (len(grid) + 1))
-        for name in names:
-            rows = {f"top-{k}": [] for k in ks} | {"Spearman": []}
-            for n in grid:
-                if name.startswith("regression") and n <= n_heads + 1:
-                    for row in rows.values():
-                        row.append(float("nan"))
-                    continue
-                overlap = {k: 0.0 for k in ks}
-                rho = 0.0
-                for _ in range(args.splits):
-                    perm = torch.randperm(len(masks), generator=g)
-                    a, b = perm[:n], perm[n : 2 * n]
-                    sa = scores_of(masks[a], success[a], margins[a], name).nan_to_num(-1e9)
-                    sb = scores_of(masks[b], success[b], margins[b], name).nan_to_num(-1e9)
-                    for k in ks:
-                        overlap[k] += len(set(sa.topk(k).indices.tolist()) & set(sb.topk(k).indices.tolist())) / k
-                    rho += float(torch.corrcoef(torch.stack([ranks(sa), ranks(sb)]))[0, 1])
-                for k in ks:
-                    rows[f"top-{k}"].append(overlap[k] / args.splits)
-                rows["Spearman"].append(rho / args.splits)
-            for label, row in rows.items():
-                hit = next((n for n, v in zip(grid, row) if v == v and v >= args.agree), None)
-                cells = " | ".join("-" if v != v else f"{v:.2f}" for v in row)
-                lines.append(f"| {name} | {label} | {cells} | {hit if hit else f'> {grid[-1]}'} |")
-
-    # the study at full pool size: the seed's design (importance at p=0.30, exclusion at p=0.85) and outliers
-    from headkit.analyses.stochastic_ablation import outliers
-
-    def counts(design):
-        masks, margins = pools[design]
-        c = mask_statistics.Counts(18, 4)
-        c.update(masks, (margins > 0).double())
-        return c
-
-    name = lambda i: f"L{i // 4}H{i % 4}"  # noqa: E731
-    study = ["", f"### The study on the whole pools ({args.masks} masks per design)", ""]
-    for low in ("seed p=0.30", f"auto p={p_auto:.3f}"):
-        importance, exclusion = counts(low).importance(), counts("seed p=0.85").exclusion()
-        chosen = outliers(importance, exclusion)
-        check = torch.stack([chosen, ~chosen, torch.ones_like(chosen)])
-        correct = montecarlo.evaluate(model, task.left.input_ids, task.left.targets, check, attention_mask=task.left.attention_mask,
-                                      progress=False).sum(1).int().tolist()
-        study.append(f"- importance from `{low}`, exclusion from `seed p=0.85`: {int(chosen.sum())} outliers "
-                     f"({hk.Heads(chosen)}); only they kept: {correct[0]}/{len(task)} correct; they ablated: "
-                     f"{correct[1]}/{len(task)}; full model {correct[2]}/{len(task)}")
-    for design in designs:
-        masks, margins = pools[design]
-        table = mask_statistics.regression(masks, (margins > 0).double(), n_boot=200, seed=0)
-        top = table.sort_values("effect", ascending=False).head(args.k)
-        study.append(f"- `{design}`, regression, top {args.k} effects on the success rate [95% bootstrap]: " + ", ".join(
-            f"L{l}H{h} {r.effect:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" for (l, h), r in top.iterrows()))
-        syn = counts(design).synergy().nan_to_num(0.0).triu(1)
-        pairs = [divmod(int(i), 72) for i in syn.abs().flatten().topk(4).indices]
-        study.append("  strongest pairwise interactions (synergy +, redundancy -): "
-                     + ", ".join(f"{name(i)}+{name(j)} {syn[i, j]:+.3f}" for i, j in pairs))
-    lines += study
-
-    header = [
-        "# Estimator efficiency: masks until two independent runs agree on the top-k heads",
+    info = data["info"]
+    fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
+    lines = [
+        "# Estimator efficiency: masks until a run agrees with the reference ranking of the heads",
         "",
-        f"- command: `python {' '.join(sys.argv)}`",
-        f"- model: {hk.models.DEFAULT_MODEL}, float32, CPU ({torch.get_num_threads()} threads, {platform.machine()}); "
-        f"torch {torch.__version__}",
-        f"- prompts: the seed-003 copy prompts the full model completes ({len(task)} of {len(full)})",
-        f"- top-k overlap |A & B| / k (k = {', '.join(map(str, ks))}) and Spearman rank correlation of all 72 scores, "
-        f"means over {args.splits} random disjoint pairs of runs of N masks drawn from one pool of {args.masks} masks "
-        f"per design; masks needed = smallest N whose mean reaches {args.agree}; chance top-k overlap is k/72",
-        f"- auto design: p_keep calibrated to success {args.success} -> {p_auto:.3f}",
-        f"- pools evaluated (or read back) in {minutes:.1f} min",
+        f"- command: `python {' '.join(sys.argv)}` (pools: `{info['command']}`)",
+        f"- model: {info['model']}, {info['dtype']}; pools evaluated on {info['device']}, torch {info['torch']}; "
+        f"this analysis on {platform.machine()} CPU, torch {torch.__version__}, {minutes:.1f} min",
+        f"- prompts: {info['prompts']}; pool seeds: {info['seeds']}",
+        f"- pools: antithetic {len(pools['pairs'][0])} masks, seed p=0.30 {len(pools['seed'][0])}, balanced "
+        f"{len(pools['balanced'][0]) if 'balanced' in pools else 0}, exact {len(pools['exact'][0])}",
+        f"- estimand: each head's effect on the mean margin at p_keep = 0.5 (least squares on the keep bits); "
+        f"reference: that fit on the antithetic pool minus the pairs a run used (>= "
+        f"{len(pools['pairs'][0]) - 2 * max(grid)} masks)",
+        f"- {args.resamples} runs per (design, N); means shown; chance top-k overlap is k/{h}",
+        "",
+        "## The reference",
+        "",
+        f"- two disjoint halves of the antithetic pool ({2 * half} masks each) agree with Spearman {halves[0]:.3f}, top-3/5/8 "
+        f"overlap {halves[1]:.2f} / {halves[2]:.2f} / {halves[3]:.2f}; the full pool averages twice the masks of a half",
+        "- the reference against the other effects, Spearman over all heads (top-8 overlap): "
+        + "; ".join(f"{label} {agreement(full_ref[0], v)[0]:.3f} ({agreement(full_ref[0], v)[3]:.2f})"
+                    for label, v in [("effect on success at p=0.5", full_ref[1])] + list(exact.items())),
+        "- top 8 heads of the reference (effect on the mean margin [95% interval]): " + top_heads(pools, n_heads),
+        "",
+        "## What the seed's importance reaches with 200 masks (seed p=0.30)",
+        "",
+        "| Spearman | top-3 | top-5 | top-8 |",
+        "|---|---|---|---|",
+        "| " + " | ".join(f"{seed_at[m]:.3f}" for m in METRICS) + " |",
+        "",
+        "## Masks each (design, estimator) needs to match that, and Spearman with the reference by run size",
+        "",
+        "| design | estimator | masks to match: Spearman / top-3 / top-5 / top-8 | all four | x fewer than 200 | "
+        + " | ".join(f"rho N={n}" for n in grid) + " | N for rho >= 0.8 |",
+        "|---|---|---|---|---|" + "---|" * (len(grid) + 1),
     ]
-    text = "\n".join(header + lines) + "\n"
+    for r in rows:
+        ratio = f"{200 / r['all']:.1f}x" if r["all"] else "-"
+        mark = "**" if r is best else ""
+        lines.append(f"| {mark}{r['design']}{mark} | {mark}{r['estimator']}{mark} | {' / '.join(fmt(v) for v in r['need'])} | "
+                     f"{fmt(r['all'])} | {ratio} | " + " | ".join(f"{r['rho'][n]:.2f}" for n in grid)
+                     + f" | {fmt(r['rho80'])} |")
+    lines += ["", "## Top-k overlap with the reference by run size (means)", ""]
+    for k_i, m in enumerate(METRICS[1:], start=1):
+        lines.append("| design | estimator | " + " | ".join(f"{m} N={n}" for n in grid) + " |")
+        lines.append("|---|---|" + "---|" * len(grid))
+        for design in designs:
+            for name in ESTIMATORS:
+                lines.append(f"| {design} | {name} | "
+                             + " | ".join(f"{table[design, name, n][:, k_i].mean():.2f}" for n in grid) + " |")
+        lines.append("")
+    lines += ["## Spearman with the other references at N = 40 and N = 200 (success effect at p=0.5 / single-head "
+              "ablation / leave-one-in)", "", "| design | estimator | N=40 | N=200 |", "|---|---|---|---|"]
+    for design in designs:
+        for name in ESTIMATORS:
+            cells = [" / ".join(f"{v:.2f}" for v in others[design, name, n].mean(0)) for n in (40, 200) if n in grid]
+            lines.append(f"| {design} | {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"![curves]({out.with_suffix('.png').name})", ""]
+    text = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(text)
     print(text)
+
+
+def top_heads(pools: dict, n_heads: int) -> str:
+    masks, margins = pools["pairs"]
+    table = estimators.ridge(masks, margins, lam=0.0)
+    top = table.sort_values("effect", ascending=False).head(8)
+    return ", ".join(f"L{l}H{hh} {r.effect:+.2f} [{r.low:+.2f}, {r.high:+.2f}]" for (l, hh), r in top.iterrows())
+
+
+def plot(table: dict, grid: list[int], seed_at: dict, path: Path, best: dict, designs: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9.5), sharex=True)
+    axes = axes.flatten()
+    colors = dict(zip(DESIGNS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
+    styles = dict(zip(ESTIMATORS, ("-", "--", "-.", "-", ":", (0, (3, 1, 1, 1)))))
+    shown = [("seed p=0.30", "importance (seed)"), ("seed p=0.30", "ridge (margin)")] + [
+        (d, e) for d in designs[1:] for e in ("ridge (margin)", "kept - ablated (margin)", "logistic (success)")]
+    for i, (ax, m) in enumerate(zip(axes, METRICS)):
+        for design, name in shown:
+            v = np.stack([table[design, name, n][:, i] for n in grid])
+            width = 2.6 if (design, name) == (best["design"], best["estimator"]) else 1.3
+            ax.plot(grid, v.mean(1), color=colors[design], ls=styles[name], lw=width, label=f"{design}, {name}")
+            if (design, name) in ((best["design"], best["estimator"]), ("seed p=0.30", "importance (seed)")):
+                ax.fill_between(grid, np.quantile(v, 0.1, 1), np.quantile(v, 0.9, 1), color=colors[design], alpha=0.15)
+        ax.axhline(seed_at[m], color="k", lw=0.8, ls=":")
+        ax.axvline(40, color="k", lw=0.5, alpha=0.4)
+        ax.set_title(f"{m} with the reference")
+        ax.set_xlabel("masks in a run")
+        ax.set_ylim(-0.05 if i else -0.2, 1.0)
+    axes[0].axhline(0.8, color="tab:red", lw=0.8, ls="--")
+    axes[0].set_ylabel("mean over runs (band: 10-90 %)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("Masks needed to rank the heads: dotted = the seed's importance at 200 masks; red = Spearman 0.8")
+    fig.tight_layout(rect=(0, 0.1, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
