@@ -246,8 +246,9 @@ def main() -> None:
         f"- two disjoint halves of the antithetic pool ({2 * half} masks each) agree with Spearman {halves[0]:.3f}, top-3/5/8 "
         f"overlap {halves[1]:.2f} / {halves[2]:.2f} / {halves[3]:.2f}; the full pool averages twice the masks of a half",
         "- the reference against the other effects, Spearman over all heads (top-8 overlap): "
-        + "; ".join(f"{label} {agreement(full_ref[0], v)[0]:.3f} ({agreement(full_ref[0], v)[3]:.2f})"
-                    for label, v in [("effect on success at p=0.5", full_ref[1])] + list(exact.items())),
+        + "; ".join(f"{label} {a[0]:.3f} ({a[3]:.2f})" for label, a in
+                    ((label, agreement(full_ref[0], v)) for label, v in
+                     [("effect on success at p=0.5", full_ref[1])] + list(exact.items()))),
         "- top 8 heads of the reference (effect on the mean margin [95% interval]): " + top_heads(pools, n_heads),
         "",
         "## What the seed's importance reaches with 200 masks (seed p=0.30)",

@@ -142,10 +142,7 @@ def ridge(
     if n <= k and lam == 0:
         raise fail(f"ridge got {n} masks for {k - 1} heads with lam=0", f"more masks than heads + 1 (> {k}) for least "
                    "squares", 'evaluate more masks, or pass lam="auto" (a penalty makes fewer masks well defined)')
-    penalty = torch.eye(k, dtype=torch.float64) * float(lam)
-    penalty[0, 0] = 0.0
-    a = x.T @ x + penalty
-    coef = torch.linalg.lstsq(a, (x.T @ y)[:, None], driver="gelsd").solution[:, 0]
+    coef, a = _ridge_solve(x, y, float(lam))
     residual = y - x @ coef
     a_inv = torch.linalg.pinv(a)
     dof = max(1.0, n - float(torch.trace(a_inv @ x.T @ x)))
@@ -153,6 +150,14 @@ def ridge(
     table = _table(coef[1:], cov.diagonal()[1:].clamp(min=0).sqrt(), n_layers, n_heads, level)
     table.attrs["lam"] = float(lam)
     return table
+
+
+def _ridge_solve(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge coefficients (intercept first, unpenalised) and the penalised normal matrix ``X'X + lam D``."""
+    penalty = torch.eye(x.shape[1], dtype=torch.float64) * lam
+    penalty[0, 0] = 0.0
+    a = x.T @ x + penalty
+    return torch.linalg.lstsq(a, (x.T @ y)[:, None], driver="gelsd").solution[:, 0], a
 
 
 def gcv_penalty(
@@ -267,12 +272,14 @@ def stability(
     point = ridge(masks, outcomes, lam=lam)
     lam_used = point.attrs["lam"]
     estimate = torch.tensor(point["effect"].to_numpy())
+    x, _, _ = design_matrix(masks, outcomes, "stability")
+    y = outcomes.double().mean(1).cpu()
     groups = masks.shape[0] // block
     g = torch.Generator().manual_seed(seed)
     refits = []
-    for _ in range(n_boot):
+    for _ in range(n_boot):  # only the coefficients: ridge's intervals and table are not needed per refit
         pick = (torch.randint(0, groups, (groups,), generator=g)[:, None] * block + torch.arange(block)).reshape(-1)
-        refits.append(torch.tensor(ridge(masks[pick], outcomes[pick], lam=lam_used)["effect"].to_numpy()))
+        refits.append(_ridge_solve(x[pick], y[pick], lam_used)[0][1:])
     boots = torch.stack(refits)
     in_top = torch.zeros_like(estimate)
     in_top.index_add_(0, boots.topk(k, dim=1).indices.reshape(-1), torch.ones(n_boot * k, dtype=torch.float64))
