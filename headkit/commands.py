@@ -141,7 +141,8 @@ def mc(*, masks: int | None = None, p_keep: str | tuple[float, float] = "auto", 
        seed: int = 0, top: int = 10, out_dir: str = "mc_out", model: Any = None, tokenizer: Any = None,
        adapter: str = "transformers", device: str | None = None, dtype: str = "float32",
        attn_implementation: str | None = None, rows_per_pass: int | None = None, out: Out = print) -> Any:
-    """The stochastic-ablation study (default: the default model): print the top heads and throughput, write figures.
+    """The stochastic-ablation study (default: the default model): print the top heads, how far their ranking can be
+    trusted and the throughput, write figures.
 
     ``prompts`` is a text file of ``prompt<TAB>target`` lines (default: the seed-003 copy prompts). Writes what
     :meth:`Study.save <headkit.analyses.stochastic_ablation.Study.save>` writes into ``out_dir``; every outcome

@@ -87,6 +87,38 @@ def test_study_equals_the_seed_pipeline(setup):
     rate = decisions.double().mean(1)
     want_delta = [rate[kept[:, h]].mean() - rate[~kept[:, h]].mean() for h in range(8)]
     np.testing.assert_allclose(result.scores["delta_many"].to_numpy(), want_delta, atol=1e-12)
+    # the default ranking: ridge on the naive loop's mean margins, penalty by GCV over explicit hat matrices
+    backend = hk.get_backend(model, tok)
+    ids = [torch.tensor([tok(p)["input_ids"]]) for p in result.prompts]
+
+    def margins(mask):
+        ivs = [hk.zero_ablate(hk.Heads(~mask.bool()))] if (~mask).any() else []
+        with torch.no_grad():
+            rows = [backend.logits(i, *ivs)[0, -1].double() for i in ids]
+        return [float(r[t] - torch.cat([r[:t], r[t + 1:]]).max()) for r, t in zip(rows, kept_targets.tolist())]
+
+    y = np.array([np.mean(margins(m)) for m in many])
+    d = np.eye(9)
+    d[0, 0] = 0
+    centred = x[:, 1:] - x[:, 1:].mean(0)
+    grid = (centred**2).sum() / 8 * np.logspace(-4, 4, 41)
+
+    def gcv(lam):
+        hat = x @ np.linalg.solve(x.T @ x + lam * d, x.T)
+        residual = y - hat @ y
+        return 40 * residual @ residual / (40 - np.trace(hat)) ** 2
+
+    lam = grid[np.argmin([gcv(v) for v in grid])]
+    want_effect = np.linalg.solve(x.T @ x + lam * d, x.T @ y)[1:]
+    assert result.scores.attrs["lam"] == pytest.approx(lam, rel=1e-9)
+    np.testing.assert_allclose(result.scores["effect"].to_numpy(), want_effect, atol=1e-5)
+    assert list(result.scores.columns[:5]) == ["effect", "se", "low", "high", "in_top5"]
+    assert (result.scores["low"] < result.scores["effect"]).all() and (result.scores["effect"] < result.scores["high"]).all()
+    assert result.top(8).index.equals(result.scores["effect"].sort_values(ascending=False).index)
+    # trust: 20 refits, each puts exactly 5 heads in its top 5
+    assert result.trust.n_masks == 40 and len(result.trust.rank_correlation) == 20
+    assert result.scores["in_top5"].sum() == pytest.approx(5.0)
+    assert "ranking trust: bootstrap rank correlation" in result.summary()
     synergy = result.synergy("many_ablated")
     assert synergy.shape == (8, 8) and synergy.index.names == ["layer", "head"]
     assert np.isnan(synergy.loc[(0, 1), (0, 1)])
@@ -148,6 +180,15 @@ def test_auto_p_keep_calibrates_once_and_remembers(setup, tmp_path, monkeypatch)
     again = stochastic_ablation.study(model, PROMPTS, targets, **kw)
     assert calls == [(0.3, 0.7)]  # read back from the folder
     assert again.phases["few_ablated"].p_keep == p_few and again.scores.equals(first.scores)
+
+
+def test_without_bootstrap_the_ranking_has_no_trust_measure(setup):
+    model, tok, targets = setup
+    result = stochastic_ablation.study(model, PROMPTS, targets, tokenizer=tok, n_masks=12, p_keep=(0.5, 0.8),
+                                       n_boot=0, progress=False)
+    assert result.trust is None and "in_top5" not in result.scores.columns
+    assert result.scores["effect"].notna().all()  # ridge needs no bootstrap, and 12 masks for 8 heads suffice
+    assert "ranking trust: not measured (n_boot < 2" in result.summary()
 
 
 def test_outlier_rule_is_the_seeds():
@@ -217,6 +258,7 @@ def test_cli_mc_writes_everything_and_resumes(setup, tmp_path):
     text = "\n".join(printed)
     assert "the full model completes 4 of 5 prompts" in text and "throughput:" in text
     assert "outlier heads" in text and "outliers kept only" in text
+    assert "top 10 heads by effect on the mean margin" in text and "ranking trust:" in text
     for name in ("scores.csv", "synergy.csv", "validation.csv", "scores.png", "outliers.png", "synergy.png"):
         assert (out_dir / name).exists(), name
     assert (out_dir / "outcomes" / "many_ablated" / "rows.bin").exists()

@@ -8,16 +8,26 @@ Two phases of random keep/ablate masks, each head kept independently with probab
   among the failures, so heads whose loss breaks the task stand out.
 
 Outliers follow the seed's rule (above the 88th percentile of either score), and are checked by running the
-model with only them kept and with only them ablated. On top of the seed's scores, each head's **effect** (the
-change in success rate when it is kept, by least squares on the mask bits, with bootstrap intervals) and
-the pairwise **synergy** (interaction contrast, see :meth:`headkit.analyses.mask_statistics.Counts.synergy`).
+model with only them kept and with only them ablated.
+
+The study ranks heads by default by their **effect** on the target's margin (logit of the target minus the
+best other logit): ridge regression of each mask's mean margin on its keep bits over the many-ablated
+phase (:func:`headkit.analyses.estimators.ridge`, penalty by generalised cross-validation, normal
+intervals). It uses the masks the seed's phase evaluates anyway, and it was the most mask-efficient
+(design, estimator) pair measured against a 2,400-mask reference on Gemma 3 270M (2.5x fewer masks than the
+seed's importance for the same agreement; benchmarks/results/estimator_efficiency.md). How far that ranking
+can be trusted is :attr:`Study.trust` (bootstrap refits, :func:`headkit.analyses.estimators.stability`).
+Beside it: the seed's scores, each phase's ``delta`` (success rate kept minus ablated) and least-squares
+effect on success with bootstrap intervals, and the pairwise **synergy** (interaction contrast, see
+:meth:`headkit.analyses.mask_statistics.Counts.synergy`).
 
 ``p_keep="auto"`` calibrates the two phases to 25% and 75% success, so neither score rests on a handful of
 records. ``path=`` logs every outcome to disk (masks bit-packed); running the same call again resumes and
 ends with the same scores.
 
     result = stochastic_ablation.study(model, n_masks=10_000)    # the seed-003 prompts by default
-    result.scores.sort_values("importance", ascending=False).head(10)
+    result.top(10)                 # by effect on the margin; result.top(10, by="importance") for the seed's
+    print(result.trust.summary())  # how far the ranking can be trusted
     result.plot("mc_out")
 
 This module runs the study (:func:`study`, its settings :class:`StudyConfig`, the calibration of
@@ -37,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from headkit.analyses.estimators import ridge, stability
 from headkit.analyses.mask_statistics import Counts, regression
 from headkit.analyses.montecarlo import bernoulli, calibrate, evaluate, evaluate_chunks, masks_per_pass
 from headkit.analyses.outcome_shards import run_phase
@@ -58,6 +69,8 @@ SEED_P_KEEP = (0.3, 0.85)
 """The seed's keep probabilities: phase "many ablated", phase "few ablated"."""
 AUTO_SUCCESS = (0.25, 0.75)
 """Success rates ``p_keep="auto"`` calibrates the two phases to."""
+TRUST_TOP = 5
+"""How many top heads :attr:`Study.trust` follows through the bootstrap refits."""
 
 
 def outliers(
@@ -87,7 +100,7 @@ class StudyConfig:
     ``n_masks`` random masks per phase; ``p_keep`` the two phases' keep probabilities (many ablated, few
     ablated) or ``"auto"`` (calibrated to the ``success`` rates on ``calibration_masks`` extra masks);
     ``seed`` of the masks; ``percentile`` of the outlier rule; ``n_boot`` bootstrap resamples of the
-    regression.
+    success regressions and of the ranking's trust (:attr:`Study.trust`).
 
     Example:
         >>> from headkit.analyses.stochastic_ablation import StudyConfig
@@ -138,7 +151,7 @@ def study(
     progress: bool = True,
     **changes: Any,
 ) -> Study:
-    """Run the stochastic-ablation study: ``n_masks`` random masks per phase, scores, outliers, synergy.
+    """Run the stochastic-ablation study: ``n_masks`` random masks per phase, head effects, the seed's scores, outliers.
 
     ``prompts``/``targets`` default to the seed-003 copy prompts ("Tom eats apples. Tom eats" -> " apples");
     targets must be single tokens. Token ids work too (prompts left-padded, with ``attention_mask``).
@@ -147,7 +160,9 @@ def study(
     ``n_masks=500``) says how many masks, which keep probabilities (``p_keep``: a pair, or ``"auto"``,
     calibrated by :func:`headkit.analyses.montecarlo.calibrate`), and how outliers and intervals are found.
     ``path`` keeps every outcome on disk; calling again with the same arguments resumes (or extends, with a
-    larger ``n_masks``) and gives the same scores.
+    larger ``n_masks``) and gives the same scores. ``scores`` (see :class:`Study`) leads with ``effect``
+    (ridge on the margin, the default ranking) and its interval; ``trust`` says how stable that ranking is
+    (``n_boot`` refits; None when ``n_boot < 2``).
 
     On Gemma 3 270M (:func:`headkit.load_default`) the seed-003 prompts and ``n_masks=10_000`` are the study
     as published; the example runs a tiny model on three prompts.
@@ -162,7 +177,9 @@ def study(
         >>> result = stochastic_ablation.study(model, prompts, targets, tokenizer=tok, n_masks=40, n_boot=20,
         ...                                    rows_per_pass=64, progress=False)
         >>> result.dropped, result.scores.shape, [name for name in result.phases]
-        ([], (8, 11), ['many_ablated', 'few_ablated'])
+        ([], (8, 16), ['many_ablated', 'few_ablated'])
+        >>> list(result.scores.columns[:5]), result.trust.k, len(result.trust.rank_correlation)
+        (['effect', 'se', 'low', 'high', 'in_top5'], 5, 20)
         >>> [round(float(result.scores[name].sum()), 6) for name in ("importance", "exclusion")]   # shares of events
         [1.0, 1.0]
         >>> result.validation.loc["full model", ["correct", "prompts"]].tolist()   # right on every kept prompt
@@ -250,8 +267,17 @@ def study(
 
     many, few = phases["many_ablated"], phases["few_ablated"]
     index = pd.MultiIndex.from_product([range(n_layers), range(n_heads)], names=["layer", "head"])
-    scores = pd.DataFrame({"importance": many.counts.importance().flatten().numpy(),
-                           "exclusion": few.counts.exclusion().flatten().numpy()}, index=index)
+    # the default ranking: ridge on the margin of the many-ablated phase's masks, the most mask-efficient
+    # (design, estimator) pair measured (benchmarks/results/estimator_efficiency.md), with no extra masks
+    effects = ridge(many.masks, many.margins)
+    scores = effects[["effect", "se", "low", "high"]].copy()
+    trust = None
+    if how.n_boot >= 2:
+        trust = stability(many.masks, many.margins, k=min(TRUST_TOP, n_layers * n_heads), n_boot=how.n_boot,
+                          lam=effects.attrs["lam"], seed=seed)
+        scores[f"in_top{trust.k}"] = trust.in_top.flatten().numpy()
+    scores["importance"] = many.counts.importance().flatten().numpy()
+    scores["exclusion"] = few.counts.exclusion().flatten().numpy()
     for short, phase in (("many", many), ("few", few)):
         scores[f"delta_{short}"] = phase.counts.delta().flatten().numpy()
         if n_masks > n_layers * n_heads + 1:  # least squares needs more masks than heads + intercept
@@ -272,9 +298,10 @@ def study(
         "prompts": [len(prompts)] * 3,
     }, index=pd.Index(["outliers kept only", "outliers ablated", "full model"], name="model"))
     validation["rate"] = validation["correct"] / validation["prompts"]
+    scores.attrs["lam"] = effects.attrs["lam"]
     return Study(prompts, targets, dropped, n_layers, n_heads, phases, scores, Heads(chosen), validation,
                  evaluations, seconds, {"path": str(root) if root else None, "rows_per_pass": largest[0],
-                                        "ranks": here.size})
+                                        "ranks": here.size}, trust)
 
 
 def _p_keep(how: StudyConfig, backend: Any, task: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tok: Any,

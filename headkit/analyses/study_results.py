@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from jaxtyping import Bool, Float
 
+    from headkit.analyses.estimators import Stability
+
 __all__ = ["Study", "Phase", "PHASES"]
 
 
@@ -56,12 +58,18 @@ class Phase:
 class Study:
     """What :func:`~headkit.analyses.stochastic_ablation.study` found. ``scores``: a DataFrame by (layer, head).
 
-    Columns of ``scores``: ``importance`` and ``exclusion`` (the seed's scores, each summing to 1),
-    ``delta_many``/``delta_few`` (P(success | head kept) - P(success | head ablated) in each phase),
-    ``effect_many``/``low_many``/``high_many`` and ``effect_few``/``low_few``/``high_few`` (each head's
-    effect on the success rate by least squares on the mask bits, with a bootstrap interval; needs more
-    masks than heads), ``outlier`` (the seed's rule).
+    Columns of ``scores``: ``effect``, ``se``, ``low``, ``high`` (each head's effect on the mean margin, in
+    logits, by ridge regression on the keep bits of the many-ablated phase, with a 95% normal interval: the
+    default ranking; the penalty is in ``scores.attrs["lam"]``), ``in_top5`` (the share of bootstrap refits
+    in which the head is among the 5 largest effects; absent when ``n_boot < 2``), ``importance`` and
+    ``exclusion`` (the seed's scores, each summing to 1), ``delta_many``/``delta_few`` (P(success | head
+    kept) - P(success | head ablated) in each phase), ``effect_many``/``low_many``/``high_many`` and
+    ``effect_few``/``low_few``/``high_few`` (each head's effect on the success rate by least squares on the
+    mask bits, with a bootstrap interval; needs more masks than heads), ``outlier`` (the seed's rule).
     ``validation``: success with only the outliers kept, with them ablated, and of the full model.
+    ``trust``: how far the ``effect`` ranking can be trusted (:class:`~headkit.analyses.estimators.Stability`:
+    rank correlation of bootstrap refits with the estimate; ``trust.summary()`` says whether to evaluate more
+    masks), or None when ``n_boot < 2``.
     """
 
     prompts: list[str]
@@ -77,6 +85,7 @@ class Study:
     seconds: float
     log: dict[str, Any] = field(default_factory=dict)
     """``path`` (the outcome log folder or None) and ``rows_per_pass`` (the largest forward pass this run, in masked prompts)."""
+    trust: Stability | None = None
 
     @property
     def throughput(self) -> float:
@@ -108,8 +117,8 @@ class Study:
         index = pd.MultiIndex.from_product([range(self.n_layers), range(self.n_heads)], names=["layer", "head"])
         return pd.DataFrame(self.phases[phase].counts.synergy().numpy(), index=index, columns=index)
 
-    def top(self, k: int = 10, by: str = "importance") -> pd.DataFrame:
-        """The ``k`` heads with the largest ``by`` score (a column of ``scores``).
+    def top(self, k: int = 10, by: str = "effect") -> pd.DataFrame:
+        """The ``k`` heads with the largest ``by`` score (a column of ``scores``; default the effect on the margin).
 
         Example:
             >>> import torch, headkit as hk
@@ -126,11 +135,12 @@ class Study:
             (3, True, True)
         """
         if by not in self.scores.columns:
-            raise fail(f"Study.top got by={by!r}", f"one of {list(self.scores.columns)}", "pass by='importance'")
+            raise fail(f"Study.top got by={by!r}", f"one of {list(self.scores.columns)}", "pass by='effect'")
         return self.scores.sort_values(by, ascending=False).head(k)
 
     def summary(self, k: int = 10, *, task: str = "copy task (seed 003)") -> str:
-        """What the study found, as text: phases, the top ``k`` heads by each score, outliers, pairs, throughput.
+        """What the study found, as text: phases, the top ``k`` heads by effect with the ranking's trust, the top
+        heads by each other score, outliers, pairs, throughput.
 
         ``task`` names the prompts in the first line.
 
@@ -146,25 +156,34 @@ class Study:
             >>> lines = result.summary(3, task="three prompts").splitlines()
             >>> lines[1], lines[-1].split(" in ")[0]
             ('three prompts: the full model completes 3 of 3 prompts; those are used', 'throughput: 240 masked prompt-evaluations')
+            >>> [line.split(" over ")[0][:40] for line in lines if line.startswith("ranking trust")]
+            ['ranking trust: bootstrap rank correlatio']
         """
         n = len(self.prompts)
         lines = [f"\n{task}: the full model completes {n} of {n + len(self.dropped)} prompts; those are used"]
         for phase in self.phases.values():
             lines.append(f"phase {phase.name:<13} p_keep {phase.p_keep:.3f}: success {100 * phase.success_rate:.1f}% of "
                          f"{len(phase.masks)} masks x {n} prompts")
-        lines.append(f"\ntop {k} heads by importance (seed score); * = outlier; delta = P(success | kept) - "
-                     "P(success | ablated);\neffect = the same by least squares on all mask bits, [95% bootstrap interval]:")
-        table = self.top(k, "importance")
-        text = table[["importance", "exclusion"]].copy()
-        for short in ("many", "few"):
-            text[f"effect_{short}"] = [f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]" for e, lo, hi in
-                                       zip(table[f"effect_{short}"], table[f"low_{short}"], table[f"high_{short}"])]
+        lines.append(f"\ntop {k} heads by effect on the mean margin (logits; ridge on the keep bits of the many-ablated "
+                     "phase) [95% interval];\n* = outlier; in_top = share of bootstrap refits with the head in the top "
+                     f"{self.trust.k if self.trust else '-'}; importance, exclusion = the seed's scores;\ndelta = "
+                     "P(success | kept) - P(success | ablated); effect_many/few = effect on success by least squares:")
+        table = self.top(k, "effect")
+        text = table[[]].copy()
+        text["effect"] = [f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]" for e, lo, hi in
+                          zip(table["effect"], table["low"], table["high"])]
+        tops = [c for c in table.columns if c.startswith("in_top")]
+        if tops:
+            text["in_top"] = [f"{100 * v:.0f}%" for v in table[tops[0]]]
+        for name in ("importance", "exclusion", "delta_many", "delta_few", "effect_many", "effect_few"):
+            text[name] = table[name].round(3).to_numpy()
         text.index = [f"L{l}H{h}" + (" *" if o else "") for (l, h), o in zip(table.index, table["outlier"])]
-        text["delta_many"], text["delta_few"] = table["delta_many"].to_numpy(), table["delta_few"].to_numpy()
-        lines.append(text[["importance", "exclusion", "delta_many", "delta_few", "effect_many", "effect_few"]]
-                     .round(3).to_string())
-        for by in ("exclusion", "delta_many", "delta_few"):
-            lines.append(f"top {k} by {by}: " + " ".join(f"L{l}H{h}" for l, h in self.top(k, by).index))
+        lines.append(text.to_string())
+        lines.append(self.trust.summary() if self.trust is not None
+                     else "ranking trust: not measured (n_boot < 2 bootstrap refits)")
+        for by in ("importance", "exclusion", "delta_many", "delta_few"):
+            lines.append(f"top {k} by {by}{' (seed)' if by == 'importance' else ''}: "
+                         + " ".join(f"L{l}H{h}" for l, h in self.top(k, by).index))
         lines.append(f"\noutlier heads (* above; importance or exclusion above the 88th percentile, as the seed): "
                      f"{len(self.outliers)}: {self.outliers}")
         lines.append(self.validation.to_string())
@@ -211,7 +230,7 @@ class Study:
         return paths + self.plot(out)
 
     def plot(self, out_dir: str | Path) -> list[Path]:
-        """Write the figures to ``out_dir``: score heatmaps, importance vs exclusion, synergy; returns the paths.
+        """Write the figures to ``out_dir``: score heatmaps (effect first), importance vs exclusion, synergy; returns the paths.
 
         Example:
             >>> import tempfile
@@ -237,10 +256,12 @@ class Study:
         paths = [out / "scores.png", out / "outliers.png", out / "synergy.png"]
         p_many, p_few = (self.phases[name].p_keep for name in PHASES)
         plots.head_maps(
-            {"importance (seed)": col("importance"), "exclusion (seed)": col("exclusion"),
+            {f"effect on the margin (ridge), p_keep {p_many:.2f}": col("effect"),
+             "importance (seed)": col("importance"), "exclusion (seed)": col("exclusion"),
              f"effect on success, p_keep {p_many:.2f}": col("effect_many"),
              f"effect on success, p_keep {p_few:.2f}": col("effect_few")},
-            cmaps=["Greens", "Reds", "RdBu_r", "RdBu_r"], centre=[False, False, True, True], path=str(paths[0]),
+            cmaps=["RdBu_r", "Greens", "Reds", "RdBu_r", "RdBu_r"], centre=[True, False, False, True, True],
+            path=str(paths[0]),
         )
         plots.importance_exclusion(self.scores, path=str(paths[1]))
         plots.synergy(self.phases["many_ablated"].counts.synergy(), self.n_heads, path=str(paths[2]),
