@@ -16,12 +16,19 @@ it stopped) and then written, compressed, to ``benchmarks/results/reference_pool
 - ``seed``: ``--seed-masks`` i.i.d. Bernoulli(0.3) masks, the seed's "many ablated" phase whose
   importance score is the baseline;
 - ``balanced``: ``--balanced-masks`` masks at p_keep = 0.5 in blocks of 10, each head kept in exactly 5 masks
-  of every block (:func:`~headkit.analyses.estimators.balanced`), so a run of whole blocks is balanced.
+  of every block (:func:`~headkit.analyses.estimators.balanced`), so a run of whole blocks is balanced;
+- ``balanced30``: as many masks at p_keep = 0.3 in blocks of 10 (each head kept in exactly 3 of every block):
+  the seed's keep probability in the balanced design the study uses.
+
+A pool already in ``--out`` with the same masks is kept as it is, not evaluated again (so a pool added
+later costs only its own masks).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import os
 import platform
 import time
 from pathlib import Path
@@ -38,6 +45,17 @@ from headkit.prompts import copy_task
 OUT = Path(__file__).parent / "results" / "reference_pool.npz"
 BLOCK = 10
 """Masks per balanced block: each head kept in exactly 5 of them, so any union of blocks is balanced."""
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def exact_masks(n_layers: int, n_heads: int) -> torch.Tensor:
@@ -97,25 +115,43 @@ def main() -> None:
         "pairs": antithetic(2 * args.pairs, 0.5, n_layers, n_heads, seed=2026),
         "balanced": torch.cat([balanced(BLOCK, 0.5, n_layers, n_heads, seed=5000 + b)
                                for b in range(args.balanced_masks // BLOCK)]),
+        "balanced30": balanced(args.balanced_masks, 0.3, n_layers, n_heads, seed=6000, block=BLOCK),
     }
+    stored = dict(np.load(args.out)) if Path(args.out).exists() else {}
+    if stored and list(stored.get("prompts", [])) != list(task.texts):
+        stored = {}  # other prompts: nothing stored can be kept
+    before = ast.literal_eval(str(stored["info"])) if "info" in stored else {}
+    # where each pool was evaluated: a pool kept from an earlier run keeps that run's machine
+    where = {name: before.get("devices", {}).get(name, before.get("device", "unknown")) for name in designs}
+    here = f"CPU ({torch.get_num_threads()} threads, {platform.machine()}, {cpu_name()}), torch {torch.__version__}"
     out: dict[str, np.ndarray] = {}
     for name, masks in designs.items():
+        packed = np.packbits(masks.reshape(len(masks), -1).numpy(), axis=1)
+        if f"{name}_masks" in stored and np.array_equal(stored[f"{name}_masks"], packed):
+            print(f"{name}: {len(masks)} masks already in {args.out}, kept", flush=True)
+            out[f"{name}_masks"], out[f"{name}_margins"] = packed, stored[f"{name}_margins"]
+            continue
         margins = run_pool(model, task, masks, cache / name, base | {"design": name})
-        out[f"{name}_masks"] = np.packbits(masks.reshape(len(masks), -1).numpy(), axis=1)
+        out[f"{name}_masks"] = packed
         out[f"{name}_margins"] = margins.float().numpy()
+        where[name] = here
     minutes = (time.perf_counter() - started) / 60
     info = {
         "model": hk.models.DEFAULT_MODEL, "dtype": "float32", "torch": torch.__version__,
-        "device": f"CPU ({torch.get_num_threads()} threads, {platform.machine()}, {platform.processor() or 'unknown'})",
+        "device": "; ".join(f"{name}: {device}" for name, device in where.items()),
+        "devices": where,
         "prompts": f"the seed-003 copy prompts the full model completes ({len(task)} of {len(full)})",
         "command": "python benchmarks/reference_pool.py " + f"--pairs {args.pairs} --seed-masks {args.seed_masks} "
                    f"--balanced-masks {args.balanced_masks}",
         "seeds": "exact: none; seed: montecarlo.bernoulli(seed=300, p=0.3); pairs: estimators.antithetic(seed=2026, p=0.5); "
-                 f"balanced: estimators.balanced({BLOCK}, 0.5, seed=5000 + block)",
+                 f"balanced: estimators.balanced({BLOCK}, 0.5, seed=5000 + block); balanced30: "
+                 f"estimators.balanced({args.balanced_masks}, 0.3, seed=6000, block={BLOCK})",
         "minutes": f"{minutes:.1f} (this run; a resumed run counts only its own part)",
     }
-    np.savez_compressed(args.out, n_layers=n_layers, n_heads=n_heads, prompts=np.array(task.texts),
+    partial = Path(args.out).with_suffix(".partial.npz")  # written aside, then swapped in: a crash keeps the old file
+    np.savez_compressed(partial, n_layers=n_layers, n_heads=n_heads, prompts=np.array(task.texts),
                         info=np.array(repr(info)), **out)
+    os.replace(partial, args.out)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB) in {minutes:.1f} min")
 
 

@@ -106,6 +106,18 @@ def test_balanced_blocks_are_each_balanced_and_extend_a_run_unchanged():
     assert all((m[i : i + 20].sum(0) == 10).all() for i in (0, 20, 40))
     assert torch.equal(m[:40], estimators.balanced(40, 0.5, 3, 4, seed=4, block=20))
     assert not torch.equal(m[:20], m[20:40])
+    # a partial last block is the start of the full one, so a run of 30 extends to 45 or 60 unchanged
+    assert torch.equal(m[:30], estimators.balanced(30, 0.5, 3, 4, seed=4, block=20))
+    assert torch.equal(estimators.balanced(45, 0.5, 3, 4, seed=4, block=20), m[:45])
+
+
+def test_balanced_keeps_a_fractional_share_exactly_in_expectation():
+    m = estimators.balanced(20_000, 0.596, 3, 4, seed=1, block=10)  # 5.96 of every 10: 5 or 6 per head and block
+    counts = m.reshape(2000, 10, 12).sum(1)
+    assert set(counts.unique().tolist()) == {5, 6}
+    # keep rate p: 2,000 blocks per head, so the rate's standard error is sqrt(0.96 * 0.04 / 2000) / 10 < 0.0005
+    assert (m.double().mean(0) - 0.596).abs().max() < 0.002
+    assert m.double().mean() == pytest.approx(0.596, abs=0.0006)
 
 
 @pytest.mark.parametrize("n, noise", [(120, 1.0), (200, 4.0)])

@@ -40,8 +40,8 @@ __all__ = ["antithetic", "balanced", "ridge", "gcv_penalty", "stability", "Stabi
 def _check_design(n: int, p_keep: float, owner: str) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise fail(f"{owner} got n={n!r}", "a whole number of masks >= 1", "pass e.g. n=200")
-    if isinstance(p_keep, bool) or not isinstance(p_keep, (int, float)) or not 0 < p_keep < 1:
-        raise fail(f"{owner} got p_keep={p_keep!r}", "a keep probability strictly between 0 and 1", "pass p_keep=0.5")
+    if isinstance(p_keep, bool) or not isinstance(p_keep, (int, float)) or not 0 < p_keep <= 1:
+        raise fail(f"{owner} got p_keep={p_keep!r}", "a keep probability in (0, 1] (1: every head kept)", "pass p_keep=0.5")
 
 
 def antithetic(n: int, p_keep: float, n_layers: int, n_heads: int, *, seed: int = 0) -> Bool[torch.Tensor, "n layer head"]:
@@ -62,32 +62,41 @@ def antithetic(n: int, p_keep: float, n_layers: int, n_heads: int, *, seed: int 
 def balanced(
     n: int, p_keep: float, n_layers: int, n_heads: int, *, seed: int = 0, block: int | None = None
 ) -> Bool[torch.Tensor, "n layer head"]:
-    """``n`` masks in which every head is kept in exactly ``round(p_keep * n)`` of them, at random.
+    """``n`` masks in which every head is kept in ``p_keep * n`` of them (rounded at random), at random positions.
 
-    With ``block``, the masks come in consecutive blocks of ``block`` masks, each balanced on its own
-    (``round(p_keep * block)`` per head; the last block may be partial): the first ``m`` masks are the same
-    for any ``n >= m``, so a run can be extended, and any set of whole blocks is balanced.
+    Each head is kept in ``floor(p_keep * n)`` masks, or one more with probability equal to the fractional
+    part, so its keep probability is exactly ``p_keep`` and its count varies as little as it can (an i.i.d.
+    design's count has variance ``n p (1 - p)``; this one's at most 1/4). Heads are placed independently.
+    With ``block``, the masks come in consecutive blocks of ``block`` masks, each balanced on its own: the
+    first ``m`` masks are the same for any ``n >= m`` (a partial last block is the start of a full one), so a
+    run can be extended, and any set of whole blocks is balanced.
 
     Example:
         >>> from headkit.analyses.estimators import balanced
         >>> balanced(10, 0.3, 2, 2, seed=0).sum(0).tolist()
         [[3, 3], [3, 3]]
-        >>> bool((balanced(40, 0.5, 2, 2, block=20)[:20] == balanced(20, 0.5, 2, 2, block=20)).all())
+        >>> bool((balanced(45, 0.5, 2, 2, block=20)[:30] == balanced(30, 0.5, 2, 2, block=20)).all())
         True
+        >>> sorted(set(balanced(10, 0.85, 4, 4, seed=1).sum(0).flatten().tolist()))   # 8.5 per head: 8 or 9
+        [8, 9]
     """
     _check_design(n, p_keep, "balanced")
     if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 2):
         raise fail(f"balanced got block={block!r}", "a block size >= 2 masks, or None for one balanced design",
                    "pass block=20")
     if block is not None:
-        parts = [balanced(min(block, n - start), p_keep, n_layers, n_heads, seed=seed * 1_000_003 + start // block)
+        parts = [balanced(block, p_keep, n_layers, n_heads, seed=seed * 1_000_003 + start // block)[: n - start]
                  for start in range(0, n, block)]
         return torch.cat(parts)
     g = torch.Generator().manual_seed(seed)
-    kept = round(p_keep * n)
-    column = torch.arange(n) < kept
-    order = torch.stack([torch.randperm(n, generator=g) for _ in range(n_layers * n_heads)], 1)
-    return column[order].reshape(n, n_layers, n_heads)
+    heads = n_layers * n_heads
+    expected = p_keep * n
+    whole, fraction = (round(expected), 0.0) if abs(expected - round(expected)) < 1e-9 else divmod(expected, 1.0)
+    order = torch.stack([torch.randperm(n, generator=g) for _ in range(heads)], 1)
+    kept = torch.full((heads,), int(whole))
+    if fraction > 1e-9:  # drawn only then, so designs with a whole number kept are as before
+        kept += torch.rand(heads, generator=g, dtype=torch.float64) < fraction
+    return (order < kept).reshape(n, n_layers, n_heads)
 
 
 def _table(effect: torch.Tensor, se: torch.Tensor, n_layers: int, n_heads: int, level: float) -> Any:

@@ -112,7 +112,7 @@ class Counts:
         n01, s01 = k[None, :] - n11, ks[None, :] - s11
         n00 = self.records - k[:, None] - k[None, :] + n11
         s00 = self.successes - ks[:, None] - ks[None, :] + s11
-        out = s11 / n11 - s10 / n10 - s01 / n01 + s00 / n00
+        out = (s11 / n11 + s00 / n00) - (s10 / n10 + s01 / n01)  # grouped so that (i, j) and (j, i) agree exactly
         return out.fill_diagonal_(float("nan"))
 
 
