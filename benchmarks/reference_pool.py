@@ -1,6 +1,6 @@
 """Build (once) the reference pools the estimator-efficiency benchmark measures against.
 
-    python benchmarks/reference_pool.py --cache /tmp/reference_pool     # Gemma 3 270M, CPU, about 80 min
+    python benchmarks/reference_pool.py --cache /tmp/reference_pool     # Gemma 3 270M, CPU, about 100 min
 
 Real model (Gemma 3 270M), the seed-003 copy prompts the full model completes, readout = margin
 (logit(target) - the largest other logit; success is margin > 0). Every pool is evaluated with the fused

@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            help="masks per phase (default: 10000 as the seed on a GPU, 100 on a CPU)")
     mc_parser.add_argument("--p-keep", default="auto",
                            help='"auto" (calibrated to 25%% / 75%% success, default) or the seed\'s "0.3,0.85"')
+    mc_parser.add_argument("--design", choices=["bernoulli", "balanced"], default="bernoulli",
+                           help="masks: bernoulli (default; i.i.d., the seed's) or balanced (each head kept in p_keep "
+                           "of every 10 masks; with --p-keep 0.5,0.85 the benchmark's most mask-efficient design)")
     mc_parser.add_argument("--prompts", default=None,
                            help="a text file of prompt<TAB>target lines (default: the seed-003 copy prompts)")
     mc_parser.add_argument("--seed", type=int, default=0, help="seed of the masks")
@@ -208,8 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             demo(heads=args.heads, top=args.top, repeats=args.repeats, **model)
         elif args.command == "mc":
-            mc(masks=args.masks, p_keep=args.p_keep, prompts=args.prompts, seed=args.seed, top=args.top,
-               out_dir=args.out, rows_per_pass=args.rows_per_pass, **model)
+            mc(masks=args.masks, p_keep=args.p_keep, design=args.design, prompts=args.prompts, seed=args.seed,
+               top=args.top, out_dir=args.out, rows_per_pass=args.rows_per_pass, **model)
         elif args.command == "receivers":
             receivers(texts=args.texts, proximity_ignore=args.proximity, top=args.top, out_dir=args.out, **model)
         elif args.command == "suppress":

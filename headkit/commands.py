@@ -16,6 +16,7 @@ import torch
 
 import headkit as hk
 from headkit.cli_inputs import open_model, out_folder, read_texts
+from headkit.core.errors import fail
 
 __all__ = ["demo", "chg", "mc", "receivers", "suppress", "triad", "bench", "counterfactual"]
 
@@ -137,7 +138,8 @@ def chg(*, task: str = "copy", data_file: str | None = None, seeds: int = 2, ste
     return {"fit": fitted, "taxonomy": fitted.taxonomy(), **({"curves": curves} if ks else {})}
 
 
-def mc(*, masks: int | None = None, p_keep: str | tuple[float, float] = "auto", prompts: str | None = None,
+def mc(*, masks: int | None = None, p_keep: str | tuple[float, float] = "auto", design: str = "bernoulli",
+       prompts: str | None = None,
        seed: int = 0, top: int = 10, out_dir: str = "mc_out", model: Any = None, tokenizer: Any = None,
        adapter: str = "transformers", device: str | None = None, dtype: str = "float32",
        attn_implementation: str | None = None, rows_per_pass: int | None = None, out: Out = print) -> Any:
@@ -164,6 +166,9 @@ def mc(*, masks: int | None = None, p_keep: str | tuple[float, float] = "auto", 
     started = time.perf_counter()
     out_folder(out_dir)  # everything a user typed is checked before the model loads
     p_keep, masks = _p_keep(p_keep), _masks(masks)
+    if design not in stochastic_ablation.DESIGNS:
+        raise fail(f"mc got --design {design!r}", f"one of {', '.join(stochastic_ablation.DESIGNS)}",
+                   "pass --design bernoulli (default: the seed's i.i.d. masks) or --design balanced")
     texts, targets = read_prompts(prompts)
     model, tokenizer, name = open_model(model, tokenizer, adapter=adapter, device=device, dtype=dtype,
                                         attn_implementation=attn_implementation)
@@ -175,10 +180,10 @@ def mc(*, masks: int | None = None, p_keep: str | tuple[float, float] = "auto", 
     where = torch.cuda.get_device_name(backend.device) if on_gpu else f"{torch.get_num_threads()} CPU threads"
     kind = str(backend.dtype).replace("torch.", "")
     out(f"headkit mc: {name}, {shape.n_layers} x {shape.n_heads} heads, {kind} on {where}; torch {torch.__version__}")
-    out(f"{masks} masks per phase, p_keep {p_keep}" + (" (pass --masks 10000 for the seed's full study)"
+    out(f"{masks} masks per phase ({design}), p_keep {p_keep}" + (" (pass --masks 10000 for the seed's full study)"
                                                         if masks < 10_000 else ""))
     result = stochastic_ablation.study(backend, texts, targets, tokenizer=tokenizer, n_masks=masks, p_keep=p_keep,
-                                       seed=seed, path=os.path.join(out_dir, "outcomes"), rows_per_pass=rows_per_pass,
+                                       design=design, seed=seed, path=os.path.join(out_dir, "outcomes"), rows_per_pass=rows_per_pass,
                                        progress=_first())
     out(result.summary(top, task=f"prompts of {prompts}" if prompts else "copy task (seed 003)"))
     if _first():

@@ -8,6 +8,7 @@ import torch
 
 import headkit as hk
 from headkit import montecarlo, stochastic_ablation
+from headkit.analyses import estimators
 from headkit.analyses.outcome_log import OutcomeLog
 from tests.conftest import require
 
@@ -182,6 +183,25 @@ def test_auto_p_keep_calibrates_once_and_remembers(setup, tmp_path, monkeypatch)
     assert again.phases["few_ablated"].p_keep == p_few and again.scores.equals(first.scores)
 
 
+def test_a_balanced_design_on_request(setup, tmp_path):
+    model, tok, targets = setup
+    kw = dict(tokenizer=tok, p_keep=(0.4, 0.85), seed=1, n_boot=0, progress=False)
+    result = stochastic_ablation.study(model, PROMPTS, targets, n_masks=20, design="balanced", path=tmp_path / "b", **kw)
+    many, few = result.phases["many_ablated"].masks, result.phases["few_ablated"].masks
+    assert torch.equal(many, estimators.balanced(20, 0.4, 2, 4, seed=2, block=10))
+    assert (many.reshape(2, 10, 8).sum(1) == 4).all()  # each head kept in 4 of every 10 masks
+    assert set(few.reshape(2, 10, 8).sum(1).unique().tolist()) <= {8, 9}  # 8.5 of 10: 8 or 9
+    assert "20 balanced masks" in result.summary()
+    # extended from 20 to 25 masks per phase, the first 20 are the ones on disk (a partial block is a prefix)
+    longer = stochastic_ablation.study(model, PROMPTS, targets, n_masks=25, design="balanced", path=tmp_path / "b", **kw)
+    assert longer.evaluations == 2 * 5 * 4 and torch.equal(longer.phases["many_ablated"].masks[:20], many)
+    # a log of one design is not resumed as the other
+    with pytest.raises(hk.HeadkitError, match="differs in: design"):
+        stochastic_ablation.study(model, PROMPTS, targets, n_masks=20, path=tmp_path / "b", **kw)
+    with pytest.raises(hk.HeadkitError, match=r"design='sobol'.*\['bernoulli', 'balanced'\]"):
+        stochastic_ablation.study(model, PROMPTS, targets, n_masks=20, design="sobol", **kw)
+
+
 def test_without_bootstrap_the_ranking_has_no_trust_measure(setup):
     model, tok, targets = setup
     result = stochastic_ablation.study(model, PROMPTS, targets, tokenizer=tok, n_masks=12, p_keep=(0.5, 0.8),
@@ -272,3 +292,5 @@ def test_cli_mc_writes_everything_and_resumes(setup, tmp_path):
         cli.mc(masks=12, prompts=str(bad), model=model, tokenizer=tok, out=printed.append)
     with pytest.raises(hk.HeadkitError, match="--p-keep 'x'"):
         cli.mc(masks=12, p_keep="x", model=model, tokenizer=tok, out=printed.append)
+    with pytest.raises(hk.HeadkitError, match="--design 'sobol'.*bernoulli, balanced"):
+        cli.mc(masks=12, design="sobol", model=model, tokenizer=tok, out=printed.append)

@@ -84,7 +84,8 @@ class Study:
     evaluations: int
     seconds: float
     log: dict[str, Any] = field(default_factory=dict)
-    """``path`` (the outcome log folder or None) and ``rows_per_pass`` (the largest forward pass this run, in masked prompts)."""
+    """``path`` (the outcome log folder or None), ``rows_per_pass`` (the largest forward pass this run, in masked
+    prompts), ``ranks`` and ``design`` (how the masks were drawn)."""
     trust: Stability | None = None
 
     @property
@@ -163,7 +164,7 @@ class Study:
         lines = [f"\n{task}: the full model completes {n} of {n + len(self.dropped)} prompts; those are used"]
         for phase in self.phases.values():
             lines.append(f"phase {phase.name:<13} p_keep {phase.p_keep:.3f}: success {100 * phase.success_rate:.1f}% of "
-                         f"{len(phase.masks)} masks x {n} prompts")
+                         f"{len(phase.masks)} {self.log.get('design', 'random')} masks x {n} prompts")
         lines.append(f"\ntop {k} heads by effect on the mean margin (logits; ridge on the keep bits of the many-ablated "
                      "phase) [95% interval];\n* = outlier; in_top = share of bootstrap refits with the head in the top "
                      f"{self.trust.k if self.trust else '-'}; importance, exclusion = the seed's scores;\ndelta = "
