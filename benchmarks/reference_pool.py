@@ -44,7 +44,7 @@ from headkit.prompts import copy_task
 
 OUT = Path(__file__).parent / "results" / "reference_pool.npz"
 BLOCK = 10
-"""Masks per balanced block: each head kept in exactly 5 of them, so any union of blocks is balanced."""
+"""Masks per balanced block: each head kept in exactly p_keep x 10 of them (5 at 0.5, 3 at 0.3), so any union of blocks is balanced."""
 
 
 def cpu_name() -> str:

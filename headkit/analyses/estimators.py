@@ -5,7 +5,7 @@ Designs (masks ``[n, layer, head]``, True = head kept), each with the marginal k
 - :func:`antithetic`: pairs of masks from one uniform draw ``u`` per head, kept where ``u < p`` and where
   ``1 - u < p`` (exact complements at ``p = 0.5``): each pair's bits are negatively correlated, so sums over
   a pair vary less;
-- :func:`balanced`: every head kept in exactly ``round(p n)`` masks (a random permutation per head), so no
+- :func:`balanced`: every head kept in ``p n`` masks, rounded at random (a random permutation per head), so no
   head is over- or under-sampled by chance.
 
 Estimators of each head's effect, with intervals:

@@ -13,9 +13,9 @@ model with only them kept and with only them ablated.
 The study ranks heads by default by their **effect** on the target's margin (logit of the target minus the
 best other logit): ridge regression of each mask's mean margin on its keep bits over the many-ablated
 phase (:func:`headkit.analyses.estimators.ridge`, penalty by generalised cross-validation, normal
-intervals). It uses the masks the seed's phase evaluates anyway, and it was the most mask-efficient
-(design, estimator) pair measured against a 2,400-mask reference on Gemma 3 270M (2.5x fewer masks than the
-seed's importance for the same agreement; benchmarks/results/estimator_efficiency.md). How far that ranking
+intervals). It uses the masks the seed's phase evaluates anyway; against a 2,400-mask reference on Gemma 3
+270M it needed 2.9x fewer of the seed's i.i.d. p = 0.3 masks than the seed's importance for the same
+agreement (the best pair measured, a balanced p = 0.5 design, 4.0x; benchmarks/results/estimator_efficiency.md). How far that ranking
 can be trusted is :attr:`Study.trust` (bootstrap refits, :func:`headkit.analyses.estimators.stability`).
 Beside it: the seed's scores, each phase's ``delta`` (success rate kept minus ablated) and least-squares
 effect on success with bootstrap intervals, and the pairwise **synergy** (interaction contrast, see
@@ -282,8 +282,8 @@ def study(
 
     many, few = phases["many_ablated"], phases["few_ablated"]
     index = pd.MultiIndex.from_product([range(n_layers), range(n_heads)], names=["layer", "head"])
-    # the default ranking: ridge on the margin of the many-ablated phase's masks, the most mask-efficient
-    # (design, estimator) pair measured (benchmarks/results/estimator_efficiency.md), with no extra masks
+    # the default ranking: ridge on the margin of the many-ablated phase's masks, the best estimator measured on
+    # the seed's own masks (benchmarks/results/estimator_efficiency.md), with no extra masks
     effects = ridge(many.masks, many.margins)
     scores = effects[["effect", "se", "low", "high"]].copy()
     trust = None

@@ -173,9 +173,8 @@ class Study:
         text = table[[]].copy()
         text["effect"] = [f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]" for e, lo, hi in
                           zip(table["effect"], table["low"], table["high"])]
-        tops = [c for c in table.columns if c.startswith("in_top")]
-        if tops:
-            text["in_top"] = [f"{100 * v:.0f}%" for v in table[tops[0]]]
+        if self.trust is not None:
+            text["in_top"] = [f"{100 * v:.0f}%" for v in table[f"in_top{self.trust.k}"]]
         for name in ("importance", "exclusion", "delta_many", "delta_few", "effect_many", "effect_few"):
             text[name] = table[name].round(3).to_numpy()
         text.index = [f"L{l}H{h}" + (" *" if o else "") for (l, h), o in zip(table.index, table["outlier"])]
