@@ -12,11 +12,11 @@ model with only them kept and with only them ablated.
 
 The study ranks heads by default by their **effect** on the target's margin (logit of the target minus the
 best other logit): ridge regression of each mask's mean margin on its keep bits over the many-ablated
-phase (:func:`headkit.analyses.estimators.ridge`, penalty by generalised cross-validation, normal
-intervals). It uses the masks the seed's phase evaluates anyway; against a 2,400-mask reference on Gemma 3
+phase (:func:`headkit.analyses.estimators.ridge`, penalty by generalised cross-validation, with least
+squares' intervals). It uses the masks the seed's phase evaluates anyway; against a 2,400-mask reference on Gemma 3
 270M it needed 2.9x fewer of the seed's i.i.d. p = 0.3 masks than the seed's importance for the same
 agreement (the best pair measured, a balanced p = 0.5 design, 4.0x; benchmarks/results/estimator_efficiency.md). How far that ranking
-can be trusted is :attr:`Study.trust` (bootstrap refits, :func:`headkit.analyses.estimators.stability`).
+can be trusted is :attr:`Study.trust` (split halves, :func:`headkit.analyses.estimators.stability`).
 Beside it: the seed's scores, each phase's ``delta`` (success rate kept minus ablated) and least-squares
 effect on success with bootstrap intervals, and the pairwise **synergy** (interaction contrast, see
 :meth:`headkit.analyses.mask_statistics.Counts.synergy`).
@@ -75,7 +75,7 @@ p_keep of every block of :data:`BLOCK` masks, :func:`headkit.analyses.estimators
 BLOCK = 10
 """Masks per balanced block (as in the efficiency benchmark's balanced designs)."""
 TRUST_TOP = 5
-"""How many top heads :attr:`Study.trust` follows through the bootstrap refits."""
+"""How many top heads :attr:`Study.trust` follows through its half-size fits."""
 
 
 def outliers(
@@ -108,7 +108,7 @@ class StudyConfig:
     head kept in ``p_keep`` of each block of 10 masks, so no head is over- or under-sampled by chance; in the
     efficiency benchmark it helped at p_keep 0.5 and not at 0.3);
     ``seed`` of the masks; ``percentile`` of the outlier rule; ``n_boot`` bootstrap resamples of the
-    success regressions and of the ranking's trust (:attr:`Study.trust`).
+    success regressions, and random split halves for the ranking's trust (:attr:`Study.trust`).
 
     Example:
         >>> from headkit.analyses.stochastic_ablation import StudyConfig
@@ -173,8 +173,9 @@ def study(
     calibrated by :func:`headkit.analyses.montecarlo.calibrate`), and how outliers and intervals are found.
     ``path`` keeps every outcome on disk; calling again with the same arguments resumes (or extends, with a
     larger ``n_masks``) and gives the same scores. ``scores`` (see :class:`Study`) leads with ``effect``
-    (ridge on the margin, the default ranking) and its interval; ``trust`` says how stable that ranking is
-    (``n_boot`` refits; None when ``n_boot < 2``).
+    (ridge on the margin, the default ranking) and least squares' interval; ``trust`` says how far that
+    ranking can be trusted (``n_boot`` split halves, whole blocks for ``design="balanced"``; None when
+    ``n_boot < 2`` or there are fewer than 4 masks, or blocks, to split).
 
     On Gemma 3 270M (:func:`headkit.load_default`) the seed-003 prompts and ``n_masks=10_000`` are the study
     as published; the example runs a tiny model on three prompts.
@@ -287,9 +288,10 @@ def study(
     effects = ridge(many.masks, many.margins)
     scores = effects[["effect", "se", "low", "high"]].copy()
     trust = None
-    if how.n_boot >= 2:
-        trust = stability(many.masks, many.margins, k=min(TRUST_TOP, n_layers * n_heads), n_boot=how.n_boot,
-                          lam=effects.attrs["lam"], seed=seed)
+    unit = BLOCK if how.design == "balanced" and n_masks % BLOCK == 0 else 1  # split balanced runs by whole blocks
+    if how.n_boot >= 2 and n_masks >= 4 * unit:
+        trust = stability(many.masks, many.margins, k=min(TRUST_TOP, n_layers * n_heads), splits=how.n_boot,
+                          block=unit, lam=effects.attrs["lam"], seed=seed)
         scores[f"in_top{trust.k}"] = trust.in_top.flatten().numpy()
     scores["importance"] = many.counts.importance().flatten().numpy()
     scores["exclusion"] = few.counts.exclusion().flatten().numpy()

@@ -58,18 +58,22 @@ class Phase:
 class Study:
     """What :func:`~headkit.analyses.stochastic_ablation.study` found. ``scores``: a DataFrame by (layer, head).
 
-    Columns of ``scores``: ``effect``, ``se``, ``low``, ``high`` (each head's effect on the mean margin, in
-    logits, by ridge regression on the keep bits of the many-ablated phase, with a 95% normal interval: the
-    default ranking; the penalty is in ``scores.attrs["lam"]``), ``in_top5`` (the share of bootstrap refits
-    in which the head is among the 5 largest effects; absent when ``n_boot < 2``), ``importance`` and
-    ``exclusion`` (the seed's scores, each summing to 1), ``delta_many``/``delta_few`` (P(success | head
-    kept) - P(success | head ablated) in each phase), ``effect_many``/``low_many``/``high_many`` and
-    ``effect_few``/``low_few``/``high_few`` (each head's effect on the success rate by least squares on the
-    mask bits, with a bootstrap interval; needs more masks than heads), ``outlier`` (the seed's rule).
+    Columns of ``scores``: ``effect`` (each head's effect on the mean margin, in logits, by ridge regression
+    on the keep bits of the many-ablated phase: the default ranking; the penalty is in
+    ``scores.attrs["lam"]``), ``se``, ``low``, ``high`` (least squares' standard error and 95% interval,
+    centred on the unshrunken least-squares effect, so a large ridge effect can lie below ``low``; NaN
+    without more masks than heads + 1), ``in_top5`` (the share of half-size fits in which the head is among
+    the 5 largest effects, or among all of them in a model with fewer heads; absent without ``trust``),
+    ``importance`` and ``exclusion`` (the seed's scores, each summing to 1), ``delta_many``/``delta_few``
+    (P(success | head kept) - P(success | head ablated) in each phase), ``effect_many``/``low_many``/
+    ``high_many`` and ``effect_few``/``low_few``/``high_few`` (each head's effect on the success rate by
+    least squares on the mask bits, with a bootstrap interval; needs more masks than heads), ``outlier``
+    (the seed's rule).
     ``validation``: success with only the outliers kept, with them ablated, and of the full model.
     ``trust``: how far the ``effect`` ranking can be trusted (:class:`~headkit.analyses.estimators.Stability`:
-    rank correlation of bootstrap refits with the estimate; ``trust.summary()`` says whether to evaluate more
-    masks), or None when ``n_boot < 2``.
+    the expected rank correlation with the ranking of unlimited masks, from split halves;
+    ``trust.summary()`` says whether, and about how many, masks to add), or None when ``n_boot < 2`` or
+    there are fewer than 4 masks (blocks) to split.
     """
 
     prompts: list[str]
@@ -158,20 +162,22 @@ class Study:
             >>> lines[1], lines[-1].split(" in ")[0]
             ('three prompts: the full model completes 3 of 3 prompts; those are used', 'throughput: 240 masked prompt-evaluations')
             >>> [line.split(" over ")[0][:40] for line in lines if line.startswith("ranking trust")]
-            ['ranking trust: bootstrap rank correlatio']
+            ['ranking trust: expected rank correlation']
         """
         n = len(self.prompts)
         lines = [f"\n{task}: the full model completes {n} of {n + len(self.dropped)} prompts; those are used"]
         for phase in self.phases.values():
             lines.append(f"phase {phase.name:<13} p_keep {phase.p_keep:.3f}: success {100 * phase.success_rate:.1f}% of "
                          f"{len(phase.masks)} {self.log.get('design', 'random')} masks x {n} prompts")
+        in_top = (f"in_top = share of half-size fits with the head in the top {self.trust.k}; "
+                  if self.trust is not None else "")
         lines.append(f"\ntop {k} heads by effect on the mean margin (logits; ridge on the keep bits of the many-ablated "
-                     "phase) [95% interval];\n* = outlier; in_top = share of bootstrap refits with the head in the top "
-                     f"{self.trust.k if self.trust else '-'}; importance, exclusion = the seed's scores;\ndelta = "
-                     "P(success | kept) - P(success | ablated); effect_many/few = effect on success by least squares:")
+                     "phase) [95% least-squares interval];\n* = outlier; " + in_top + "importance, exclusion = the "
+                     "seed's scores;\ndelta = P(success | kept) - P(success | ablated); effect_many/few = effect on "
+                     "success by least squares:")
         table = self.top(k, "effect")
         text = table[[]].copy()
-        text["effect"] = [f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]" for e, lo, hi in
+        text["effect"] = [f"{e:+.3f}" + ("" if lo != lo else f" [{lo:+.3f}, {hi:+.3f}]") for e, lo, hi in
                           zip(table["effect"], table["low"], table["high"])]
         if self.trust is not None:
             text["in_top"] = [f"{100 * v:.0f}%" for v in table[f"in_top{self.trust.k}"]]
@@ -180,7 +186,7 @@ class Study:
         text.index = [f"L{l}H{h}" + (" *" if o else "") for (l, h), o in zip(table.index, table["outlier"])]
         lines.append(text.to_string())
         lines.append(self.trust.summary() if self.trust is not None
-                     else "ranking trust: not measured (n_boot < 2 bootstrap refits)")
+                     else "ranking trust: not measured (n_boot < 2, or fewer than 4 masks or blocks to split)")
         for by in ("importance", "exclusion", "delta_many", "delta_few"):
             lines.append(f"top {k} by {by}{' (seed)' if by == 'importance' else ''}: "
                          + " ".join(f"L{l}H{h}" for l, h in self.top(k, by).index))
