@@ -64,6 +64,7 @@ def test_ridge_se_is_least_squares_se_by_the_textbook_formula():
     s2 = ((ybar - x @ b) ** 2).sum() / (60 - 7)
     se = np.sqrt(np.diag(np.linalg.inv(x.T @ x)) * s2)[1:]
     t = 2.005745995  # Student t, 53 degrees of freedom, 97.5 %
+    np.testing.assert_allclose(table["ols"].to_numpy(), b[1:], rtol=1e-9)
     np.testing.assert_allclose(table["se"].to_numpy(), se, rtol=1e-9)
     np.testing.assert_allclose(table["low"].to_numpy(), b[1:] - t * se, rtol=1e-7)
     np.testing.assert_allclose(table["high"].to_numpy(), b[1:] + t * se, rtol=1e-7)
@@ -201,7 +202,10 @@ def test_trust_extrapolates_masks_by_spearman_brown_and_is_stable_only_at_0_8():
     assert trust(-0.2).reliability == 0.0 and math.isinf(trust(-0.2).masks_for())
     assert "not yet stable: evaluate more masks (about 180 in all for 0.8)" in trust(1 / 3).summary()  # 0.71
     assert ", stable;" in trust(0.7).summary()  # agreement sqrt(1.4 / 1.7) = 0.91
-    assert "not yet stable: evaluate more masks;" in trust(-0.2).summary()
+    assert "rough below 0.6" not in trust(1 / 3).summary() and "rough below 0.6" in trust(0.1).summary()
+    # too little agreement to extrapolate from (reliability 2 * 0.05 / 1.05 < 0.15): no number of masks
+    assert "(the halves barely agree, too little to say how many)" in trust(0.05).summary()
+    assert "too little to say how many" in trust(-0.2).summary()
 
 
 def test_stability_without_a_ranking_says_so_and_rejects_bad_splits():

@@ -113,10 +113,11 @@ def test_study_equals_the_seed_pipeline(setup):
     want_effect = np.linalg.solve(x.T @ x + lam * d, x.T @ y)[1:]
     assert result.scores.attrs["lam"] == pytest.approx(lam, rel=1e-9)
     np.testing.assert_allclose(result.scores["effect"].to_numpy(), want_effect, atol=1e-5)
-    assert list(result.scores.columns[:5]) == ["effect", "se", "low", "high", "in_top5"]
+    assert list(result.scores.columns[:6]) == ["effect", "ols", "se", "low", "high", "in_top5"]
     # intervals: least squares on the same margins, its textbook standard error, Student t with 40 - 9 dof
     ls = np.linalg.solve(x.T @ x, x.T @ y)
     se = np.sqrt(np.diag(np.linalg.inv(x.T @ x)) * ((y - x @ ls) ** 2).sum() / 31)[1:]
+    np.testing.assert_allclose(result.scores["ols"].to_numpy(), ls[1:], atol=1e-5)
     np.testing.assert_allclose(result.scores["se"].to_numpy(), se, rtol=1e-5)
     np.testing.assert_allclose(result.scores["low"].to_numpy(), ls[1:] - 2.039513446 * se, atol=1e-5)
     np.testing.assert_allclose(result.scores["high"].to_numpy(), ls[1:] + 2.039513446 * se, atol=1e-5)
@@ -229,7 +230,7 @@ def test_without_bootstrap_the_ranking_has_no_trust_measure(setup):
     # 2 masks: a ridge ranking, but no interval (least squares needs more masks than heads + 1) and no trust
     two = stochastic_ablation.study(model, PROMPTS, targets, tokenizer=tok, n_masks=2, p_keep=(0.5, 0.8), n_boot=20,
                                     progress=False)
-    assert two.trust is None and two.scores[["se", "low", "high"]].isna().all().all()
+    assert two.trust is None and two.scores[["ols", "se", "low", "high"]].isna().all().all()
     assert "ranking trust: not measured" in two.summary()
 
 

@@ -173,7 +173,7 @@ def study(
     calibrated by :func:`headkit.analyses.montecarlo.calibrate`), and how outliers and intervals are found.
     ``path`` keeps every outcome on disk; calling again with the same arguments resumes (or extends, with a
     larger ``n_masks``) and gives the same scores. ``scores`` (see :class:`Study`) leads with ``effect``
-    (ridge on the margin, the default ranking) and least squares' interval; ``trust`` says how far that
+    (ridge on the margin, the default ranking), then ``ols`` and its interval (least squares); ``trust`` says how far that
     ranking can be trusted (``n_boot`` split halves, whole blocks for ``design="balanced"``; None when
     ``n_boot < 2`` or there are fewer than 4 masks, or blocks, to split).
 
@@ -191,8 +191,8 @@ def study(
         ...                                    rows_per_pass=64, progress=False)
         >>> result.dropped, result.scores.shape, [name for name in result.phases]
         ([], (8, 16), ['many_ablated', 'few_ablated'])
-        >>> list(result.scores.columns[:5]), result.trust.k, len(result.trust.rank_correlation)
-        (['effect', 'se', 'low', 'high', 'in_top5'], 5, 20)
+        >>> list(result.scores.columns[:6]), result.trust.k, len(result.trust.rank_correlation)
+        (['effect', 'ols', 'se', 'low', 'high', 'in_top5'], 5, 20)
         >>> [round(float(result.scores[name].sum()), 6) for name in ("importance", "exclusion")]   # shares of events
         [1.0, 1.0]
         >>> result.validation.loc["full model", ["correct", "prompts"]].tolist()   # right on every kept prompt
@@ -286,7 +286,7 @@ def study(
     # the default ranking: ridge on the margin of the many-ablated phase's masks, the best estimator measured on
     # the seed's own masks (benchmarks/results/estimator_efficiency.md), with no extra masks
     effects = ridge(many.masks, many.margins)
-    scores = effects[["effect", "se", "low", "high"]].copy()
+    scores = effects[["effect", "ols", "se", "low", "high"]].copy()
     trust = None
     unit = BLOCK if how.design == "balanced" and n_masks % BLOCK == 0 else 1  # split balanced runs by whole blocks
     if how.n_boot >= 2 and n_masks >= 4 * unit:

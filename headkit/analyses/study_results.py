@@ -60,9 +60,9 @@ class Study:
 
     Columns of ``scores``: ``effect`` (each head's effect on the mean margin, in logits, by ridge regression
     on the keep bits of the many-ablated phase: the default ranking; the penalty is in
-    ``scores.attrs["lam"]``), ``se``, ``low``, ``high`` (least squares' standard error and 95% interval,
-    centred on the unshrunken least-squares effect, so a large ridge effect can lie below ``low``; NaN
-    without more masks than heads + 1), ``in_top5`` (the share of half-size fits in which the head is among
+    ``scores.attrs["lam"]``), ``ols``, ``se``, ``low``, ``high`` (the unshrunken least-squares effect, its
+    standard error and 95% interval: ridge shrinks towards 0, so a large ridge effect can lie below ``low``;
+    NaN without more masks than heads + 1), ``in_top5`` (the share of half-size fits in which the head is among
     the 5 largest effects, or among all of them in a model with fewer heads; absent without ``trust``),
     ``importance`` and ``exclusion`` (the seed's scores, each summing to 1), ``delta_many``/``delta_few``
     (P(success | head kept) - P(success | head ablated) in each phase), ``effect_many``/``low_many``/
@@ -169,16 +169,17 @@ class Study:
         for phase in self.phases.values():
             lines.append(f"phase {phase.name:<13} p_keep {phase.p_keep:.3f}: success {100 * phase.success_rate:.1f}% of "
                          f"{len(phase.masks)} {self.log.get('design', 'random')} masks x {n} prompts")
-        in_top = (f"in_top = share of half-size fits with the head in the top {self.trust.k}; "
+        in_top = (f"; in_top = share of half-size fits with the head in the top {self.trust.k}"
                   if self.trust is not None else "")
         lines.append(f"\ntop {k} heads by effect on the mean margin (logits; ridge on the keep bits of the many-ablated "
-                     "phase) [95% least-squares interval];\n* = outlier; " + in_top + "importance, exclusion = the "
-                     "seed's scores;\ndelta = P(success | kept) - P(success | ablated); effect_many/few = effect on "
-                     "success by least squares:")
+                     "phase, shrunken towards 0);\nols = least squares' effect [95% interval], unbiased but noisier; "
+                     "* = outlier" + in_top + ";\nimportance, exclusion = the seed's scores; delta = P(success | kept) "
+                     "- P(success | ablated);\neffect_many/few = effect on success by least squares:")
         table = self.top(k, "effect")
         text = table[[]].copy()
-        text["effect"] = [f"{e:+.3f}" + ("" if lo != lo else f" [{lo:+.3f}, {hi:+.3f}]") for e, lo, hi in
-                          zip(table["effect"], table["low"], table["high"])]
+        text["effect"] = [f"{e:+.3f}" for e in table["effect"]]
+        text["ols [95%]"] = [f"{o:+.2f} [{lo:+.2f}, {hi:+.2f}]" if o == o else "-"
+                             for o, lo, hi in zip(table["ols"], table["low"], table["high"])]
         if self.trust is not None:
             text["in_top"] = [f"{100 * v:.0f}%" for v in table[f"in_top{self.trust.k}"]]
         for name in ("importance", "exclusion", "delta_many", "delta_few", "effect_many", "effect_few"):
