@@ -102,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "many masks per forward pass. Heads are ranked by their effect on the target's margin (ridge regression on "
         "the keep bits of the many-ablated phase, with least squares' 95% intervals: the most mask-efficient "
         "estimator measured on the seed's masks, benchmarks/results/estimator_efficiency.md), with a split-half "
-        "measure of how far that ranking can be trusted and about how many masks would make it stable; beside it the seed's importance and exclusion scores, outlier heads (checked by keeping or "
-        "ablating only them), each head's effect on success, and pairwise synergy. Every outcome goes to "
+        "measure of how far that ranking can be trusted and about how many masks would make it stable; beside "
+        "it the seed's importance and exclusion scores, outlier heads (checked by keeping or ablating only them), each head's effect on success, and pairwise synergy. Every outcome goes to "
         "OUT/outcomes: run the same command again to resume or (larger --masks) extend.",
     )
     mc_parser.add_argument("--masks", type=int, default=None,

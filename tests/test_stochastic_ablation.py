@@ -124,6 +124,7 @@ def test_study_equals_the_seed_pipeline(setup):
     # trust: 20 random splits of the 40 masks into halves
     assert result.trust.n_masks == 40 and len(result.trust.rank_correlation) == 20
     assert result.scores["in_top5"].between(0, 1).all()
+    assert result.scores["in_top5"].sum() == pytest.approx(5.0)  # each half-size fit puts 5 heads in its top 5
     assert f"ranking trust: expected rank correlation {result.trust.agreement:.2f}" in result.summary()
     synergy = result.synergy("many_ablated")
     assert synergy.shape == (8, 8) and synergy.index.names == ["layer", "head"]

@@ -147,7 +147,8 @@ class StudyConfig:
             raise fail(f"study got design={self.design!r}", f"one of {list(DESIGNS)}",
                        "pass design='bernoulli' (default: the seed's i.i.d. masks) or design='balanced'")
         if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
-            raise fail(f"study got n_boot={n_boot!r}", "a number of bootstrap resamples >= 0", "pass n_boot=200")
+            raise fail(f"study got n_boot={n_boot!r}", "a number of bootstrap resamples (and trust splits) >= 0",
+                       "pass n_boot=200")
 
 
 def study(
@@ -288,8 +289,8 @@ def study(
     effects = ridge(many.masks, many.margins)
     scores = effects[["effect", "ols", "se", "low", "high"]].copy()
     trust = None
-    unit = BLOCK if how.design == "balanced" and n_masks % BLOCK == 0 else 1  # split balanced runs by whole blocks
-    if how.n_boot >= 2 and n_masks >= 4 * unit:
+    unit = BLOCK if how.design == "balanced" else 1  # split balanced runs by whole blocks
+    if how.n_boot >= 2 and -(-n_masks // unit) >= 4:
         trust = stability(many.masks, many.margins, k=min(TRUST_TOP, n_layers * n_heads), splits=how.n_boot,
                           block=unit, lam=effects.attrs["lam"], seed=seed)
         scores[f"in_top{trust.k}"] = trust.in_top.flatten().numpy()

@@ -161,7 +161,7 @@ class Study:
             >>> lines = result.summary(3, task="three prompts").splitlines()
             >>> lines[1], lines[-1].split(" in ")[0]
             ('three prompts: the full model completes 3 of 3 prompts; those are used', 'throughput: 240 masked prompt-evaluations')
-            >>> [line.split(" over ")[0][:40] for line in lines if line.startswith("ranking trust")]
+            >>> [line[:40] for line in lines if line.startswith("ranking trust")]
             ['ranking trust: expected rank correlation']
         """
         n = len(self.prompts)
@@ -177,11 +177,11 @@ class Study:
                      "- P(success | ablated);\neffect_many/few = effect on success by least squares:")
         table = self.top(k, "effect")
         text = table[[]].copy()
-        text["effect"] = [f"{e:+.3f}" for e in table["effect"]]
+        text["effect"] = [f"{e:+.3f}" if e == e else "-" for e in table["effect"]]  # NaN: the head never varied
         text["ols [95%]"] = [f"{o:+.2f} [{lo:+.2f}, {hi:+.2f}]" if o == o else "-"
                              for o, lo, hi in zip(table["ols"], table["low"], table["high"])]
         if self.trust is not None:
-            text["in_top"] = [f"{100 * v:.0f}%" for v in table[f"in_top{self.trust.k}"]]
+            text["in_top"] = [f"{100 * v:.0f}%" if v == v else "-" for v in table[f"in_top{self.trust.k}"]]
         for name in ("importance", "exclusion", "delta_many", "delta_few", "effect_many", "effect_few"):
             text[name] = table[name].round(3).to_numpy()
         text.index = [f"L{l}H{h}" + (" *" if o else "") for (l, h), o in zip(table.index, table["outlier"])]
