@@ -191,7 +191,7 @@ def study(
         >>> result = stochastic_ablation.study(model, prompts, targets, tokenizer=tok, n_masks=40, n_boot=20,
         ...                                    rows_per_pass=64, progress=False)
         >>> result.dropped, result.scores.shape, [name for name in result.phases]
-        ([], (8, 16), ['many_ablated', 'few_ablated'])
+        ([], (8, 17), ['many_ablated', 'few_ablated'])
         >>> list(result.scores.columns[:6]), result.trust.k, len(result.trust.rank_correlation)
         (['effect', 'ols', 'se', 'low', 'high', 'in_top5'], 5, 20)
         >>> [round(float(result.scores[name].sum()), 6) for name in ("importance", "exclusion")]   # shares of events
