@@ -133,9 +133,9 @@ def ridge(
     better ranking from few masks), ``ols`` (the ordinary least-squares estimate, unbiased), and ``se``,
     ``low``, ``high``: its standard error and Student-t interval at ``level``. Those cover the effect at the
     stated rate (tests/test_estimators.py), where an interval around the shrunken ridge estimate would not
-    (it is biased towards 0: 51-73 % coverage measured at 100 masks for 72 heads), so a large ridge effect
-    can lie below its ``low``. ``ols`` and its interval are NaN unless there are more masks than varying heads + 1 and the keep
-    bits have full rank. A head kept in every mask or in none has no estimate (NaN throughout). The penalty
+    (it is biased towards 0: 73 % coverage at 100 masks for 72 heads in that test), so a large ridge effect
+    can lie below its ``low``. ``ols`` and its interval are NaN unless there are more masks than varying
+    heads + 1 and the keep bits have full rank. A head kept in every mask or in none has no estimate (NaN throughout). The penalty
     used is in ``.attrs["lam"]``.
 
     Example:
@@ -238,7 +238,7 @@ class Stability:
 
     ``rank_correlation``: for each split, the Spearman correlation between the ridge effects of its two
     halves (over the heads that vary); ``in_top``: the share of half-size fits in which each head is among
-    the ``k`` largest effects (half the masks, so a conservative share); ``n_masks``: masks in the full fit.
+    the ``k`` largest effects (fits on half the masks, so less sure than the full fit); ``n_masks``: masks in the full fit.
     :attr:`reliability` and :attr:`agreement` turn the halves' agreement into the full fit's (Spearman-Brown).
     """
 
@@ -329,7 +329,7 @@ def stability(
     halves' median Spearman ``r`` is a half-size fit's reliability; Spearman-Brown ``2 r / (1 + r)`` is the
     full fit's, and its square root the expected rank correlation with the ranking unlimited masks would
     give (:attr:`Stability.agreement`). On planted effects (tests/test_estimators.py) that expectation
-    ranged from 0.1 above to 0.12 below the truth, below it at low signal-to-noise, also with fewer masks
+    ranged from 0.02 above to 0.13 below the truth (below it at low signal-to-noise), also with fewer masks
     than heads. On Gemma 3 270M's copy task it ran 0.02-0.07 above the agreement runs measured with a
     2,000-mask reference, once that reference's own noise is allowed for (benchmarks/results/
     estimator_efficiency.md), hence :data:`STABLE`. A bootstrap (refits on masks drawn with replacement)

@@ -13,8 +13,8 @@ model with only them kept and with only them ablated.
 The study ranks heads by default by their **effect** on the target's margin (logit of the target minus the
 best other logit): ridge regression of each mask's mean margin on its keep bits over the many-ablated
 phase (:func:`headkit.analyses.estimators.ridge`, penalty by generalised cross-validation, with least
-squares' intervals). It uses the masks the seed's phase evaluates anyway; against a 2,400-mask reference on Gemma 3
-270M it needed 2.9x fewer of the seed's i.i.d. p = 0.3 masks than the seed's importance for the same
+squares' intervals). It uses the masks the seed's phase evaluates anyway; against a 2,400-mask reference on
+Gemma 3 270M it needed 2.9x fewer of the seed's i.i.d. p = 0.3 masks than the seed's importance for the same
 agreement (the best pair measured, a balanced p = 0.5 design, 4.0x; benchmarks/results/estimator_efficiency.md). How far that ranking
 can be trusted is :attr:`Study.trust` (split halves, :func:`headkit.analyses.estimators.stability`).
 Beside it: the seed's scores, each phase's ``delta`` (success rate kept minus ablated) and least-squares
@@ -174,8 +174,8 @@ def study(
     calibrated by :func:`headkit.analyses.montecarlo.calibrate`), and how outliers and intervals are found.
     ``path`` keeps every outcome on disk; calling again with the same arguments resumes (or extends, with a
     larger ``n_masks``) and gives the same scores. ``scores`` (see :class:`Study`) leads with ``effect``
-    (ridge on the margin, the default ranking), then ``ols`` and its interval (least squares); ``trust`` says how far that
-    ranking can be trusted (``n_boot`` split halves, whole blocks for ``design="balanced"``; None when
+    (ridge on the margin, the default ranking), then ``ols`` and its interval (least squares); ``trust``
+    says how far that ranking can be trusted (``n_boot`` split halves, whole blocks for ``design="balanced"``; None when
     ``n_boot < 2`` or there are fewer than 4 masks, or blocks, to split).
 
     On Gemma 3 270M (:func:`headkit.load_default`) the seed-003 prompts and ``n_masks=10_000`` are the study
