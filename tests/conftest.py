@@ -527,3 +527,19 @@ def token_ids(batch: int = 2, pos: int = 9, seed: int = 0) -> torch.Tensor:
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().double() - b.detach().double()).abs().max().item()
+
+
+@pytest.fixture
+def ridge_fits(monkeypatch):
+    """Every design matrix ``estimators._ridge_solve`` is called with from here on, in order (the fits still run)."""
+    from headkit.analyses import estimators
+
+    seen: list[torch.Tensor] = []
+    real = estimators._ridge_solve
+
+    def spy(x, y, lam):
+        seen.append(x)
+        return real(x, y, lam)
+
+    monkeypatch.setattr(estimators, "_ridge_solve", spy)
+    return seen

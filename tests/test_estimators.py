@@ -244,35 +244,20 @@ def test_in_top_shares_cover_the_varying_heads_only():
     assert float(three.in_top.nan_to_num(0).sum()) == pytest.approx(3.0) and three.in_top[0, 0] == 1.0  # exact, 3.0
 
 
-def test_a_partial_last_block_is_split_like_the_others(monkeypatch):
+def test_a_partial_last_block_is_split_like_the_others(ridge_fits):
     m = estimators.balanced(45, 0.4, 2, 3, seed=0, block=10)
     y = (m.flatten(1).double() @ torch.arange(6.0, dtype=torch.float64))[:, None]
-    sizes = []
-    real = estimators._ridge_solve
-
-    def spy(x, y, lam):
-        sizes.append(len(x))
-        return real(x, y, lam)
-
-    monkeypatch.setattr(estimators, "_ridge_solve", spy)
     estimators.stability(m, y, k=2, splits=20, block=10)
+    sizes = [len(x) for x in ridge_fits]
     # 5 groups (the last of 5 masks): each half is 2 groups, 20 masks, or 15 with the partial one
     assert set(sizes[1:]) <= {15, 20} and 15 in sizes[1:] and len(sizes) == 1 + 40
 
 
-def test_balanced_trust_splits_whole_blocks(monkeypatch):
+def test_balanced_trust_splits_whole_blocks(ridge_fits):
     m = estimators.balanced(40, 0.5, 2, 3, seed=0, block=10)
     y = (m.flatten(1).double() @ torch.arange(6.0, dtype=torch.float64))[:, None]
-    halves = []
-    real = estimators._ridge_solve
-
-    def spy(x, y, lam):
-        if len(x) == 20:
-            halves.append(x[:, 1:].sum(0))
-        return real(x, y, lam)
-
-    monkeypatch.setattr(estimators, "_ridge_solve", spy)
     estimators.stability(m, y, k=2, splits=4, block=10)
+    halves = [x[:, 1:].sum(0) for x in ridge_fits if len(x) == 20]
     assert len(halves) == 8 and all(bool((kept == 10).all()) for kept in halves)  # two whole blocks of 10 per half
 
 

@@ -189,7 +189,7 @@ def test_auto_p_keep_calibrates_once_and_remembers(setup, tmp_path, monkeypatch)
     assert again.phases["few_ablated"].p_keep == p_few and again.scores.equals(first.scores)
 
 
-def test_a_balanced_design_on_request(setup, tmp_path, monkeypatch):
+def test_a_balanced_design_on_request(setup, tmp_path, ridge_fits):
     model, tok, targets = setup
     kw = dict(tokenizer=tok, p_keep=(0.4, 0.85), seed=1, n_boot=0, progress=False)
     result = stochastic_ablation.study(model, PROMPTS, targets, n_masks=20, design="balanced", path=tmp_path / "b", **kw)
@@ -202,17 +202,9 @@ def test_a_balanced_design_on_request(setup, tmp_path, monkeypatch):
     longer = stochastic_ablation.study(model, PROMPTS, targets, n_masks=25, design="balanced", path=tmp_path / "b", **kw)
     assert longer.evaluations == 2 * 5 * 4 and torch.equal(longer.phases["many_ablated"].masks[:20], many)
     # its trust splits whole blocks: 40 balanced masks, halves of two blocks, each head kept 2 x 4 times per half
-    halves = []
-    real = estimators._ridge_solve
-
-    def spy(x, y, lam):
-        if len(x) == 20:
-            halves.append(x[:, 1:].sum(0))
-        return real(x, y, lam)
-
-    monkeypatch.setattr(estimators, "_ridge_solve", spy)
+    ridge_fits.clear()
     blocks = stochastic_ablation.study(model, PROMPTS, targets, n_masks=40, design="balanced", **{**kw, "n_boot": 6})
-    monkeypatch.undo()
+    halves = [x[:, 1:].sum(0) for x in ridge_fits if len(x) == 20]
     assert blocks.trust is not None and len(halves) == 12 and all(bool((h == 8).all()) for h in halves)
     # a log of one design is not resumed as the other
     with pytest.raises(hk.HeadkitError, match="differs in: design"):
