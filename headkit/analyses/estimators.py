@@ -151,18 +151,8 @@ def ridge(
     import pandas as pd
     from scipy.stats import t as student
 
-    auto = isinstance(lam, str) and lam == "auto"
-    _check_level_lam(level, 0.0 if auto else lam, "ridge")
-    x, n_layers, n_heads = design_matrix(masks, outcomes, "ridge")
-    y = outcomes.double().mean(1).cpu()
-    varies = torch.cat([torch.tensor([True]), (x[:, 1:] != x[:1, 1:]).any(0)])  # the intercept, then heads with both states
-    x = x[:, varies]
+    x, y, varies, lam, n_layers, n_heads = _varying_fit(masks, outcomes, lam, level, "ridge")
     n, k = x.shape
-    if auto:
-        lam = gcv_penalty(x, y)
-    if n <= k and lam == 0 and k > 1:
-        raise fail(f"ridge got {n} masks for {k - 1} heads with lam=0", f"more masks than heads + 1 (> {k}) for least "
-                   "squares", 'evaluate more masks, or pass lam="auto" (a penalty makes fewer masks well defined)')
     heads = n_layers * n_heads
     effect, se, centre = (torch.full((heads,), math.nan, dtype=torch.float64) for _ in range(3))
     kept = varies[1:]
@@ -178,6 +168,25 @@ def ridge(
                           "low": (centre - half).numpy(), "high": (centre + half).numpy()}, index=index)
     table.attrs["lam"] = float(lam)
     return table
+
+
+def _varying_fit(
+    masks: torch.Tensor, outcomes: torch.Tensor, lam: float | str, level: float, owner: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, int, int]:
+    """What a ridge fit is over: the design matrix of the intercept and the heads that vary, the per-mask means,
+    which columns those are (intercept first), and the penalty (checked; by GCV for ``"auto"``)."""
+    auto = isinstance(lam, str) and lam == "auto"
+    _check_level_lam(level, 0.0 if auto else lam, owner)
+    x, n_layers, n_heads = design_matrix(masks, outcomes, owner)
+    y = outcomes.double().mean(1).cpu()
+    varies = torch.cat([torch.tensor([True]), (x[:, 1:] != x[:1, 1:]).any(0)])  # the intercept, then heads with both states
+    x = x[:, varies]
+    n, k = x.shape
+    lam = gcv_penalty(x, y) if auto else float(lam)
+    if n <= k and lam == 0 and k > 1:
+        raise fail(f"{owner} got {n} masks for {k - 1} heads with lam=0", f"more masks than heads + 1 (> {k}) for "
+                   "least squares", 'evaluate more masks, or pass lam="auto" (a penalty makes fewer masks well defined)')
+    return x, y, varies, lam, n_layers, n_heads
 
 
 def _ridge_solve(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,12 +369,8 @@ def stability(
     n_layers, n_heads = masks.shape[1], masks.shape[2]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers * n_heads:
         raise fail(f"stability got k={k!r}", f"a number of top heads in 1..{n_layers * n_heads}", "pass k=5")
-    point = ridge(masks, outcomes, lam=lam)
-    lam_used = point.attrs["lam"]
-    x, _, _ = design_matrix(masks, outcomes, "stability")
-    y = outcomes.double().mean(1).cpu()
-    varies = torch.tensor(point["effect"].notna().to_numpy())  # heads the full fit estimates
-    x = torch.cat([x[:, :1], x[:, 1:][:, varies]], 1)
+    x, y, columns, lam_used, _, _ = _varying_fit(masks, outcomes, lam, 0.95, "stability")
+    varies = columns[1:]  # the heads the full fit estimates
     g = torch.Generator().manual_seed(seed)
     fits = []
     for _ in range(splits):
